@@ -1,0 +1,46 @@
+"""PGD adversarial training (Madry et al., ICLR 2018; methods-ad §3.1).
+
+    min_θ E[ max_{‖δ‖∞≤ε} CE(f_θ(x+δ), y) ],  x^{t+1} = Π_{B_ε(x)∩[0,1]}(x^t + η·sign ∇ₓCE)
+
+Inner attack: PGD on CE with the true labels, uniform random start in the ε-ball (Madry, ARD,
+IGDM); ``--at-init normal`` is AdaAD's ``x + 0.001·N``. BatchNorm runs in eval mode during the
+attack as in the IGDM and AdaAD code; ``--at-attack-bn train`` is the Madry / Rice et al. /
+ARD variant (the student's training mode is kept while attacking).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustdistill import hookimpl
+from robustdistill.attacks import BN_MODES, INITS, ce_objective, model_mode, perturb
+from robustdistill.registry import Method, Option
+from robustdistill.step import LossTerm, StepContext
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("at", "PGD adversarial training (Madry): CE(f(x_adv), y); trains robust teachers"))
+
+
+@hookimpl
+def register_options(register: Callable) -> None:
+    register(Option("--at-init", "uniform", "PGD start: uniform in the ε-ball (Madry) or x+0.001·N (AdaAD)",
+                    choices=INITS))
+    register(Option("--at-attack-bn", "eval", "BatchNorm mode while attacking: eval (IGDM/AdaAD code) "
+                    "or train (Madry, Rice et al., ARD)", choices=BN_MODES))
+
+
+@hookimpl
+def attack(ctx: StepContext) -> Tensor:
+    cfg = ctx.config
+    with model_mode(ctx.student, train=cfg.at_attack_bn == "train"):
+        return perturb(ce_objective(ctx.student, ctx.y), ctx.x, eps=cfg.eps, step_size=cfg.step_size,
+                       steps=cfg.attack_steps, init=cfg.at_init)
+
+
+@hookimpl
+def loss(ctx: StepContext) -> LossTerm:
+    return LossTerm("ce_adv", F.cross_entropy(ctx.student_out("adv", ctx.x_adv), ctx.y))

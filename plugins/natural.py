@@ -1,0 +1,20 @@
+"""Natural (standard) training: cross-entropy on clean inputs. No attack."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+
+from robustdistill import hookimpl
+from robustdistill.registry import Method
+from robustdistill.step import LossTerm, StepContext
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("natural", "standard training: CE(f(x), y) on clean inputs"))
+
+
+@hookimpl
+def loss(ctx: StepContext) -> LossTerm:
+    return LossTerm("ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y))

@@ -1,0 +1,157 @@
+"""Attacks for training and evaluation: FGSM, PGD (L∞/L2) on CE, KL-to-target and CW-margin
+objectives, random initialisation, restarts. Every attack restores the models' modes.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ops import pgd_step
+
+Objective = Callable[[Tensor], Tensor]
+"""Maps an adversarial batch to per-sample losses ``[B]`` that the attack maximises."""
+
+INITS = ("uniform", "normal", "none")
+BN_MODES = ("eval", "train")
+
+
+@contextmanager
+def model_mode(*models: nn.Module | None, train: bool) -> Iterator[None]:
+    """Put models in train or eval mode and restore every submodule's own mode afterwards."""
+    saved = [[(m, m.training) for m in model.modules()] for model in models if model is not None]
+    for model in models:
+        if model is not None:
+            model.train(train)
+    try:
+        yield
+    finally:
+        for modes in saved:
+            for module, training in modes:
+                module.training = training
+
+
+def ce_objective(model: nn.Module, y: Tensor) -> Objective:
+    """Cross-entropy of the true labels."""
+    return lambda x_adv: F.cross_entropy(model(x_adv), y, reduction="none")
+
+
+def kl_objective(model: nn.Module, target_probs: Tensor) -> Objective:
+    """KL(target ‖ softmax(model(x'))) per sample: TRADES' and RSLAD's inner objective."""
+    def objective(x_adv: Tensor) -> Tensor:
+        log_p = F.log_softmax(model(x_adv), dim=1)
+        return F.kl_div(log_p, target_probs, reduction="none").sum(dim=1)
+    return objective
+
+
+def cw_margin(logits: Tensor, y: Tensor, kappa: float) -> Tensor:
+    """C&W margin ``min(max_{j≠y} z_j − z_y, κ)`` per sample (maximised by the attack)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return torch.clamp(other - true, max=kappa)
+
+
+def cw_objective(model: nn.Module, y: Tensor, kappa: float = 50.0) -> Objective:
+    """The C&W margin objective: PGD on it is the CW∞ attack."""
+    return lambda x_adv: cw_margin(model(x_adv), y, kappa)
+
+
+def random_init(x: Tensor, eps: float, init: str, norm: str = "linf", lo: float = 0.0, hi: float = 1.0) -> Tensor:
+    """Starting point: uniform in the ε-ball, ``x + 0.001·N(0, I)`` (TRADES), or ``x`` itself."""
+    if init == "none":
+        return x.clone()
+    if init == "normal":
+        start = x + 0.001 * torch.randn_like(x)
+    elif init == "uniform":
+        if norm == "linf":
+            start = x + torch.empty_like(x).uniform_(-eps, eps)
+        else:
+            direction = torch.randn_like(x)
+            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (x.dim() - 1))
+            radius = eps * torch.rand(x.shape[0], *[1] * (x.dim() - 1), device=x.device, dtype=x.dtype)
+            start = x + radius * direction
+    else:
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+    return start.clamp(lo, hi)
+
+
+def perturb(
+    objective: Objective,
+    x: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    init: str = "uniform",
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> Tensor:
+    """Projected gradient ascent on ``objective`` inside the ε-ball around ``x`` and ``[lo, hi]``.
+
+    The caller chooses the models' modes (see :func:`model_mode`); parameters receive no gradient.
+    Returns a detached adversarial batch.
+    """
+    x = x.detach()
+    x_adv = random_init(x, eps, init, norm, lo, hi)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = objective(x_adv).sum()
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = pgd_step(x_adv.detach(), grad, x, eps, step_size, norm, lo, hi)
+    return x_adv.detach()
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    loss: str = "ce",
+    kappa: float = 50.0,
+    init: str = "uniform",
+    restarts: int = 1,
+    bn_mode: str = "eval",
+) -> Tensor:
+    """PGD on the CE or C&W-margin loss with restarts, keeping each sample's worst case.
+
+    Over restarts a sample keeps the first adversarial example that fools the model, else the one
+    with the highest loss.
+    """
+    if loss not in ("ce", "cw"):
+        raise ValueError(f"unknown PGD loss {loss!r}; use 'ce' or 'cw'")
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
+    make = ce_objective if loss == "ce" else (lambda m, t: cw_objective(m, t, kappa))
+    with model_mode(model, train=bn_mode == "train"):
+        objective = make(model, y)
+        best = x.detach().clone()
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(max(1, restarts)):
+            x_adv = perturb(objective, x, eps=eps, step_size=step_size, steps=steps, norm=norm, init=init)
+            with torch.no_grad():
+                logits = model(x_adv)
+                sample_loss = (F.cross_entropy(logits, y, reduction="none") if loss == "ce"
+                               else cw_margin(logits, y, kappa)).float()
+                now_fooled = logits.argmax(dim=1) != y
+            take = (~fooled) & (now_fooled | (sample_loss > best_loss))
+            best[take] = x_adv[take]
+            best_loss = torch.where(take, sample_loss, best_loss)
+            fooled |= now_fooled
+            if restarts > 1 and bool(fooled.all()):
+                break
+    return best
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, bn_mode: str = "eval") -> Tensor:
+    """Fast Gradient Sign Method: one step of size ε from the clean input."""
+    with model_mode(model, train=bn_mode == "train"):
+        return perturb(ce_objective(model, y), x, eps=eps, step_size=eps, steps=1, init="none")

@@ -1,0 +1,105 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True`` (a checkpoint is untrusted input)."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .registry import ModelArch, RobustDistillError
+
+FORMAT = "robustdistill-checkpoint-v1"
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same directory, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace a text file atomically: readers see the old or the new content, never a torn one."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Save ``payload`` (tensors, numbers, strings, lists, dicts only) atomically."""
+    _atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; anything that is not a plain tensor container is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustDistillError(f"checkpoint {str(path)!r} does not exist; pass the path of a last.pt "
+                                 "written by `robustdistill train`")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RobustDistillError(
+            f"refused to load {str(path)!r}: it contains objects other than tensors and plain data, "
+            "which could run code when unpickled. Re-save its state_dict with torch.save(model.state_dict(), ...) "
+            f"from a trusted environment. ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # torch.load raises many types for damaged files
+        raise RobustDistillError(
+            f"{str(path)!r} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if not isinstance(obj, dict):
+        raise RobustDistillError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint or state_dict")
+    return obj
+
+
+def is_state_dict(obj: dict[str, Any]) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def model_from_checkpoint(
+    obj: dict[str, Any],
+    build: Callable[[ModelArch], nn.Module],
+    source: str,
+    fallback_arch: ModelArch | None = None,
+) -> tuple[nn.Module, ModelArch]:
+    """Rebuild the model a checkpoint describes, or a plain state_dict with ``fallback_arch``."""
+    if obj.get("format") == FORMAT:
+        arch = ModelArch.from_dict(obj["arch"])
+        state = obj["model"]
+    elif is_state_dict(obj) or isinstance(obj.get("state_dict"), dict) or isinstance(obj.get("model_state_dict"), dict):
+        if fallback_arch is None:
+            raise RobustDistillError(
+                f"{source!r} is a plain state_dict without an architecture; name it with --teacher-arch NAME "
+                "(e.g. --teacher-arch wrn-34-10)")
+        arch = fallback_arch
+        state = obj if is_state_dict(obj) else obj.get("state_dict", obj.get("model_state_dict"))
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    else:
+        raise RobustDistillError(f"{source!r} is neither a robustdistill checkpoint nor a state_dict")
+    model = build(arch)
+    if not any(k in state for k in ("mean", "std")):
+        state = {**state, "mean": model.mean, "std": model.std}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()
+        raise RobustDistillError(
+            f"the weights in {source!r} do not fit architecture {arch.name!r} "
+            f"({arch.num_classes} classes, {arch.in_channels} channels): {' '.join(first[:2])[:300]}") from None
+    return model, arch

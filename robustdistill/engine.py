@@ -1,0 +1,365 @@
+"""The training engine: builds a run from its configuration and drives the epochs and steps."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from argparse import Namespace
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import __version__
+from .attacks import model_mode, pgd
+from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import resolve_device
+from .data import BatchIterator, take_subset
+from .models import build_model
+from .plugin_manager import PluginHost, StepHooks
+from .registry import ImageData, ModelArch, RobustDistillError
+from .step import LossTerm, StepContext
+
+RESUME_MUST_MATCH = ("model", "activation", "dataset", "plugin", "subset", "batch_size", "seed", "teacher")
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; lifecycle hooks receive it."""
+
+    config: Namespace
+    host: PluginHost
+    hooks: StepHooks
+    methods: list[str]
+    data: ImageData
+    arch: ModelArch
+    student: nn.Module
+    teacher: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    out: Path
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
+
+    def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """Give a plugin-owned trainable module (and its optimiser) to the run: moved to the device,
+        saved in every checkpoint and restored on ``--resume``. Returns the module."""
+        module.to(self.device)
+        self.plugin_modules[name] = (module, optimizer)
+        return module
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+def resolve_methods(host: PluginHost, names: list[str]) -> list[str]:
+    """Validate the selected methods and add the default base of add-on methods selected alone."""
+    registry = host.registry
+    methods: list[str] = []
+    for name in names:
+        if name not in registry.methods:
+            known = ", ".join(sorted(registry.methods))
+            raise RobustDistillError(f"unknown plugin {name!r}; known plugins: {known} "
+                                     "(third-party plugins are found through the 'robustdistill' entry-point group)")
+        if name not in methods:
+            methods.append(name)
+    attackers = _attack_owners(host, methods)
+    if len(attackers) > 1:
+        raise RobustDistillError(f"plugins {' and '.join(attackers)} both run an attack; select one base method "
+                                 "(e.g. --plugin rslad --plugin igdm)")
+    if not attackers:
+        bases = {registry.methods[m].default_base for m in methods} - {None}
+        if len(bases) > 1:
+            raise RobustDistillError(f"the selected plugins need different base methods ({', '.join(sorted(bases))}); "
+                                     "select one base method explicitly")
+        if bases:
+            methods.insert(0, bases.pop())
+    return methods
+
+
+def _attack_owners(host: PluginHost, methods: list[str]) -> list[str]:
+    owners = {host.registry.method_plugin[m]: m for m in methods}
+    implementing = {impl.plugin_name for impl in host.pm.hook.attack.get_hookimpls()}
+    return [method for plugin, method in owners.items() if plugin in implementing]
+
+
+def fill_dataset_defaults(config: Namespace, data: ImageData) -> None:
+    """Attack settings left unset take the dataset's defaults; then check them."""
+    info = data.info
+    for key in ("eps", "step_size", "attack_steps"):
+        if getattr(config, key) is None:
+            setattr(config, key, getattr(info, key))
+    if not 0 < config.eps <= 1:
+        raise RobustDistillError(f"--eps {config.eps} is outside (0, 1]; inputs are in [0,1], e.g. --eps 8/255 or 0.1")
+    if not 0 < config.step_size <= 1:
+        raise RobustDistillError(f"--step-size {config.step_size} is outside (0, 1]; e.g. --step-size 2/255")
+    if config.attack_steps < 1:
+        raise RobustDistillError(f"--attack-steps {config.attack_steps} must be at least 1")
+
+
+def config_to_dict(config: Namespace) -> dict[str, Any]:
+    return {k: v for k, v in sorted(vars(config).items()) if not k.startswith("_") and k not in ("command", "func")}
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+def _load_teacher(config: Namespace, host: PluginHost, data: ImageData, device: torch.device) -> nn.Module:
+    info = data.info
+    fallback = None
+    if config.teacher_arch:
+        fallback = ModelArch(config.teacher_arch, info.num_classes, info.in_channels, info.image_size,
+                             config.activation, info.mean, info.std)
+    obj = load_checkpoint(config.teacher)
+    teacher, arch = model_from_checkpoint(obj, lambda a: build_model(a, host.registry.models), config.teacher,
+                                          fallback)
+    if arch.num_classes != info.num_classes:
+        raise RobustDistillError(f"teacher {config.teacher!r} has {arch.num_classes} classes but {info.name} has "
+                                 f"{info.num_classes}; use a teacher trained on {info.name}")
+    if arch.in_channels != info.in_channels or arch.image_size != info.image_size:
+        raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.in_channels}×{arch.image_size}² images but "
+                                 f"{info.name} has {info.in_channels}×{info.image_size}²")
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _make_scheduler(config: Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    epochs = config.epochs
+    if config.lr_schedule == "multistep":
+        milestones = config.milestones or [max(1, epochs // 2), max(1, (3 * epochs) // 4)]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def build_run(config: Namespace, host: PluginHost) -> Run:
+    """Validate everything that can be validated and build the run, before any training."""
+    methods = resolve_methods(host, config.plugin)
+    config.plugin = methods
+    needs_teacher = [m for m in methods if host.registry.methods[m].needs_teacher]
+    if needs_teacher and not config.teacher:
+        raise RobustDistillError(
+            f"plugin {needs_teacher[0]!r} distils from a teacher: pass --teacher CKPT. Train one with "
+            f"`robustdistill train --plugin at --dataset {config.dataset} --model {config.model} --out runs/teacher`")
+    if config.epochs < 1:
+        raise RobustDistillError(f"--epochs {config.epochs} must be at least 1")
+    if config.batch_size < 1:
+        raise RobustDistillError(f"--batch-size {config.batch_size} must be at least 1")
+    out = Path(config.out)
+    if (out / "last.pt").exists() and not config.resume:
+        raise RobustDistillError(f"{out} already holds a run (last.pt); pass --resume to continue it, "
+                                 "or choose another --out")
+    if config.model is not None:
+        host.registry.model(config.model)
+    host.registry.dataset(config.dataset)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = host.registry.dataset(config.dataset).load(config.data_dir, config.download)
+    data = take_subset(data, train=config.subset)
+    fill_dataset_defaults(config, data)
+    info = data.info
+    if config.model is None:
+        config.model = "cnn" if info.image_size <= 28 else "resnet18"
+    arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size,
+                     config.activation, info.mean, info.std)
+    student = build_model(arch, host.registry.models).to(device)
+    teacher = _load_teacher(config, host, data, device) if config.teacher else None
+    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = _make_scheduler(config, optimizer)
+    hooks = host.step_hooks(methods)
+    return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out)
+
+
+# -- state ------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_run(run: Run) -> None:
+    save_checkpoint(run.out / "last.pt", {
+        "version": __version__,
+        "arch": run.arch.to_dict(),
+        "model": run.student.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": run.epoch,
+        "config": config_to_dict(run.config),
+        "plugins": [info.to_dict() for info in run.host.plugin_infos()],
+        "plugin_modules": {name: {"module": m.state_dict(), "optimizer": o.state_dict() if o else None}
+                           for name, (m, o) in run.plugin_modules.items()},
+        "history": run.history,
+        "rng": _rng_state(),
+    })
+
+
+def resume_run(run: Run) -> None:
+    """Restore weights, optimiser, scheduler, plugin modules, history and RNG from ``out/last.pt``."""
+    path = run.out / "last.pt"
+    if not path.exists():
+        raise RobustDistillError(f"--resume: {path} does not exist; start the run without --resume")
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config", {})
+    current = config_to_dict(run.config)
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
+    if changed:
+        detail = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} → {current.get(k)!r}" for k in changed)
+        raise RobustDistillError(f"--resume with options that change the run ({detail}); "
+                                 "use the original options or a new --out")
+    run.student.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    for name, saved_module in ckpt.get("plugin_modules", {}).items():
+        if name in run.plugin_modules:
+            module, optimizer = run.plugin_modules[name]
+            module.load_state_dict(saved_module["module"])
+            if optimizer is not None and saved_module["optimizer"] is not None:
+                optimizer.load_state_dict(saved_module["optimizer"])
+    run.epoch = int(ckpt["epoch"])
+    run.history = list(ckpt.get("history", []))
+    _set_rng_state(ckpt["rng"])
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def _autocast(run: Run) -> Any:
+    if run.config.amp == "bf16" and run.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[Tensor, list[LossTerm]]:
+    """One step: attack (firstresult) → loss terms from every active plugin → optimiser step."""
+    ctx = StepContext(x=x, y=y, student=run.student, teacher=run.teacher, config=run.config,
+                      epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks)
+    run.student.train()
+    with _autocast(run):
+        ctx.x_adv = run.hooks.attack(ctx)
+        terms = run.hooks.loss(ctx)
+    if not terms:
+        raise RobustDistillError(f"the selected plugins ({', '.join(run.methods)}) contributed no loss term")
+    total = sum(term.weight * term.value.float() for term in terms)
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    run.optimizer.step()
+    run.hooks.event("step_end", run=run, ctx=ctx, terms=terms)
+    return total.detach(), terms
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Clean and PGD accuracy on the first ``--val-size`` test images."""
+    n = min(run.config.val_size, len(run.data.test_y))
+    if n == 0:
+        return {}
+    correct_clean = correct_pgd = 0
+    batch = max(run.config.batch_size, 256)
+    with model_mode(run.student, train=False):
+        for start in range(0, n, batch):
+            x = run.data.test_x[start:min(start + batch, n)].to(run.device).float() / 255
+            y = run.data.test_y[start:min(start + batch, n)].to(run.device)
+            with torch.no_grad():
+                correct_clean += int((run.student(x).argmax(1) == y).sum())
+            x_adv = pgd(run.student, x, y, eps=run.config.eps, step_size=run.config.step_size,
+                        steps=run.config.val_attack_steps)
+            with torch.no_grad():
+                correct_pgd += int((run.student(x_adv).argmax(1) == y).sum())
+    return {"val_clean": correct_clean / n, "val_pgd": correct_pgd / n}
+
+
+def train_epoch(run: Run, batches: BatchIterator, epoch: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    total = torch.zeros((), device=run.device)
+    term_sums: dict[str, Tensor] = {}
+    seen = 0
+    bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
+               disable=not sys.stderr.isatty(), leave=False)
+    for i, (x, y) in enumerate(bar):
+        loss, terms = train_step(run, x, y, epoch, (epoch - 1) * len(batches) + i)
+        total += loss * len(y)
+        for term in terms:
+            term_sums[term.name] = term_sums.get(term.name, torch.zeros((), device=run.device)) \
+                + term.value.detach().float() * len(y)
+        seen += len(y)
+        if not bar.disable and i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+    seconds = time.perf_counter() - started
+    mean_loss = float(total) / max(seen, 1)
+    terms_mean = {name: float(v) / max(seen, 1) for name, v in term_sums.items()}
+    bad = [name for name, v in terms_mean.items() if not math.isfinite(v)]
+    if bad or not math.isfinite(mean_loss):
+        raise RobustDistillError(f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad) or 'total'}); "
+                                 "the last good checkpoint is kept. Lower --lr or check the plugin options")
+    return {"loss": mean_loss, "terms": terms_mean, "train_seconds": seconds, "images_per_s": seen / seconds}
+
+
+def write_metrics(run: Run) -> None:
+    atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history))
+
+
+def train(config: Namespace, host: PluginHost) -> Run:
+    """Train as configured; returns the finished run."""
+    run = build_run(config, host)
+    run.out.mkdir(parents=True, exist_ok=True)
+    run.hooks.event("train_start", run=run)
+    if config.resume:
+        resume_run(run)
+    atomic_write_text(run.out / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
+    batches = BatchIterator(run.data.train_x, run.data.train_y, config.batch_size, shuffle=True, seed=config.seed,
+                            device=run.device, augment=run.data.info.augment)
+    log = print if run.epoch < config.epochs else (lambda *_: None)
+    log(f"training {'+'.join(run.methods)} · {run.arch.name} on {run.data.info.name} "
+        f"({len(run.data.train_y)} images) · ε={config.eps:.4g} · {run.device} → {run.out}", flush=True)
+    while run.epoch < config.epochs:
+        epoch = run.epoch + 1
+        batches.set_epoch(epoch)
+        run.hooks.event("epoch_start", run=run, epoch=epoch)
+        started = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        metrics = {"epoch": epoch, "lr": lr, **train_epoch(run, batches, epoch)}
+        run.scheduler.step()
+        metrics.update(validate(run))
+        metrics["seconds"] = time.perf_counter() - started
+        run.hooks.event("epoch_end", run=run, epoch=epoch, metrics=metrics)
+        run.history.append(metrics)
+        run.epoch = epoch
+        save_run(run)
+        write_metrics(run)
+        print(f"epoch {epoch}/{config.epochs}  loss {metrics['loss']:.4f}  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in metrics["terms"].items())
+              + f"  val clean {metrics.get('val_clean', float('nan')):.3f}  val pgd {metrics.get('val_pgd', float('nan')):.3f}"
+              f"  {metrics['images_per_s']:.0f} img/s", flush=True)
+    run.hooks.event("train_end", run=run)
+    return run

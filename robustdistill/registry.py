@@ -1,0 +1,172 @@
+"""What plugins register at start-up: methods, models, datasets, attacks and options.
+
+Every registration hook receives a ``register`` callback and calls it with one of the
+entries below; the plugin manager records which plugin registered what.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class RobustDistillError(Exception):
+    """A user-facing error: the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    activation: str = "relu"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "activation": self.activation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelArch":
+        return cls(
+            name=str(d["name"]),
+            num_classes=int(d["num_classes"]),
+            in_channels=int(d["in_channels"]),
+            image_size=int(d["image_size"]),
+            activation=str(d.get("activation", "relu")),
+            mean=tuple(float(v) for v in d.get("mean", (0.0,))),
+            std=tuple(float(v) for v in d.get("std", (1.0,))),
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model family. ``pattern`` (a regex) lets one entry serve names like ``wrn-34-10``."""
+
+    name: str
+    factory: Callable[[ModelArch], nn.Module]
+    summary: str
+    pattern: str | None = None
+
+    def matches(self, name: str) -> bool:
+        if self.pattern is not None:
+            return re.fullmatch(self.pattern, name) is not None
+        return name == self.name
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape, normalisation and the attack defaults that make sense for a dataset."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eps: float
+    step_size: float
+    attack_steps: int
+    augment: str = "none"  # "none" | "crop-flip"
+
+
+@dataclass
+class ImageData:
+    """A dataset held in memory as uint8 images ``[N, C, H, W]`` and int64 labels."""
+
+    info: DatasetInfo
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset: ``load(data_dir, download)`` returns :class:`ImageData`."""
+
+    name: str
+    load: Callable[[str | None, bool], ImageData]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option a plugin adds to ``robustdistill train``.
+
+    ``flag`` is the long option (``--trades-beta``); the value is read as
+    ``config.trades_beta``.
+    """
+
+    flag: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method selectable with ``--plugin NAME``.
+
+    The plugin that registers a method is the plugin made active when the method is selected.
+    ``default_base`` names the method that supplies the attack when this one is selected alone
+    (IGDM on top of PGD-AT); ``needs_teacher`` makes ``--teacher`` required.
+    """
+
+    name: str
+    summary: str
+    needs_teacher: bool = False
+    default_base: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalAttack:
+    """An evaluation attack: ``run(model, x, y, settings)`` returns adversarial inputs."""
+
+    name: str
+    run: Callable[..., torch.Tensor]
+    summary: str
+
+
+@dataclass
+class Registry:
+    """Everything registered by the loaded plugins, with the plugin that registered it."""
+
+    methods: dict[str, Method] = field(default_factory=dict)
+    method_plugin: dict[str, str] = field(default_factory=dict)
+    models: list[ModelEntry] = field(default_factory=list)
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    eval_attacks: dict[str, EvalAttack] = field(default_factory=dict)
+    options: dict[str, list[Option]] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.matches(name):
+                return entry
+        known = ", ".join(e.name for e in self.models)
+        raise RobustDistillError(f"unknown model {name!r}; known models: {known}")
+
+    def dataset(self, name: str) -> DatasetEntry:
+        if name not in self.datasets:
+            known = ", ".join(sorted(self.datasets))
+            raise RobustDistillError(f"unknown dataset {name!r}; known datasets: {known}")
+        return self.datasets[name]

@@ -1,0 +1,97 @@
+"""What the step hooks see: the batch, the models and a cache of forwards shared by composed plugins."""
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .plugin_manager import StepHooks
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher logits and, where the architecture exposes them, penultimate features."""
+
+    logits: Tensor
+    features: Tensor | None = None
+
+
+@dataclass
+class LossTerm:
+    """One named, weighted term of the training loss; the engine sums ``weight · value``."""
+
+    name: str
+    value: Tensor
+    weight: float = 1.0
+
+
+@dataclass
+class StepContext:
+    """One training step. Hooks read the batch and models, and share forwards through the caches.
+
+    ``epoch`` is 1-based. ``x_adv`` is set by the engine after the ``attack`` hook (``None`` for
+    methods without an attack); ``delta`` is ``x_adv − x``.
+    """
+
+    x: Tensor
+    y: Tensor
+    student: nn.Module
+    teacher: nn.Module | None
+    config: Namespace
+    epoch: int
+    epochs: int
+    step: int
+    hooks: "StepHooks"
+    x_adv: Tensor | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    _teacher_cache: dict[str, TeacherOutput] = field(default_factory=dict)
+    _student_cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> Tensor:
+        if self.x_adv is None:
+            raise RuntimeError("no adversarial example in this step: the selected methods run no attack")
+        return self.x_adv - self.x
+
+    def teacher_out(self, key: str, x: Tensor) -> TeacherOutput:
+        """Teacher outputs for ``x`` through the ``teacher_forward`` hook, computed once per ``key`` per step.
+
+        Keys name the input: ``"clean"``, ``"adv"``, ``"x+delta"``, ``"x-delta"``.
+        """
+        if key not in self._teacher_cache:
+            if self.teacher is None:
+                raise RuntimeError("this method needs a teacher; pass --teacher CKPT")
+            self._teacher_cache[key] = self.hooks.teacher_forward(ctx=self, x=x)
+        return self._teacher_cache[key]
+
+    def student_out(self, key: str, x: Tensor, features: bool = False) -> Any:
+        """Student logits (or ``(logits, features)``) in training mode, computed once per ``key`` per step.
+
+        Sharing matters twice: composed plugins do not pay for the same forward, and BatchNorm running
+        statistics see each input once.
+        """
+        cache_key = f"{key}|features" if features else key
+        if cache_key not in self._student_cache:
+            if features:
+                out = self.student(x, return_features=True)
+                self._student_cache[key] = out[0]
+            else:
+                out = self.student(x)
+            self._student_cache[cache_key] = out
+        return self._student_cache[cache_key]
+
+    def input_gradient(self, model: nn.Module, x: Tensor, objective: Callable[[Tensor], Tensor],
+                       create_graph: bool = False) -> Tensor:
+        """∇ₓ of ``objective(x)`` (a scalar) through the ``input_gradient`` hook."""
+        return self.hooks.input_gradient(ctx=self, model=model, x=x, objective=objective, create_graph=create_graph)
+
+
+def exact_input_gradient(x: Tensor, objective: Callable[[Tensor], Tensor], create_graph: bool) -> Tensor:
+    """Exact ∇ₓ objective(x) by autograd; ``create_graph=True`` keeps it differentiable (double backprop)."""
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x), x, create_graph=create_graph)
+    return grad

@@ -1,0 +1,155 @@
+"""The command line: options, --config files, and every bad-input path gives one clear error."""
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robustdistill.cli import main
+from robustdistill.engine import save_run
+
+from conftest import needs_fashion_mnist
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_of(capsys, *args):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_plugins_table_and_json(capsys):
+    code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0 and "at" in out and "built-in" in out and "attack" in out
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert {"core", "natural", "at", "trades"} <= {p["name"] for p in json.loads(out)}
+
+
+def test_python_dash_m_is_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "robustdistill", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--plugin", "--teacher", "--eps", "--trades-beta", "--at-init", "--config", "--resume", "--amp"):
+        assert flag in result.stdout
+
+
+def test_unknown_plugin_lists_the_known_ones(capsys, tmp_path):
+    err = error_of(capsys, "train", "--plugin", "nope", "--out", str(tmp_path / "r"))
+    assert "unknown plugin 'nope'; known plugins: at, natural, trades" in err
+
+
+def test_unknown_model_and_dataset(capsys, tmp_path):
+    err = error_of(capsys, "train", "--model", "vgg99", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                   "--out", str(tmp_path / "r"))
+    assert "unknown model 'vgg99'; known models: cnn" in err and "wrn-D-K" in err
+    err = error_of(capsys, "train", "--dataset", "imagenet-1k", "--out", str(tmp_path / "r"))
+    assert "unknown dataset 'imagenet-1k'; known datasets:" in err and "fashion-mnist" in err
+
+
+def test_missing_dataset_names_where_it_looked_and_the_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("ROBUSTDISTILL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = error_of(capsys, "train", "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(tmp_path / "r"))
+    assert str(empty) in err and "--download" in err
+
+
+@pytest.mark.parametrize("eps, message", [("2", "outside (0, 1]"), ("0", "outside (0, 1]"), ("-8/255", "outside (0, 1]")])
+@needs_fashion_mnist
+def test_bad_eps(capsys, tmp_path, eps, message):
+    err = error_of(capsys, "train", "--plugin", "at", f"--eps={eps}", "--subset", "64", "--out", str(tmp_path / "r"))
+    assert message in err and "--eps" in err
+
+
+def test_eps_that_is_not_a_number(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--eps", "eight"])
+    assert exc.value.code == 2
+    assert "'eight' is not a number (examples: 0.1, 8/255)" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_bad_steps(capsys, tmp_path):
+    err = error_of(capsys, "train", "--plugin", "at", "--attack-steps", "0", "--subset", "64", "--out", str(tmp_path))
+    assert "--attack-steps 0 must be at least 1" in err
+
+
+def test_a_checkpoint_that_is_not_a_checkpoint(capsys, tmp_path):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("this is not a checkpoint")
+    err = error_of(capsys, "eval", str(bogus), "--attacks", "clean")
+    assert "not a readable PyTorch checkpoint" in err
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"model": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    assert "not a readable PyTorch checkpoint" in error_of(capsys, "eval", str(truncated), "--attacks", "clean")
+    err = error_of(capsys, "eval", str(tmp_path / "missing.pt"), "--attacks", "clean")
+    assert "does not exist" in err
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(str(marker))}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    err = error_of(capsys, "eval", str(evil), "--attacks", "clean")
+    assert "refused to load" in err
+    assert not marker.exists(), "unpickling ran code"
+    err = error_of(capsys, "train", "--plugin", "at", "--teacher", str(evil), "--subset", "64",
+                   "--out", str(tmp_path / "r"))
+    assert "refused to load" in err and not marker.exists()
+
+
+def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
+    from robustdistill.cli import apply_config_file, build_parser
+    from robustdistill.plugin_manager import load_plugins
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\n")
+    host = load_plugins(autoload=False)
+    parser = build_parser(host)
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    argv = ["--config", str(cfg), "--epochs", "2"]
+    apply_config_file(train_parser, argv)
+    args = parser.parse_args(["train", *argv])
+    assert args.plugin == ["trades"] and args.eps == pytest.approx(8 / 255) and args.step_size == 0.01
+    assert args.trades_beta == 3.0 and args.epochs == 2
+
+
+def test_config_file_errors(capsys, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epocs: 3\n")
+    assert "unknown option 'epocs'" in error_of(capsys, "train", "--config", str(cfg))
+    cfg.write_text("eps: [1, 2\n")
+    assert "not valid YAML" in error_of(capsys, "train", "--config", str(cfg))
+    assert "cannot read --config" in error_of(capsys, "train", "--config", str(tmp_path / "none.yaml"))
+
+
+@needs_fashion_mnist
+def test_existing_run_is_not_overwritten_and_resume_checks_options(capsys, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--plugin", "natural", "--subset", "128", "--epochs", "1", "--val-size", "32", "--out", str(out)]
+    assert run_cli(capsys, *args)[0] == 0
+    before = (out / "last.pt").read_bytes()
+    err = error_of(capsys, *args)
+    assert "already holds a run" in err and "--resume" in err
+    err = error_of(capsys, *args, "--resume", "--model", "smallcnn")
+    assert "--resume with options that change the run" in err and "smallcnn" in err
+    assert (out / "last.pt").read_bytes() == before
+    err = error_of(capsys, "train", "--resume", "--subset", "128", "--out", str(tmp_path / "fresh"))
+    assert "does not exist" in err

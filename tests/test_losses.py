@@ -1,0 +1,184 @@
+"""Each built-in loss and attack primitive against values computed by hand on tiny tensors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustdistill.attacks import cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
+from robustdistill.ops import pgd_step
+from robustdistill.testing import plugin_host, step_context, run_step, tiny_model
+
+E = math.e
+
+
+@pytest.fixture(scope="module")
+def host():
+    return plugin_host()
+
+
+def identity_context(host, methods, logits, y, x_adv=None, **config):
+    """A step context whose 'student' returns its input: x is the logits."""
+    ctx = step_context(host, methods, student=IdentityStudent())
+    ctx.x, ctx.y, ctx.x_adv = logits, torch.tensor(y), x_adv
+    for key, value in config.items():
+        setattr(ctx.config, key, value)
+    return ctx
+
+
+class IdentityStudent(nn.Module):
+    arch = tiny_model().arch
+
+    def forward(self, x, return_features=False):
+        return (x, x) if return_features else x
+
+
+def total(terms):
+    return sum(t.weight * t.value for t in terms)
+
+
+def test_natural_is_clean_cross_entropy(host):
+    ctx = identity_context(host, ["natural"], torch.tensor([[2.0, 0.0, 0.0]]), [0])
+    (term,) = ctx.hooks.loss(ctx)
+    assert term.name == "ce"
+    assert term.value.item() == pytest.approx(math.log(1 + 2 * E ** -2), abs=1e-6)
+
+
+def test_at_is_cross_entropy_on_adversarial_logits(host):
+    ctx = identity_context(host, ["at"], torch.tensor([[1.0, 0.0]]), [0], x_adv=torch.tensor([[0.0, 1.0]]))
+    (term,) = ctx.hooks.loss(ctx)
+    assert (term.name, term.weight) == ("ce_adv", 1.0)
+    assert term.value.item() == pytest.approx(math.log(1 + E), abs=1e-6)
+
+
+def test_trades_loss_by_hand_and_clean_target_not_detached(host):
+    clean = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    ctx = identity_context(host, ["trades"], clean, [0], x_adv=torch.tensor([[0.0, 1.0]]), trades_beta=6.0)
+    terms = {t.name: t for t in ctx.hooks.loss(ctx)}
+    p = 1 / (1 + E ** -1)  # σ([1, 0])_0
+    kl = p * math.log(p / (1 - p)) + (1 - p) * math.log((1 - p) / p)
+    assert kl == pytest.approx(2 * p - 1)
+    assert terms["ce"].value.item() == pytest.approx(math.log(1 + E ** -1), abs=1e-6)
+    assert terms["kl"].value.item() == pytest.approx(kl, abs=1e-6)
+    assert terms["kl"].weight == 6.0
+    (grad,) = torch.autograd.grad(terms["kl"].value, clean)
+    assert grad.abs().sum() > 0, "TRADES' clean target must not be detached"
+
+
+def test_trades_kl_is_batch_mean_of_sums(host):
+    from robustdistill.plugins.trades import trades_kl
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    per_sample = (F.softmax(a, 1) * (F.log_softmax(a, 1) - F.log_softmax(b, 1))).sum(1)
+    assert trades_kl(a, b).item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+
+
+def test_pgd_step_linf_by_hand():
+    x = torch.full((1, 3), 0.5)
+    x_adv = torch.tensor([[0.55, 0.45, 0.98]])
+    g = torch.tensor([[1.0, -1.0, 1.0]])
+    out = pgd_step(x_adv, g, x, eps=0.1, step_size=0.07)
+    assert torch.allclose(out, torch.tensor([[0.6, 0.4, 0.6]]))
+    out = pgd_step(torch.tensor([[0.95]]), torch.tensor([[1.0]]), torch.tensor([[0.95]]), eps=0.1, step_size=0.07)
+    assert out.item() == pytest.approx(1.0), "clamped to [0, 1]"
+    assert torch.equal(pgd_step(x, torch.zeros_like(x), x, 0.1, 0.07), x), "zero gradient: no step"
+
+
+def test_pgd_step_l2_by_hand_and_per_sample_eps():
+    x = torch.full((1, 2), 0.5)
+    out = pgd_step(x.clone(), torch.tensor([[3.0, 4.0]]), x, eps=0.05, step_size=0.1, norm="l2")
+    assert torch.allclose(out, torch.tensor([[0.53, 0.54]]), atol=1e-6), "step 0.1 along (0.6, 0.8), projected to 0.05"
+    x = torch.full((2, 1), 0.5)
+    out = pgd_step(x, torch.ones(2, 1), x, eps=torch.tensor([0.0, 0.2]), step_size=0.1)
+    assert torch.allclose(out, torch.tensor([[0.5], [0.6]]))
+
+
+def test_cw_margin_and_kl_objective_by_hand():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert cw_margin(logits, torch.tensor([0]), kappa=50).item() == pytest.approx(2.0)
+    assert cw_margin(logits, torch.tensor([0]), kappa=1).item() == pytest.approx(1.0)
+    assert cw_margin(logits, torch.tensor([1]), kappa=50).item() == pytest.approx(-1.0)
+    target = torch.tensor([[0.5, 0.5]])
+    value = kl_objective(nn.Identity(), target)(torch.tensor([[0.0, 0.0]]))
+    assert value.item() == pytest.approx(0.0, abs=1e-7)
+    value = kl_objective(nn.Identity(), torch.tensor([[1.0, 0.0]]))(torch.tensor([[0.0, 0.0]]))
+    assert value.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("init", ["uniform", "normal", "none"])
+def test_pgd_never_leaves_the_ball_or_unit_box(norm, init):
+    torch.manual_seed(0)
+    model = tiny_model()
+    x = torch.rand(16, 1, 8, 8)
+    x[:4] = 0.0
+    x[4:8] = 1.0
+    y = torch.randint(0, 3, (16,))
+    eps = 0.1 if norm == "linf" else 0.5
+    x_adv = pgd(model, x, y, eps=eps, step_size=eps / 2, steps=5, norm=norm, init=init, restarts=2)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    dist = (x_adv - x).abs().flatten(1).amax(1) if norm == "linf" else (x_adv - x).flatten(1).norm(dim=1)
+    assert (dist <= eps + 1e-6).all()
+    assert (x_adv != x).any()
+
+
+def test_pgd_raises_the_loss_and_fgsm_steps_eps():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    clean = F.cross_entropy(model(x), y)
+    adv = F.cross_entropy(model(pgd(model, x, y, eps=0.1, step_size=0.02, steps=10)), y)
+    assert adv > clean
+    x_fgsm = fgsm(model, x, y, eps=0.1)
+    moved = (x_fgsm - x).abs()
+    assert torch.all((moved < 1e-6) | ((moved - 0.1).abs() < 1e-6) | (x_fgsm == 0) | (x_fgsm == 1))
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_attacks_restore_modes(start_training):
+    model = tiny_model()
+    model.train(start_training)
+    model.head.train(not start_training)  # a submodule in the other mode must keep it
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, bn_mode="train")
+    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, bn_mode="eval")
+    fgsm(model, x, y, eps=0.1)
+    assert model.training == start_training and model.head.training == (not start_training)
+
+
+def test_model_mode_restores_after_an_exception():
+    model = tiny_model().train()
+    with pytest.raises(ValueError):
+        with model_mode(model, train=False):
+            assert not model.training
+            raise ValueError
+    assert model.training
+
+
+def test_perturb_gives_no_parameter_gradients():
+    model = tiny_model()
+    x = torch.rand(4, 1, 8, 8)
+    perturb(lambda z: model(z).sum(1), x, eps=0.1, step_size=0.05, steps=2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_random_init_normal_is_tiny_and_uniform_fills_the_ball():
+    torch.manual_seed(0)
+    x = torch.full((1000, 1), 0.5)
+    assert (random_init(x, 0.1, "normal") - x).abs().max() < 0.01
+    u = random_init(x, 0.1, "uniform") - x
+    assert u.abs().max() <= 0.1 and u.abs().max() > 0.09
+
+
+@pytest.mark.parametrize("method", ["natural", "at", "trades"])
+def test_builtin_methods_train_a_step(host, method):
+    terms = run_step(host, [method])
+    assert all(torch.isfinite(t.value) for t in terms)
+
+
+def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):
+    ctx = step_context(host, ["at"])
+    ctx.config.eps, ctx.config.step_size, ctx.config.attack_steps = 0.05, 0.01, 3
+    x_adv = ctx.hooks.attack(ctx)
+    assert (x_adv - ctx.x).abs().max() <= 0.05 + 1e-6
+    assert not x_adv.requires_grad

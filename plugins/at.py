@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import hookimpl
-from robustdistill.attacks import BN_MODES, INITS, ce_objective, model_mode, perturb
+from robustdistill.attacks import BN_MODES, INITS, ce_objective
 from robustdistill.registry import Method, Option
 from robustdistill.step import LossTerm, StepContext
 
@@ -35,10 +35,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    cfg = ctx.config
-    with model_mode(ctx.student, train=cfg.at_attack_bn == "train"):
-        return perturb(ce_objective(ctx.student, ctx.y), ctx.x, eps=cfg.eps, step_size=cfg.step_size,
-                       steps=cfg.attack_steps, init=cfg.at_init)
+    return ctx.perturb(ce_objective(ctx.student, ctx.y), init=ctx.config.at_init, bn=ctx.config.at_attack_bn)
 
 
 @hookimpl

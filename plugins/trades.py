@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import hookimpl
-from robustdistill.attacks import kl_objective, model_mode, perturb
+from robustdistill.attacks import kl_objective, model_mode
 from robustdistill.registry import Method, Option
 from robustdistill.step import LossTerm, StepContext
 
@@ -39,12 +39,9 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    cfg = ctx.config
-    with model_mode(ctx.student, train=False):
-        with torch.no_grad():
-            target = F.softmax(ctx.student(ctx.x), dim=1)
-        return perturb(kl_objective(ctx.student, target), ctx.x, eps=cfg.eps, step_size=cfg.step_size,
-                       steps=cfg.attack_steps, init="normal")
+    with model_mode(ctx.student, train=False), torch.no_grad():
+        target = F.softmax(ctx.student(ctx.x), dim=1)
+    return ctx.perturb(kl_objective(ctx.student, target), init="normal", bn="eval")
 
 
 @hookimpl

@@ -32,7 +32,10 @@ RESUME_MUST_MATCH = ("model", "activation", "dataset", "plugin", "subset", "batc
 
 @dataclass
 class Run:
-    """Everything a training run holds; lifecycle hooks receive it."""
+    """Everything a training run holds; lifecycle hooks receive it.
+
+    ``base_method`` is the selected method that runs the attack (``None`` when none does).
+    """
 
     config: Namespace
     host: PluginHost
@@ -46,6 +49,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     out: Path
+    base_method: str | None = None
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
@@ -135,7 +139,7 @@ def _load_teacher(config: Namespace, host: PluginHost, data: ImageData, device: 
 def _make_scheduler(config: Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     epochs = config.epochs
     if config.lr_schedule == "multistep":
-        milestones = config.milestones or [max(1, epochs // 2), max(1, (3 * epochs) // 4)]
+        milestones = config.milestones or sorted({m for m in (epochs // 2, (3 * epochs) // 4) if m >= 1})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_gamma)
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -178,7 +182,8 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
                                 weight_decay=config.weight_decay)
     scheduler = _make_scheduler(config, optimizer)
     hooks = host.step_hooks(methods)
-    return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out)
+    base = next(iter(_attack_owners(host, methods)), None)
+    return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base)
 
 
 # -- state ------------------------------------------------------------------------------------------

@@ -47,3 +47,26 @@ def pgd_step(
     else:
         raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
     return (x + delta).clamp(lo, hi)
+
+
+FD_DISTANCES = ("kl", "l1", "l2")
+
+
+def fd_align(s_plus: Tensor, s_minus: Tensor, t_plus: Tensor, t_minus: Tensor, distance: str = "kl") -> Tensor:
+    """IGDM's finite-difference gradient alignment ``D(s⁺ − s⁻, t⁺ − t⁻)`` over logits ``[B, C]``.
+
+    ``kl``: ``(1/B)·Σᵢ KL(σ(t⁺ᵢ − t⁻ᵢ) ‖ σ(s⁺ᵢ − s⁻ᵢ))`` (batchmean, temperature 1 — the paper's and its
+    code's choice); ``l1``: mean absolute difference; ``l2``: mean squared difference (both over B×C).
+    The teacher side is constant: no gradient flows into ``t⁺``/``t⁻``.
+    """
+    ds = s_plus.float() - s_minus.float()
+    dt = (t_plus.float() - t_minus.float()).detach()
+    if distance == "kl":
+        log_q = torch.log_softmax(ds, dim=1)
+        log_p = torch.log_softmax(dt, dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum() / ds.shape[0]
+    if distance == "l1":
+        return (ds - dt).abs().mean()
+    if distance == "l2":
+        return (ds - dt).pow(2).mean()
+    raise ValueError(f"unknown distance {distance!r}; choose one of {FD_DISTANCES}")

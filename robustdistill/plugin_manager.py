@@ -24,6 +24,10 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "natural": "robustdistill.plugins.natural",
     "at": "robustdistill.plugins.at",
     "trades": "robustdistill.plugins.trades",
+    "ard": "robustdistill.plugins.ard",
+    "rslad": "robustdistill.plugins.rslad",
+    "adaad": "robustdistill.plugins.adaad",
+    "igdm": "robustdistill.plugins.igdm",
 }
 STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "loss")
 LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "train_end")

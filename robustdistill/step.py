@@ -68,6 +68,34 @@ class StepContext:
             self._teacher_cache[key] = self.hooks.teacher_forward(ctx=self, x=x)
         return self._teacher_cache[key]
 
+    def teacher_outs(self, inputs: dict[str, Tensor]) -> dict[str, TeacherOutput]:
+        """Teacher outputs for several named inputs; the uncached ones go through the teacher as one batch.
+
+        Concatenating is exact because the teacher is frozen in eval mode.
+        """
+        missing = {key: x for key, x in inputs.items() if key not in self._teacher_cache}
+        if len(missing) == 1:
+            self.teacher_out(*next(iter(missing.items())))
+        elif missing:
+            if self.teacher is None:
+                raise RuntimeError("this method needs a teacher; pass --teacher CKPT")
+            out = self.hooks.teacher_forward(ctx=self, x=torch.cat(list(missing.values())))
+            sizes = [len(x) for x in missing.values()]
+            logits = out.logits.split(sizes)
+            features = out.features.split(sizes) if out.features is not None else [None] * len(sizes)
+            for key, lg, ft in zip(missing, logits, features):
+                self._teacher_cache[key] = TeacherOutput(lg, ft)
+        return {key: self._teacher_cache[key] for key in inputs}
+
+    def perturb(self, objective: Callable[[Tensor], Tensor], *, init: str, bn: str) -> Tensor:
+        """The run's attack (``--eps``, ``--step-size``, ``--attack-steps``) on ``objective``, from ``ctx.x``,
+        with the student's BatchNorm in ``bn`` mode (``"eval"`` or ``"train"``); the mode is restored after."""
+        from .attacks import model_mode, perturb
+
+        cfg = self.config
+        with model_mode(self.student, train=bn == "train"):
+            return perturb(objective, self.x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, init=init)
+
     def student_out(self, key: str, x: Tensor, features: bool = False) -> Any:
         """Student logits (or ``(logits, features)``) in training mode, computed once per ``key`` per step.
 

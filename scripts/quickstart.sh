@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Set everything up, then train a PGD-AT model on Fashion-MNIST and evaluate it.
-# EPOCHS (default 5) and DEVICE (default auto) change the run.
+# Set everything up, then the main job on Fashion-MNIST: train a PGD-AT teacher, distil a student with
+# IGDM (on top of PGD-AT), and evaluate both. EPOCHS (default 3) and DEVICE (default auto) change the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/robustdistill train --plugin at --dataset fashion-mnist --model cnn \
-    --epochs "${EPOCHS:-5}" --device "${DEVICE:-auto}" --out runs/fmnist-at
-.venv/bin/robustdistill eval runs/fmnist-at/last.pt --attacks clean,fgsm,pgd20,cw,autoattack \
-    --subset 1000 --json runs/fmnist-at/eval.json
+RD=.venv/bin/robustdistill
+COMMON=(--dataset fashion-mnist --epochs "${EPOCHS:-3}" --device "${DEVICE:-auto}")
+[ -e runs/fmnist-teacher/last.pt ] || $RD train --plugin at --model smallcnn "${COMMON[@]}" --out runs/fmnist-teacher
+[ -e runs/fmnist-igdm/last.pt ] || $RD train --plugin igdm --teacher runs/fmnist-teacher/last.pt --model cnn \
+    "${COMMON[@]}" --out runs/fmnist-igdm
+for run in fmnist-teacher fmnist-igdm; do
+    $RD eval "runs/$run/last.pt" --attacks clean,fgsm,pgd20,cw,autoattack --subset 1000 --json "runs/$run/eval.json"
+done

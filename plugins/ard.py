@@ -1,0 +1,56 @@
+"""ARD — Adversarially Robust Distillation (Goldblum et al., AAAI 2020; methods-ad §2.1).
+
+    L = α·τ²·KL(σ(T(x)/τ) ‖ σ(S(x′)/τ)) + (1 − α)·CE(S(x), y)
+
+Teacher on **clean** x, student on the adversarial x′ = PGD-10 on the student's CE with the true
+labels from a uniform start. Defaults follow the official code: τ = 30, α = 1 (so the CE term is
+off and not computed), the legacy element-wise ``mean`` KL reduction (``nn.KLDivLoss()``), and the
+attack run with the student in **train** mode (BatchNorm batch statistics). The IGDM code's ARD base
+differs: τ = 1, ``batchmean``, attack in eval mode (``--ard-tau 1 --ard-kl-reduction batchmean
+--ard-attack-bn eval``). The official ``adjust_learning_rate`` decays only once (0.1 → 0.01); the
+engine's multistep schedule decays at every milestone.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+
+from robustdistill import hookimpl
+from robustdistill.attacks import BN_MODES, INITS, ce_objective
+from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
+from robustdistill.registry import Method, Option
+from robustdistill.step import LossTerm, StepContext
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("ard", "ARD: α·τ²·KL(T(x)/τ ‖ S(x′)/τ) + (1−α)·CE(S(x), y), PGD-CE attack", needs_teacher=True))
+
+
+@hookimpl
+def register_options(register: Callable) -> None:
+    register(Option("--ard-tau", 30.0, "distillation temperature τ (ARD code: 30; IGDM's ARD base: 1)"))
+    register(Option("--ard-alpha", 1.0, "α, weight of the KL term; 1 − α weighs clean CE (ARD code: 1)"))
+    register(Option("--ard-kl-reduction", "mean", "KL reduction: mean = element-wise mean over B×C "
+                    "(ARD code, nn.KLDivLoss()) or batchmean (IGDM code)", choices=KL_REDUCTIONS))
+    register(Option("--ard-attack-bn", "train", "BatchNorm mode of the student while attacking: train "
+                    "(ARD code) or eval (IGDM code)", choices=BN_MODES))
+    register(Option("--ard-init", "uniform", "PGD start: uniform in the ε-ball (ARD code) or x+0.001·N",
+                    choices=INITS))
+
+
+@hookimpl
+def attack(ctx: StepContext):
+    return ctx.perturb(ce_objective(ctx.student, ctx.y), init=ctx.config.ard_init, bn=ctx.config.ard_attack_bn)
+
+
+@hookimpl
+def loss(ctx: StepContext) -> list[LossTerm]:
+    cfg = ctx.config
+    teacher = ctx.teacher_out("clean", ctx.x).logits
+    kl = kl_to_teacher(ctx.student_out("adv", ctx.x_adv), teacher, cfg.ard_kl_reduction, cfg.ard_tau)
+    terms = [LossTerm("kl", kl, weight=cfg.ard_alpha * cfg.ard_tau ** 2)]
+    if cfg.ard_alpha != 1:
+        terms.append(LossTerm("ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y), weight=1 - cfg.ard_alpha))
+    return terms

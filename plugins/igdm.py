@@ -1,0 +1,94 @@
+"""IGDM — Indirect Gradient Distillation Module (Lee et al., ICLR 2025; methods-ad §1).
+
+    L_min = L_base + T(α)·D(S(x+δ) − S(x−δ), T(x+δ) − T(x−δ)),   T(α) = α · epoch / epochs   (Eqs. 8–9)
+
+δ = x_adv − x is the perturbation the **base method's** own attack already crafted (no new attack);
+the student and teacher logit differences across ±δ approximate their input gradients along δ, so
+matching them transfers the teacher's local linear behaviour. D is the KL of the softmaxes of the
+differences (batchmean, τ = 1, teacher side detached — the paper's and the code's choice); L1 and L2
+are options ("nearly indistinguishable", §4.1). x + δ = x_adv is already in [0, 1]; x − δ is **not
+clipped**, as in the code (``--igdm-clip-minus`` clips it). The student runs in train mode for the
+±δ forwards, as in the code. ``--igdm-beta``/``--igdm-gamma`` scale +δ and −δ (code: 1, 1).
+
+Selected alone, IGDM composes on top of PGD-AT (the paper's IGDM_PGD-AT); ``--plugin rslad
+--plugin igdm`` is IGDM_RSLAD, and so on for every base.
+
+α (App. B.2, ResNet-18 student, LTD teacher) is a per-base default, chosen by the number of classes:
+
+    base       PGD-AT  TRADES  ARD  RSLAD  AdaAD
+    CIFAR-10     60      20     5    0.9     5      (used for every dataset without 100 classes)
+    CIFAR-100   100       5    50    3      15
+
+The full table (BDM-AT / IKL-AT teachers, MobileNetV2, SVHN: PGD-AT 60, TRADES 30, ARD 50, RSLAD 3,
+AdaAD 9; Tiny-ImageNet: 30, 20, 10, 1, 10) is in methods-ad §1.5; pass ``--igdm-alpha`` to override.
+Where the official code differs: the ramp denominator is hard-coded (200 epochs; 300 for RSLAD) —
+``--igdm-ramp-epochs``; weight decay 2e-4 (paper 5e-4) — ``--weight-decay``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from robustdistill import RobustDistillError, hookimpl
+from robustdistill.ops import FD_DISTANCES, fd_align
+from robustdistill.registry import Method, Option
+from robustdistill.step import LossTerm, StepContext
+
+ALPHA_CIFAR10 = {"at": 60.0, "trades": 20.0, "ard": 5.0, "rslad": 0.9, "adaad": 5.0}
+ALPHA_CIFAR100 = {"at": 100.0, "trades": 5.0, "ard": 50.0, "rslad": 3.0, "adaad": 15.0}
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("igdm", "IGDM: + T(α)·KL(S(x+δ)−S(x−δ), T(x+δ)−T(x−δ)) on the base's δ; composes on any base",
+                    needs_teacher=True, default_base="at"))
+
+
+@hookimpl
+def register_options(register: Callable) -> None:
+    register(Option("--igdm-alpha", None, "α; default per base method and dataset (App. B.2, see the plugin docs)",
+                    type=float))
+    register(Option("--igdm-distance", "kl", "D: kl of softmaxes (paper and code), l1 or l2", choices=FD_DISTANCES))
+    register(Option("--igdm-ramp-epochs", None, "denominator of the α ramp α·epoch/E (paper: --epochs; "
+                    "official code: 200, or 300 for RSLAD)", type=int))
+    register(Option("--igdm-beta", 1.0, "scale of +δ (code: 1)"))
+    register(Option("--igdm-gamma", 1.0, "scale of −δ (code: 1)"))
+    register(Option("--igdm-clip-minus", False, "clip x−δ to [0, 1] (code: not clipped)"))
+
+
+def default_alpha(base: str, num_classes: int) -> float:
+    table = ALPHA_CIFAR100 if num_classes == 100 else ALPHA_CIFAR10
+    if base not in table:
+        raise RobustDistillError(f"igdm has no default α for base method {base!r}; pass --igdm-alpha")
+    return table[base]
+
+
+def ramp(alpha: float, epoch: int, ramp_epochs: int) -> float:
+    """T(α) = α · epoch / E with a 1-based epoch, so the last epoch (epoch = E) weighs exactly α."""
+    return alpha * epoch / ramp_epochs
+
+
+@hookimpl
+def train_start(run) -> None:
+    cfg = run.config
+    if run.base_method is None:
+        raise RobustDistillError("igdm needs a base method that runs an attack (at, trades, ard, rslad, adaad) "
+                                 "to take δ from; add e.g. --plugin at")
+    if cfg.igdm_alpha is None:
+        cfg.igdm_alpha = default_alpha(run.base_method, run.arch.num_classes)
+    if cfg.igdm_ramp_epochs is None:
+        cfg.igdm_ramp_epochs = cfg.epochs
+
+
+@hookimpl
+def loss(ctx: StepContext) -> LossTerm:
+    cfg = ctx.config
+    delta = ctx.delta
+    plus_key = "adv" if cfg.igdm_beta == 1 else "x+βδ"
+    x_plus = ctx.x_adv if cfg.igdm_beta == 1 else ctx.x + cfg.igdm_beta * delta
+    x_minus = ctx.x - cfg.igdm_gamma * delta
+    if cfg.igdm_clip_minus:
+        x_minus = x_minus.clamp(0, 1)
+    teacher = ctx.teacher_outs({plus_key: x_plus, "x-δ": x_minus})
+    value = fd_align(ctx.student_out(plus_key, x_plus), ctx.student_out("x-δ", x_minus),
+                     teacher[plus_key].logits, teacher["x-δ"].logits, cfg.igdm_distance)
+    return LossTerm("igdm", value, weight=ramp(cfg.igdm_alpha, ctx.epoch, cfg.igdm_ramp_epochs))

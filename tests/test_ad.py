@@ -1,0 +1,221 @@
+"""ARD, RSLAD, AdaAD and IGDM: every loss against values computed by hand, and the composition rules."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustdistill import RobustDistillError
+from robustdistill.engine import resolve_methods
+from robustdistill.ops import fd_align
+from robustdistill.testing import plugin_host, run_step, step_context, tiny_model
+
+LN3 = math.log(3)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return plugin_host()
+
+
+class Scaled(nn.Module):
+    """A 'network' whose logits are ``scale · x``: its outputs are known in closed form."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+        self.arch = tiny_model().arch
+
+    def forward(self, x, return_features=False):
+        out = self.scale * x
+        return (out, out) if return_features else out
+
+
+def context(host, methods, x, x_adv, y=(0,), teacher_scale=2.0, epoch=1, epochs=10, **config):
+    ctx = step_context(host, methods, student=Scaled(1.0), teacher=Scaled(teacher_scale), epoch=epoch, epochs=epochs)
+    ctx.x, ctx.x_adv, ctx.y = torch.tensor(x), torch.tensor(x_adv), torch.tensor(y)
+    for key, value in config.items():
+        setattr(ctx.config, key, value)
+    return ctx
+
+
+def terms_of(ctx):
+    return {t.name: (t.value.item(), t.weight) for t in ctx.hooks.loss(ctx)}
+
+
+def kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+# -- outer losses ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tau", [1.0, 30.0])
+@pytest.mark.parametrize("reduction, divisor", [("batchmean", 1), ("mean", 2)])
+def test_ard_kl_with_temperature_and_reduction(host, tau, reduction, divisor):
+    # teacher on clean x: T(x) = 2·x = [τ·ln3, 0] → σ(T/τ) = [3/4, 1/4]; student on x_adv = [0, 0] → [1/2, 1/2]
+    ctx = context(host, ["ard"], [[tau * LN3 / 2, 0.0]], [[0.0, 0.0]], ard_tau=tau, ard_alpha=1.0,
+                  ard_kl_reduction=reduction)
+    terms = terms_of(ctx)
+    assert set(terms) == {"kl"}
+    value, weight = terms["kl"]
+    assert value == pytest.approx(kl([0.75, 0.25], [0.5, 0.5]) / divisor, abs=1e-6)
+    assert weight == pytest.approx(tau ** 2)
+
+
+def test_ard_alpha_adds_clean_cross_entropy(host):
+    ctx = context(host, ["ard"], [[LN3 / 2, 0.0]], [[0.0, 0.0]], ard_tau=1.0, ard_alpha=0.25,
+                  ard_kl_reduction="batchmean")
+    terms = terms_of(ctx)
+    assert terms["kl"][1] == pytest.approx(0.25)
+    assert terms["ce"] == (pytest.approx(math.log(1 + math.exp(-LN3 / 2)), abs=1e-6), pytest.approx(0.75))
+
+
+@pytest.mark.parametrize("reduction, divisor", [("mean", 2), ("batchmean", 1)])
+def test_rslad_outer_loss_by_hand(host, reduction, divisor):
+    # T(x) = 2·[ln3/2, 0] → soft labels b = [3/4, 1/4]; S(x_adv) = [0, 0]; S(x) = [ln3/2, 0]
+    ctx = context(host, ["rslad"], [[LN3 / 2, 0.0]], [[0.0, 0.0]], rslad_reduction=reduction, rslad_scale=10.0)
+    terms = terms_of(ctx)
+    b = [0.75, 0.25]
+
+    def official(q):
+        return sum(bi * (math.log(bi + 1e-5) - math.log(qi)) for bi, qi in zip(b, q)) / divisor
+
+    q_clean = [math.sqrt(3) / (1 + math.sqrt(3)), 1 / (1 + math.sqrt(3))]
+    assert terms["kl_adv"][0] == pytest.approx(official([0.5, 0.5]), abs=1e-6)
+    assert terms["kl_clean"][0] == pytest.approx(official(q_clean), abs=1e-6)
+    assert terms["kl_adv"][1] == pytest.approx(10 * 5 / 6) and terms["kl_clean"][1] == pytest.approx(10 / 6)
+
+
+def test_adaad_outer_loss_uses_the_teacher_at_the_adversarial_point(host):
+    # S(x_adv) = [ln3, 0] → [3/4, 1/4]; T(x_adv) = [2 ln3, 0] → [9/10, 1/10]
+    ctx = context(host, ["adaad"], [[0.0, 0.0]], [[LN3, 0.0]], adaad_lambda=1.0, adaad_reduction="batchmean")
+    assert terms_of(ctx) == {"kl_adv": (pytest.approx(kl([0.9, 0.1], [0.75, 0.25]), abs=1e-6), 1.0)}
+    ctx = context(host, ["adaad"], [[0.0, 0.0]], [[LN3, 0.0]], adaad_lambda=0.5, adaad_reduction="mean")
+    terms = terms_of(ctx)
+    assert terms["kl_adv"][0] == pytest.approx(kl([0.9, 0.1], [0.75, 0.25]) / 2, abs=1e-6)
+    assert terms["kl_clean"] == (pytest.approx(0.0, abs=1e-7), 0.5)
+
+
+def test_igdm_term_by_hand_with_ramp(host):
+    # x = 0, δ = [ln3/4, 0]: S(x+δ) − S(x−δ) = [ln3/2, 0], T(x+δ) − T(x−δ) = [ln3, 0]
+    delta = [[LN3 / 4, 0.0]]
+    q = [math.sqrt(3) / (1 + math.sqrt(3)), 1 / (1 + math.sqrt(3))]
+    for epoch, weight in ((1, 6.0), (10, 60.0)):
+        ctx = context(host, ["at", "igdm"], [[0.0, 0.0]], delta, epoch=epoch, epochs=10, igdm_alpha=60.0,
+                      igdm_ramp_epochs=10)
+        terms = terms_of(ctx)
+        assert terms["igdm"] == (pytest.approx(kl([0.75, 0.25], q), abs=1e-6), pytest.approx(weight))
+
+
+@pytest.mark.parametrize("distance, expected", [("l1", LN3 / 4), ("l2", LN3 ** 2 / 8)])
+def test_igdm_l1_and_l2(host, distance, expected):
+    ctx = context(host, ["at", "igdm"], [[0.0, 0.0]], [[LN3 / 4, 0.0]], igdm_alpha=1.0, igdm_ramp_epochs=1,
+                  igdm_distance=distance)
+    assert terms_of(ctx)["igdm"][0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_igdm_minus_side_is_unclipped_by_default(host):
+    ctx = context(host, ["at", "igdm"], [[0.1, 0.5]], [[0.3, 0.5]], igdm_alpha=1.0, igdm_ramp_epochs=1)
+    ctx.hooks.loss(ctx)
+    assert torch.allclose(ctx._student_cache["x-δ"], torch.tensor([[-0.1, 0.5]])), "identity student: logits = input"
+    ctx = context(host, ["at", "igdm"], [[0.1, 0.5]], [[0.3, 0.5]], igdm_alpha=1.0, igdm_ramp_epochs=1,
+                  igdm_clip_minus=True)
+    ctx.hooks.loss(ctx)
+    assert torch.allclose(ctx._student_cache["x-δ"], torch.tensor([[0.0, 0.5]]))
+
+
+def test_fd_align_gradient_reaches_only_the_student():
+    s_plus, s_minus, t_plus, t_minus = (torch.randn(3, 4, requires_grad=True) for _ in range(4))
+    fd_align(s_plus, s_minus, t_plus, t_minus).backward()
+    assert s_plus.grad.abs().sum() > 0 and torch.allclose(s_plus.grad, -s_minus.grad)
+    assert t_plus.grad is None and t_minus.grad is None
+
+
+def test_igdm_default_alpha_per_base_and_dataset():
+    from robustdistill.plugins.igdm import default_alpha
+    assert [default_alpha(b, 10) for b in ("at", "trades", "ard", "rslad", "adaad")] == [60, 20, 5, 0.9, 5]
+    assert [default_alpha(b, 100) for b in ("at", "trades", "ard", "rslad", "adaad")] == [100, 5, 50, 3, 15]
+    with pytest.raises(RobustDistillError, match="pass --igdm-alpha"):
+        default_alpha("natural", 10)
+
+
+# -- inner losses -----------------------------------------------------------------------------------------
+
+def test_rslad_attack_maximises_kl_to_the_clean_teacher(host):
+    torch.manual_seed(0)
+    ctx = step_context(host, ["rslad"], teacher=tiny_model(seed=1))
+    x_adv = ctx.hooks.attack(ctx)
+    soft = F.softmax(ctx.teacher(ctx.x), 1)
+    with torch.no_grad():
+        ctx.student.eval()
+        before = F.kl_div(F.log_softmax(ctx.student(ctx.x), 1), soft, reduction="sum")
+        after = F.kl_div(F.log_softmax(ctx.student(x_adv), 1), soft, reduction="sum")
+    assert after > before
+    assert (x_adv - ctx.x).abs().max() <= ctx.config.eps + 1e-6
+
+
+def test_adaad_attack_objective_goes_through_both_networks(host):
+    torch.manual_seed(0)
+    student = tiny_model(seed=0)
+    ctx_a = step_context(host, ["adaad"], student=student, teacher=tiny_model(seed=1))
+    ctx_b = step_context(host, ["adaad"], student=student, teacher=tiny_model(seed=2))
+    torch.manual_seed(5)
+    adv_a = ctx_a.hooks.attack(ctx_a)
+    torch.manual_seed(5)
+    adv_b = ctx_b.hooks.attack(ctx_b)
+    assert not torch.equal(adv_a, adv_b), "the teacher shapes the attack"
+    assert all(p.grad is None for p in ctx_a.teacher.parameters())
+    assert (adv_a - ctx_a.x).abs().max() <= ctx_a.config.eps + 1e-6
+
+
+# -- composition --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("methods", [["ard"], ["rslad"], ["adaad"], ["rslad", "igdm"], ["adaad", "igdm"],
+                                     ["trades", "igdm"], ["igdm"]])
+def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, methods):
+    teacher = tiny_model(seed=3)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ctx_config = step_context(host, methods).config
+    ctx_config.igdm_alpha, ctx_config.igdm_ramp_epochs = 1.0, 1
+    terms = run_step(host, methods, teacher=teacher, config=ctx_config)
+    assert terms
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_igdm_alone_is_igdm_on_pgd_at(host):
+    assert resolve_methods(host, ["igdm"]) == ["at", "igdm"]
+    assert resolve_methods(host, ["rslad", "igdm"]) == ["rslad", "igdm"]
+    with pytest.raises(RobustDistillError, match="both run an attack"):
+        resolve_methods(host, ["rslad", "adaad", "igdm"])
+
+
+def test_igdm_uses_the_base_delta_detached_and_teacher_forwards_run_once(host):
+    teacher = tiny_model(seed=3)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    ctx = step_context(host, ["rslad", "igdm"], teacher=teacher, batch=4)
+    ctx.config.igdm_alpha, ctx.config.igdm_ramp_epochs = 1.0, 1
+    ctx.x_adv = ctx.hooks.attack(ctx)
+    assert not ctx.x_adv.requires_grad
+    student_inputs = []
+    ctx.student.register_forward_pre_hook(lambda m, i: student_inputs.append(i[0]))
+    calls.clear()
+    ctx.hooks.loss(ctx)
+    assert calls == [8], "T(x) cached from the attack; T(x+δ), T(x−δ) in one batched forward"
+    assert len(student_inputs) == 3, "S(x_adv) shared by RSLAD and IGDM; S(x) and S(x−δ)"
+    assert any(torch.equal(x, ctx.x_adv) for x in student_inputs)
+    assert any(torch.equal(x, ctx.x - (ctx.x_adv - ctx.x)) for x in student_inputs)
+    assert all(not x.requires_grad for x in student_inputs)
+
+
+def test_composition_order_does_not_change_the_loss(host):
+    totals = []
+    for methods in (["rslad", "igdm"], ["igdm", "rslad"]):
+        ctx = step_context(host, methods, student=tiny_model(seed=0), teacher=tiny_model(seed=3), seed=4)
+        ctx.config.igdm_alpha, ctx.config.igdm_ramp_epochs = 2.0, 1
+        torch.manual_seed(7)
+        ctx.x_adv = ctx.hooks.attack(ctx)
+        totals.append(sum(t.weight * t.value for t in ctx.hooks.loss(ctx)).item())
+    assert totals[0] == pytest.approx(totals[1], rel=1e-6)

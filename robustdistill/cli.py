@@ -54,6 +54,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g.add_argument("--teacher", default=None, metavar="CKPT", help="teacher checkpoint for distillation methods")
     g.add_argument("--teacher-arch", default=None, metavar="NAME",
                    help="architecture of a --teacher that is a plain state_dict saved by another tool")
+    g.add_argument("--teacher-resize", action="store_true",
+                   help="resize inputs inside a teacher trained at another image size (cross-resolution transfer)")
     g = parser.add_argument_group("data and model")
     g.add_argument("--dataset", default="fashion-mnist", help=f"one of: {', '.join(sorted(reg.datasets))}")
     g.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset files are (also $ROBUSTDISTILL_DATA)")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -54,12 +55,31 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
 
-    def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
-        """Give a plugin-owned trainable module (and its optimiser) to the run: moved to the device,
-        saved in every checkpoint and restored on ``--resume``. Returns the module."""
+    def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                   joint: bool = False) -> nn.Module:
+        """Give a plugin-owned trainable module to the run: moved to the device, saved in every checkpoint
+        and restored on ``--resume``. ``joint=True`` trains it with the student's optimiser (e.g. RRM's
+        feature projection); otherwise the plugin steps its own ``optimizer`` (e.g. IGAM's discriminator).
+        Call it from ``train_start``. Returns the module."""
         module.to(self.device)
+        if joint:
+            self.optimizer.add_param_group({"params": list(module.parameters())})
         self.plugin_modules[name] = (module, optimizer)
         return module
+
+
+class ResizedTeacher(nn.Module):
+    """Bridges a teacher trained at another resolution: inputs are resized (bilinear) to its size."""
+
+    def __init__(self, teacher: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.arch = teacher.arch
+        self.image_size = image_size
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Any:
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.teacher(x, return_features=return_features)
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -127,9 +147,15 @@ def _load_teacher(config: Namespace, host: PluginHost, data: ImageData, device: 
     if arch.num_classes != info.num_classes:
         raise RobustDistillError(f"teacher {config.teacher!r} has {arch.num_classes} classes but {info.name} has "
                                  f"{info.num_classes}; use a teacher trained on {info.name}")
-    if arch.in_channels != info.in_channels or arch.image_size != info.image_size:
-        raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.in_channels}×{arch.image_size}² images but "
-                                 f"{info.name} has {info.in_channels}×{info.image_size}²")
+    if arch.in_channels != info.in_channels:
+        raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.in_channels}-channel images but "
+                                 f"{info.name} has {info.in_channels} channels")
+    if arch.image_size != info.image_size:
+        if not config.teacher_resize:
+            raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.image_size}×{arch.image_size} images but "
+                                     f"{info.name} has {info.image_size}×{info.image_size}; pass --teacher-resize to "
+                                     "resize inputs inside the teacher")
+        teacher = ResizedTeacher(teacher, arch.image_size)
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

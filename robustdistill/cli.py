@@ -89,6 +89,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<plugins>-<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also checkpoint every N steps within an epoch (default: at the end of each epoch only)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across processes in distributed runs (torchrun)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="options from a YAML file (keys are option names); the command line overrides it")
     for owner, options in sorted(reg.options.items()):

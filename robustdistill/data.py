@@ -341,7 +341,6 @@ def _tv_idx(tv_class: str, root: str, download: bool = False) -> tuple[Tensor, T
 
 
 def _load_idx(spec: _IdxSpec, data_dir: str | None, download: bool) -> ImageData:
-    info = DATASET_INFOS[spec.name]
     looked: list[str] = []
     extra = (_Place(DEBIAN_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist"),)
     for place in _candidates(data_dir, extra if spec.debian else ()):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import __version__
@@ -35,7 +38,8 @@ RESUME_MUST_MATCH = ("model", "activation", "dataset", "plugin", "subset", "batc
 class Run:
     """Everything a training run holds; lifecycle hooks receive it.
 
-    ``base_method`` is the selected method that runs the attack (``None`` when none does).
+    ``base_method`` is the selected method that runs the attack (``None`` when none does). ``trainer`` is
+    the module the loss forwards run through: the DDP wrapper of ``student`` when distributed.
     """
 
     config: Namespace
@@ -51,7 +55,10 @@ class Run:
     device: torch.device
     out: Path
     base_method: str | None = None
+    dist: "Distributed" = field(default_factory=lambda: Distributed())
+    trainer: nn.Module | None = None
     epoch: int = 0
+    progress: "EpochProgress" = field(default_factory=lambda: EpochProgress.start(torch.device("cpu")))
     history: list[dict[str, Any]] = field(default_factory=list)
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
 
@@ -80,6 +87,104 @@ class ResizedTeacher(nn.Module):
     def forward(self, x: Tensor, return_features: bool = False) -> Any:
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return self.teacher(x, return_features=return_features)
+
+
+@dataclass
+class EpochProgress:
+    """Where the current epoch stands: batches done and the running sums of its metrics (checkpointed)."""
+
+    batch: int
+    seen: int
+    seconds: float
+    loss_sum: Tensor
+    term_sums: dict[str, Tensor]
+
+    @classmethod
+    def start(cls, device: torch.device) -> "EpochProgress":
+        return cls(0, 0, 0.0, torch.zeros((), device=device), {})
+
+    def add(self, loss: Tensor, terms: list[LossTerm], n: int) -> None:
+        self.loss_sum = self.loss_sum + loss * n
+        for term in terms:
+            previous = self.term_sums.get(term.name, torch.zeros((), device=self.loss_sum.device))
+            self.term_sums[term.name] = previous + term.value.detach().float() * n
+        self.seen += n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "seen": self.seen, "seconds": self.seconds, "loss_sum": self.loss_sum.cpu(),
+                "term_sums": {k: v.cpu() for k, v in self.term_sums.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device) -> "EpochProgress":
+        return cls(int(d["batch"]), int(d["seen"]), float(d["seconds"]), d["loss_sum"].to(device),
+                   {k: v.to(device) for k, v in d["term_sums"].items()})
+
+
+class Distributed:
+    """Data-parallel training under ``torchrun``: NCCL on GPUs, gloo on CPUs; a no-op in one process.
+
+    Every rank walks the same global batch order and takes every ``world``-th sample of each batch, so a
+    run on N processes sees the same global batches as one process with the same ``--batch-size``.
+    """
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, device: torch.device) -> torch.device:
+        """Join the process group; on CUDA each process takes the GPU of its local rank."""
+        if self.world == 1:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def wrap(self, student: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+        if self.world == 1:
+            return student
+        if sync_bn:
+            if device.type != "cuda":
+                raise RobustDistillError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernels); "
+                                         "drop --sync-bn for CPU runs")
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def shard(self, batch: Tensor) -> Tensor:
+        return batch if self.world == 1 else batch[self.rank::self.world]
+
+    def sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_main:
+            print(*args, **kwargs)
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -192,7 +297,13 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     if config.model is not None:
         host.registry.model(config.model)
     host.registry.dataset(config.dataset)
-    device = resolve_device(config.device)
+    distributed = Distributed()
+    if config.batch_size % distributed.world:
+        raise RobustDistillError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
+                                 f"{distributed.world} processes")
+    if config.checkpoint_every is not None and config.checkpoint_every < 1:
+        raise RobustDistillError(f"--checkpoint-every {config.checkpoint_every} must be at least 1 (steps)")
+    device = distributed.setup(resolve_device(config.device))
     seed_everything(config.seed)
     data = host.registry.dataset(config.dataset).load(config.data_dir, config.download)
     data = take_subset(data, train=config.subset)
@@ -209,7 +320,12 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     scheduler = _make_scheduler(config, optimizer)
     hooks = host.step_hooks(methods)
     base = next(iter(_attack_owners(host, methods)), None)
-    return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base)
+    trainer = distributed.wrap(student, device, config.sync_bn)
+    if distributed.world > 1:
+        student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers
+        torch.manual_seed(config.seed + distributed.rank)  # per-process attack noise; weights came from rank 0
+    return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base,
+               distributed, trainer, progress=EpochProgress.start(device))
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -241,20 +357,27 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_run(run: Run) -> None:
-    save_checkpoint(run.out / "last.pt", {
-        "version": __version__,
-        "arch": run.arch.to_dict(),
-        "model": run.student.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "epoch": run.epoch,
-        "config": config_to_dict(run.config),
-        "plugins": [info.to_dict() for info in run.host.plugin_infos()],
-        "plugin_modules": {name: {"module": m.state_dict(), "optimizer": o.state_dict() if o else None}
-                           for name, (m, o) in run.plugin_modules.items()},
-        "history": run.history,
-        "rng": _rng_state(),
-    })
+    """Checkpoint the run (rank 0 writes; every rank contributes its RNG state) and rewrite metrics.jsonl."""
+    rng = run.dist.gather(_rng_state())
+    if run.dist.is_main:
+        save_checkpoint(run.out / "last.pt", {
+            "version": __version__,
+            "arch": run.arch.to_dict(),
+            "model": run.student.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": run.epoch,
+            "progress": run.progress.to_dict(),
+            "world_size": run.dist.world,
+            "config": config_to_dict(run.config),
+            "plugins": [info.to_dict() for info in run.host.plugin_infos()],
+            "plugin_modules": {name: {"module": m.state_dict(), "optimizer": o.state_dict() if o else None}
+                               for name, (m, o) in run.plugin_modules.items()},
+            "history": run.history,
+            "rng": rng,
+        })
+        write_metrics(run)
+    run.dist.barrier()
 
 
 def resume_run(run: Run) -> None:
@@ -266,6 +389,10 @@ def resume_run(run: Run) -> None:
     saved = ckpt.get("config", {})
     current = config_to_dict(run.config)
     changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
+    if ckpt.get("world_size", 1) != run.dist.world:
+        raise RobustDistillError(f"--resume: the run was trained on {ckpt.get('world_size', 1)} processes and is resumed "
+                                 f"on {run.dist.world}; resume with the same number (exact resume needs each "
+                                 "process's RNG state)")
     if changed:
         detail = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} → {current.get(k)!r}" for k in changed)
         raise RobustDistillError(f"--resume with options that change the run ({detail}); "
@@ -280,8 +407,9 @@ def resume_run(run: Run) -> None:
             if optimizer is not None and saved_module["optimizer"] is not None:
                 optimizer.load_state_dict(saved_module["optimizer"])
     run.epoch = int(ckpt["epoch"])
+    run.progress = EpochProgress.from_dict(ckpt["progress"], run.device)
     run.history = list(ckpt.get("history", []))
-    _set_rng_state(ckpt["rng"])
+    _set_rng_state(ckpt["rng"][run.dist.rank])
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -295,7 +423,7 @@ def _autocast(run: Run) -> Any:
 def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[Tensor, list[LossTerm]]:
     """One step: attack (firstresult) → loss terms from every active plugin → optimiser step."""
     ctx = StepContext(x=x, y=y, student=run.student, teacher=run.teacher, config=run.config,
-                      epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks)
+                      epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks, trainer=run.trainer)
     run.student.train()
     with _autocast(run):
         ctx.x_adv = run.hooks.attack(ctx)
@@ -330,67 +458,100 @@ def validate(run: Run) -> dict[str, float]:
     return {"val_clean": correct_clean / n, "val_pgd": correct_pgd / n}
 
 
+def check_finite(run: Run, epoch: int) -> None:
+    """Stop before anything is written when a loss term went NaN/Inf since the last checkpoint."""
+    progress = run.progress
+    sums = {"total": progress.loss_sum, **progress.term_sums}
+    bad = [name for name, value in sums.items() if not math.isfinite(float(value))]
+    if bad:
+        raise RobustDistillError(
+            f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad)}); training stopped and the last "
+            f"good checkpoint in {run.out} is kept. Lower --lr or check that term's plugin options")
+
+
 def train_epoch(run: Run, batches: BatchIterator, epoch: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    total = torch.zeros((), device=run.device)
-    term_sums: dict[str, Tensor] = {}
-    seen = 0
-    bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
-               disable=not sys.stderr.isatty(), leave=False)
-    for i, (x, y) in enumerate(bar):
-        loss, terms = train_step(run, x, y, epoch, (epoch - 1) * len(batches) + i)
-        total += loss * len(y)
-        for term in terms:
-            term_sums[term.name] = term_sums.get(term.name, torch.zeros((), device=run.device)) \
-                + term.value.detach().float() * len(y)
-        seen += len(y)
-        if not bar.disable and i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
-    seconds = time.perf_counter() - started
-    mean_loss = float(total) / max(seen, 1)
-    terms_mean = {name: float(v) / max(seen, 1) for name, v in term_sums.items()}
-    bad = [name for name, v in terms_mean.items() if not math.isfinite(v)]
-    if bad or not math.isfinite(mean_loss):
-        raise RobustDistillError(f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad) or 'total'}); "
-                                 "the last good checkpoint is kept. Lower --lr or check the plugin options")
-    return {"loss": mean_loss, "terms": terms_mean, "train_seconds": seconds, "images_per_s": seen / seconds}
+    """Train one epoch from ``run.progress`` (mid-epoch after a resume); returns the epoch's train metrics."""
+    progress = run.progress
+    started = time.perf_counter() - progress.seconds
+    every = run.config.checkpoint_every
+    bar = tqdm(batches.batches(start=progress.batch), total=len(batches), initial=progress.batch,
+               desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
+               disable=not sys.stderr.isatty() or not run.dist.is_main, leave=False)
+    for x, y in bar:
+        x, y = run.dist.shard(x), run.dist.shard(y)
+        loss, terms = train_step(run, x, y, epoch, (epoch - 1) * len(batches) + progress.batch)
+        progress.add(loss, terms, len(y))
+        progress.batch += 1
+        progress.seconds = time.perf_counter() - started
+        if not bar.disable and progress.batch % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{progress.seen / progress.seconds:.0f}")
+        if every and progress.batch % every == 0 and progress.batch < len(batches):
+            check_finite(run, epoch)
+            save_run(run)
+    check_finite(run, epoch)
+    seen = run.dist.sum(float(progress.seen))
+    return {"loss": run.dist.sum(float(progress.loss_sum)) / max(seen, 1),
+            "terms": {name: run.dist.sum(float(v)) / max(seen, 1) for name, v in progress.term_sums.items()},
+            "train_seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
 
 
 def write_metrics(run: Run) -> None:
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history))
 
 
+def _out_of_memory(err: BaseException, config: Namespace) -> RobustDistillError:
+    smaller = max(1, config.batch_size // 2)
+    return RobustDistillError(f"out of GPU memory at --batch-size {config.batch_size}; try --batch-size {smaller} "
+                              "(and --resume to continue from the last checkpoint)")
+
+
 def train(config: Namespace, host: PluginHost) -> Run:
     """Train as configured; returns the finished run."""
+    try:
+        return _train(config, host)
+    except torch.cuda.OutOfMemoryError as err:
+        raise _out_of_memory(err, config) from None
+
+
+def _train(config: Namespace, host: PluginHost) -> Run:
     run = build_run(config, host)
-    run.out.mkdir(parents=True, exist_ok=True)
+    if run.dist.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
     run.hooks.event("train_start", run=run)
     if config.resume:
         resume_run(run)
-    atomic_write_text(run.out / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
+    if run.dist.is_main:
+        for leftover in run.out.glob(".*.tmp"):  # a kill during a write leaves its temporary file
+            leftover.unlink(missing_ok=True)
+        atomic_write_text(run.out / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
     batches = BatchIterator(run.data.train_x, run.data.train_y, config.batch_size, shuffle=True, seed=config.seed,
                             device=run.device, augment=run.data.info.augment)
-    log = print if run.epoch < config.epochs else (lambda *_: None)
+    log = run.dist.print if run.epoch < config.epochs else (lambda *_, **__: None)
     log(f"training {'+'.join(run.methods)} · {run.arch.name} on {run.data.info.name} "
-        f"({len(run.data.train_y)} images) · ε={config.eps:.4g} · {run.device} → {run.out}", flush=True)
+        f"({len(run.data.train_y)} images) · ε={config.eps:.4g} · {run.device}"
+        f"{f' × {run.dist.world} processes' if run.dist.world > 1 else ''} → {run.out}", flush=True)
     while run.epoch < config.epochs:
         epoch = run.epoch + 1
         batches.set_epoch(epoch)
-        run.hooks.event("epoch_start", run=run, epoch=epoch)
-        started = time.perf_counter()
+        if run.progress.batch == 0:
+            run.hooks.event("epoch_start", run=run, epoch=epoch)
         lr = run.optimizer.param_groups[0]["lr"]
         metrics = {"epoch": epoch, "lr": lr, **train_epoch(run, batches, epoch)}
         run.scheduler.step()
-        metrics.update(validate(run))
-        metrics["seconds"] = time.perf_counter() - started
+        validation_started = time.perf_counter()
+        if run.dist.is_main:
+            metrics.update(validate(run))
+        metrics["seconds"] = metrics["train_seconds"] + time.perf_counter() - validation_started
         run.hooks.event("epoch_end", run=run, epoch=epoch, metrics=metrics)
         run.history.append(metrics)
         run.epoch = epoch
+        run.progress = EpochProgress.start(run.device)
         save_run(run)
-        write_metrics(run)
-        print(f"epoch {epoch}/{config.epochs}  loss {metrics['loss']:.4f}  "
-              + "  ".join(f"{k} {v:.4f}" for k, v in metrics["terms"].items())
-              + f"  val clean {metrics.get('val_clean', float('nan')):.3f}  val pgd {metrics.get('val_pgd', float('nan')):.3f}"
-              f"  {metrics['images_per_s']:.0f} img/s", flush=True)
+        run.dist.print(f"epoch {epoch}/{config.epochs}  loss {metrics['loss']:.4f}  "
+                       + "  ".join(f"{k} {v:.4f}" for k, v in metrics["terms"].items())
+                       + f"  val clean {metrics.get('val_clean', float('nan')):.3f}"
+                       f"  val pgd {metrics.get('val_pgd', float('nan')):.3f}"
+                       f"  {metrics['images_per_s']:.0f} img/s", flush=True)
     run.hooks.event("train_end", run=run)
+    run.dist.close()
     return run

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pluggy
+import torch
 from torch import Tensor, nn
 
 from . import hookspecs
@@ -165,7 +166,7 @@ class StepHooks:
     def _call(self, hook: str, **kwargs: Any) -> Any:
         try:
             return self._callers[hook](**kwargs)
-        except RobustDistillError:
+        except (RobustDistillError, torch.cuda.OutOfMemoryError):
             raise
         except Exception as err:
             plugin = _failing_plugin(err, self._callers[hook])

@@ -34,7 +34,9 @@ class StepContext:
     """One training step. Hooks read the batch and models, and share forwards through the caches.
 
     ``epoch`` is 1-based. ``x_adv`` is set by the engine after the ``attack`` hook (``None`` for
-    methods without an attack); ``delta`` is ``x_adv − x``.
+    methods without an attack); ``delta`` is ``x_adv − x``. Attacks call ``student`` directly; the
+    loss's student forwards go through :meth:`student_out`, which uses ``trainer`` (the DDP wrapper in
+    distributed runs, so gradients are all-reduced once per step and never inside the attack loop).
     """
 
     x: Tensor
@@ -47,6 +49,7 @@ class StepContext:
     step: int
     hooks: "StepHooks"
     x_adv: Tensor | None = None
+    trainer: nn.Module | None = None
     state: dict[str, Any] = field(default_factory=dict)
     _teacher_cache: dict[str, TeacherOutput] = field(default_factory=dict)
     _student_cache: dict[str, Any] = field(default_factory=dict)
@@ -103,12 +106,13 @@ class StepContext:
         statistics see each input once.
         """
         cache_key = f"{key}|features" if features else key
+        model = self.trainer if self.trainer is not None else self.student
         if cache_key not in self._student_cache:
             if features:
-                out = self.student(x, return_features=True)
+                out = model(x, return_features=True)
                 self._student_cache[key] = out[0]
             else:
-                out = self.student(x)
+                out = model(x)
             self._student_cache[cache_key] = out
         return self._student_cache[cache_key]
 

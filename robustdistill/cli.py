@@ -153,6 +153,9 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     add_train_arguments(train, host)
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint under attacks")
     add_eval_arguments(evaluate)
+    from .finetune import add_finetune_arguments
+    add_finetune_arguments(sub.add_parser("finetune-head", help="finetune a new linear head on a frozen teacher's "
+                                          "features for another label set (cross-task transfer)"))
     plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -207,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             from .evaluate import eval_command
             return eval_command(args, host.registry)
+        if args.command == "finetune-head":
+            from .finetune import finetune_command
+            return finetune_command(args, host.registry)
         return plugins_command(args, host)
     except RobustDistillError as err:
         print(f"robustdistill: error: {err}", file=sys.stderr)

@@ -71,6 +71,7 @@ class Run:
         module.to(self.device)
         if joint:
             self.optimizer.add_param_group({"params": list(module.parameters())})
+            self.scheduler = _make_scheduler(self.config, self.optimizer)  # schedule the new group too
         self.plugin_modules[name] = (module, optimizer)
         return module
 

@@ -29,6 +29,11 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "rslad": "robustdistill.plugins.rslad",
     "adaad": "robustdistill.plugins.adaad",
     "igdm": "robustdistill.plugins.igdm",
+    "igam": "robustdistill.plugins.igam",
+    "rrm": "robustdistill.plugins.rrm",
+    "gradnorm": "robustdistill.plugins.gradnorm",
+    "edgereg": "robustdistill.plugins.edgereg",
+    "pag": "robustdistill.plugins.pag",
 }
 STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "loss")
 LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "train_end")

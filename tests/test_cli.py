@@ -42,7 +42,7 @@ def test_python_dash_m_is_the_same_cli():
 
 def test_unknown_plugin_lists_the_known_ones(capsys, tmp_path):
     err = error_of(capsys, "train", "--plugin", "nope", "--out", str(tmp_path / "r"))
-    assert "unknown plugin 'nope'; known plugins: adaad, ard, at, igdm, natural, rslad, trades" in err
+    assert "unknown plugin 'nope'; known plugins: adaad, ard, at, edgereg, gradnorm, igam, igdm, natural, pag, rrm, rslad, trades" in err
 
 
 def test_unknown_model_and_dataset(capsys, tmp_path):

@@ -68,7 +68,7 @@ def test_two_attacks_and_unknown_plugins_are_refused():
     host = plugin_host()
     with pytest.raises(RobustDistillError, match="at and trades both run an attack"):
         resolve_methods(host, ["at", "trades"])
-    with pytest.raises(RobustDistillError, match="unknown plugin 'igdn'; known plugins: adaad, ard, at, igdm, natural, rslad, trades"):
+    with pytest.raises(RobustDistillError, match="unknown plugin 'igdn'; known plugins: adaad, ard, at, edgereg, gradnorm, igam, igdm, natural, pag, rrm, rslad, trades"):
         resolve_methods(host, ["igdn"])
 
 

@@ -1,0 +1,98 @@
+"""GradNorm — input-gradient norm regularisation (Rodríguez-Muñoz, Wang & Torralba, ECCV 2024, Eq. 2;
+methods-grad §3.1).
+
+    L = λ_CE · CE(f(x), y) + λ_GN · (ε/σ) · ‖∇_z CE(f(x), y)‖₁,     z = (x − μ)/σ the normalised input
+
+ε‖∇‖₁ is the first-order worst-case increase of the loss in the L∞ ball of radius ε (the L1 norm is the
+dual of L∞). Our models take pixels in [0, 1] and normalise inside, so the gradient is taken with
+respect to the pixels, where (ε/σ)·‖∇_z CE‖₁ = ε·‖∇ₓ CE‖₁ with ε in pixel units (``--gradnorm-eps``,
+default the run's ``--eps``; the paper: 4/255 on ImageNet with σ = 0.225). The gradient is exact,
+by double backprop through the ``input_gradient`` hook (``create_graph=True``); the per-sample norms
+are averaged over the batch (the code's B·∇ of the mean loss). λ_CE = 0.8, λ_GN = 1.2, and λ_GN is
+ramped linearly from 0 over the first 5 epochs, per step (the code's [0, 0.2, 1] schedule).
+
+**Use a smooth activation**: ``--activation gelu`` or ``silu``. The paper finds that GradNorm fails with
+ReLU (ResNet-50, AutoAttack ε = 4/255: ReLU 16.94% clean / 6.82% robust, GELU 60.34 / 30.00, SiLU
+61.84 / 30.58; Table 4), while adversarial training hardly depends on it. The second derivative of
+ReLU is zero almost everywhere, so the regulariser cannot shape the curvature it needs.
+
+Where the official code differs: it runs the whole training with the model in **eval mode** (BatchNorm
+running statistics, so each sample's gradient is its own; ``--gradnorm-bn eval``), from pretrained
+checkpoints. Training from scratch here keeps BatchNorm in training mode by default, where the batch
+statistics couple the samples' gradients. The code's CE is the soft-target CE of mixup/cutmix batches;
+here it is the CE of the hard labels.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustdistill import RobustDistillError, hookimpl
+from robustdistill.registry import Method, Option
+from robustdistill.step import LossTerm, StepContext
+
+from ._gradients import epoch_progress, steps_per_epoch, student_forward, student_gradient
+
+BN_MODES = ("train", "eval")
+RELU_NOTE = ("the paper finds that {method} fails with ReLU networks (Table 4: 16.94% clean / 6.82% AutoAttack "
+             "against 60.34% / 30.00% with GELU); train with --activation gelu or silu")
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("gradnorm", "GradNorm: λ_CE·CE + λ_GN·ε·‖∇ₓCE‖₁ by double backprop; no teacher "
+                    "(use --activation gelu|silu)"))
+
+
+@hookimpl
+def register_options(register: Callable) -> None:
+    register(Option("--gradnorm-ce-weight", 0.8, "λ_CE (paper: 0.8)"))
+    register(Option("--gradnorm-weight", 1.2, "λ_GN, weight of ε·‖∇ₓCE‖₁ after the warm-up (paper: 1.2)"))
+    register(Option("--gradnorm-eps", None, "ε of the regulariser in pixel units (default: the run's --eps)",
+                    type=float))
+    register(Option("--gradnorm-warmup-epochs", 5.0, "λ_GN ramps linearly from 0 over this many epochs (code: 5)"))
+    register(Option("--gradnorm-bn", "train", "BatchNorm mode of the regularised forward: train, or eval "
+                    "(official code: the model is in eval mode throughout)", choices=BN_MODES))
+
+
+def gradient_l1(grad: Tensor) -> Tensor:
+    """Mean over the batch of each sample's ‖∇ₓ‖₁."""
+    return grad.float().flatten(1).abs().sum(dim=1).mean()
+
+
+def ramp(progress: float, warmup: float) -> float:
+    """min(progress / warmup, 1): 0 at the first step, 1 after ``warmup`` epochs."""
+    return 1.0 if warmup <= 0 else min(max(progress / warmup, 0.0), 1.0)
+
+
+def note_relu(run, method: str) -> None:
+    if run.arch.activation == "relu" and run.dist.is_main:
+        print(f"robustdistill: note: {RELU_NOTE.format(method=method)}", file=sys.stderr, flush=True)
+
+
+@hookimpl
+def train_start(run) -> None:
+    cfg = run.config
+    if cfg.gradnorm_eps is not None and not 0 < cfg.gradnorm_eps <= 1:
+        raise RobustDistillError(f"--gradnorm-eps {cfg.gradnorm_eps} is outside (0, 1]; e.g. 4/255")
+    cfg._gradnorm_steps_per_epoch = steps_per_epoch(run)
+    note_relu(run, "GradNorm")
+
+
+@hookimpl
+def loss(ctx: StepContext) -> list[LossTerm]:
+    cfg = ctx.config
+    train = None if cfg.gradnorm_bn == "train" else False
+    key = "clean|∇x" if train is None else "clean|∇x|bn-eval"
+    x_in, logits = student_forward(ctx, key, ctx.x, train=train)
+    y = ctx.y
+    grad = student_gradient(ctx, x_in, logits, lambda out: F.cross_entropy(out.float(), y, reduction="sum"),
+                            create_graph=True, train=train)
+    eps = cfg.gradnorm_eps if cfg.gradnorm_eps is not None else cfg.eps
+    weight = cfg.gradnorm_weight * ramp(epoch_progress(ctx, getattr(cfg, "_gradnorm_steps_per_epoch", None)),
+                                        cfg.gradnorm_warmup_epochs)
+    return [LossTerm("ce", F.cross_entropy(logits, y), weight=cfg.gradnorm_ce_weight),
+            LossTerm("gradnorm", eps * gradient_l1(grad), weight=weight)]

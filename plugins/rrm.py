@@ -1,0 +1,102 @@
+"""RRM — Robust Representation Matching (Vaishnavi, Eykholt & Rahmati, USENIX Security 2022; methods-grad §2).
+
+    L = w_ce · CE(f_s(x), y) + w_feat · (1 − (1/B) Σᵢ cos(P·φ_s(xᵢ), φ_t(xᵢ)))
+
+φ are the **penultimate** features (the input of the linear classifier) of the student and of the
+frozen robust teacher (eval mode, no gradient), on **clean** inputs only: no adversarial examples are
+made, which is the method's point — a step costs one extra teacher forward. The official code adds
+``−cos`` (``feat_weight = −1``); ``1 − cos`` has the same gradient and is non-negative.
+``--rrm-feat-loss relative-l2`` is the Restricted-ImageNet variant (1/B)·Σ‖Pφ_s − φ_t‖₂ / ‖φ_t‖₂
+(with ``feat_weight = +1``). Cosine similarity uses ε = 1e-6 as the code.
+
+Weights (``xent_weight``): 0.005 for CIFAR-10 L∞ (the default), 5e-5 for CIFAR-10 L2, 0.001 for
+Restricted-ImageNet (with relative-L2).
+
+Where the widths differ, P is a learned ``Linear(d_s → d_t)`` trained jointly with the student by its
+optimiser, saved in every checkpoint and restored on ``--resume`` (P is the identity when the widths
+agree). The official code instead changes the architectures so that every penultimate layer is 512
+wide (an extra linear layer *before* the classifier of its ResNet-50); here P only serves the matching
+and the student's classifier keeps its own features.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustdistill import RobustDistillError, hookimpl
+from robustdistill.attacks import model_mode
+from robustdistill.registry import Method, Option
+from robustdistill.step import LossTerm, StepContext
+
+from ._gradients import share_across_processes
+
+FEAT_LOSSES = ("cosine", "relative-l2")
+
+
+@hookimpl
+def register_methods(register: Callable) -> None:
+    register(Method("rrm", "RRM: w·CE + (1 − cos) match of penultimate features to the teacher's; clean inputs only",
+                    needs_teacher=True))
+
+
+@hookimpl
+def register_options(register: Callable) -> None:
+    register(Option("--rrm-xent-weight", 0.005, "w_ce, weight of the CE (CIFAR-10 L∞: 0.005, L2: 5e-5, "
+                    "Restricted-ImageNet: 0.001)"))
+    register(Option("--rrm-feat-weight", 1.0, "w_feat, weight of the feature-matching term (code: 1)"))
+    register(Option("--rrm-feat-loss", "cosine", "1 − cosine similarity (CIFAR) or relative L2 ‖φ_s − φ_t‖/‖φ_t‖ "
+                    "(Restricted-ImageNet)", choices=FEAT_LOSSES))
+
+
+def feature_loss(student: Tensor, teacher: Tensor, kind: str = "cosine") -> Tensor:
+    """1 − mean cosine similarity (ε = 1e-6), or the mean relative L2 distance, over the batch."""
+    student, teacher = student.float(), teacher.detach().float()
+    if kind == "relative-l2":
+        return ((student - teacher).norm(dim=1) / teacher.norm(dim=1).clamp_min(1e-12)).mean()
+    return 1 - F.cosine_similarity(student, teacher, dim=1, eps=1e-6).mean()
+
+
+def feature_width(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad(), model_mode(model, train=False):
+        _, features = model(x, return_features=True)
+    return int(features.shape[1])
+
+
+def make_projection(config, student_dim: int, teacher_dim: int) -> nn.Module | None:
+    """P: a new ``Linear(d_s → d_t)`` where the widths differ (``None`` otherwise), attached to ``config``."""
+    projection = nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else None
+    config._rrm_projection = projection
+    return projection
+
+
+@hookimpl
+def train_start(run) -> None:
+    if run.teacher is None:
+        raise RobustDistillError("rrm matches a teacher's features: pass --teacher CKPT")
+    probe = run.data.train_x[:2].to(run.device).float() / 255
+    d_s, d_t = feature_width(run.student, probe), feature_width(run.teacher, probe)
+    projection = make_projection(run.config, d_s, d_t)
+    if projection is not None:
+        run.add_module("rrm_projection", projection, joint=True)
+        share_across_processes(run, projection)
+
+
+@hookimpl
+def loss(ctx: StepContext) -> list[LossTerm]:
+    cfg = ctx.config
+    logits, features = ctx.student_out("clean", ctx.x, features=True)
+    target = ctx.teacher_out("clean", ctx.x).features
+    if target is None:
+        raise RobustDistillError("rrm needs the teacher's penultimate features, which its teacher_forward "
+                                 "does not provide")
+    projection = getattr(cfg, "_rrm_projection", None)
+    if projection is not None:
+        features = projection(features.float())
+    if features.shape[1] != target.shape[1]:
+        raise RobustDistillError(f"student features are {features.shape[1]} wide and the teacher's "
+                                 f"{target.shape[1]}; rrm adds its projection in train_start")
+    return [LossTerm("ce", F.cross_entropy(logits, ctx.y), weight=cfg.rrm_xent_weight),
+            LossTerm("rrm_feat", feature_loss(features, target, cfg.rrm_feat_loss), weight=cfg.rrm_feat_weight)]

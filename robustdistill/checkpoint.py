@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,10 +56,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):
+            raise RobustDistillError(f"{str(path)!r} is not a readable PyTorch checkpoint (corrupt, truncated, or an "
+                                     "old-format file holding objects other than tensors); it was not loaded") from None
         raise RobustDistillError(
             f"refused to load {str(path)!r}: it contains objects other than tensors and plain data, "
             "which could run code when unpickled. Re-save its state_dict with torch.save(model.state_dict(), ...) "
-            f"from a trusted environment. ({str(err).splitlines()[0]})") from None
+            f"from a trusted environment. ({_unsupported_detail(str(err))})") from None
     except Exception as err:  # torch.load raises many types for damaged files
         raise RobustDistillError(
             f"{str(path)!r} is not a readable PyTorch checkpoint (corrupt or truncated?): "
@@ -66,6 +70,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(obj, dict):
         raise RobustDistillError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint or state_dict")
     return obj
+
+
+def _unsupported_detail(message: str) -> str:
+    """The 'Unsupported ...' line of torch's weights-only error."""
+    return next((line.strip() for line in message.splitlines() if "Unsupported" in line), "weights-only load failed")
 
 
 def is_state_dict(obj: dict[str, Any]) -> bool:

@@ -286,7 +286,7 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     if needs_teacher and not config.teacher:
         raise RobustDistillError(
             f"plugin {needs_teacher[0]!r} distils from a teacher: pass --teacher CKPT. Train one with "
-            f"`robustdistill train --plugin at --dataset {config.dataset} --model {config.model} --out runs/teacher`")
+            f"`robustdistill train --plugin at --dataset {config.dataset} --out runs/teacher`")
     if config.epochs < 1:
         raise RobustDistillError(f"--epochs {config.epochs} must be at least 1")
     if config.batch_size < 1:

@@ -163,7 +163,6 @@ class StepHooks:
 
     def __init__(self, pm: pluggy.PluginManager, inactive: list[object]) -> None:
         self._callers = {name: pm.subset_hook_caller(name, inactive) for name in STEP_HOOKS + LIFECYCLE_HOOKS}
-        self._names = {id(p): pm.get_name(p) for p in pm.get_plugins()}
 
     def plugins_implementing(self, hook: str) -> list[str]:
         return [impl.plugin_name for impl in self._callers[hook].get_hookimpls()]

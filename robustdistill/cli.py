@@ -1,4 +1,4 @@
-"""``robustdistill`` command line: train, eval, plugins."""
+"""``robustdistill`` command line: train, eval, finetune-head, report, plugins, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import yaml
 
 from . import __version__
-from .config import parse_number
+from .config import add_ops_backend_argument, parse_number
 from .plugin_manager import PluginHost, PluginWarning, load_plugins
 from .registry import Option, RobustDistillError
 
@@ -79,6 +79,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--amp", default="bf16", choices=("bf16", "off"), help="bf16 autocast (CUDA only)")
+    add_ops_backend_argument(g)
     g = parser.add_argument_group("attack (defaults per dataset: Fashion-MNIST ε=0.1, step 0.01, 10 steps; "
                                   "CIFAR ε=8/255, step 2/255, 10 steps)")
     g.add_argument("--eps", type=parse_number, default=None, help="L∞ radius, e.g. 8/255 or 0.1")
@@ -91,6 +92,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also checkpoint every N steps within an epoch (default: at the end of each epoch only)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log the per-epoch metrics for TensorBoard into DIR/tensorboard (needs tensorboard)")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across processes in distributed runs (torchrun)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",
@@ -156,6 +159,12 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     from .finetune import add_finetune_arguments
     add_finetune_arguments(sub.add_parser("finetune-head", help="finetune a new linear head on a frozen teacher's "
                                           "features for another label set (cross-task transfer)"))
+    from .report import add_report_arguments
+    add_report_arguments(sub.add_parser("report", help="figures (curves, robust accuracy vs ε, input-gradient "
+                                        "maps) and a results table for run directories"))
+    doctor = sub.add_parser("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend "
+                                           "each op uses")
+    doctor.add_argument("--json", action="store_true", help="print the backend report as JSON")
     plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -171,6 +180,13 @@ def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
     widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+    return 0
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    from .ops import backend_report, doctor_lines
+
+    print(json.dumps(backend_report(), indent=2) if args.json else "\n".join(doctor_lines()))
     return 0
 
 
@@ -213,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "finetune-head":
             from .finetune import finetune_command
             return finetune_command(args, host.registry)
+        if args.command == "report":
+            from .report import report_command
+            return report_command(args, host.registry)
+        if args.command == "doctor":
+            return doctor_command(args)
         return plugins_command(args, host)
     except RobustDistillError as err:
         print(f"robustdistill: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import torch
 
+from .ops import BACKEND_ENV, BACKENDS
 from .registry import RobustDistillError
 
 
@@ -34,3 +35,10 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise RobustDistillError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
+    """Add ``--ops-backend`` (the choice of :func:`robustdistill.ops.set_backend`)."""
+    parser.add_argument("--ops-backend", default=None, choices=BACKENDS,
+                        help="fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
+                             f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV} or auto)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoin
 from .config import resolve_device
 from .data import BatchIterator, take_subset
 from .models import build_model
+from .ops import select_backend
 from .plugin_manager import PluginHost, StepHooks
 from .registry import ImageData, ModelArch, RobustDistillError
 from .step import LossTerm, StepContext
@@ -61,6 +63,7 @@ class Run:
     progress: "EpochProgress" = field(default_factory=lambda: EpochProgress.start(torch.device("cpu")))
     history: list[dict[str, Any]] = field(default_factory=list)
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
+    ops_backend: dict[str, str] = field(default_factory=dict)
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    joint: bool = False) -> nn.Module:
@@ -305,6 +308,9 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise RobustDistillError(f"--checkpoint-every {config.checkpoint_every} must be at least 1 (steps)")
     device = distributed.setup(resolve_device(config.device))
+    ops_backend = select_backend(getattr(config, "ops_backend", None), device)
+    if getattr(config, "tensorboard", False):
+        _summary_writer_class()
     seed_everything(config.seed)
     data = host.registry.dataset(config.dataset).load(config.data_dir, config.download)
     data = take_subset(data, train=config.subset)
@@ -326,7 +332,7 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
         student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers
         torch.manual_seed(config.seed + distributed.rank)  # per-process attack noise; weights came from rank 0
     return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base,
-               distributed, trainer, progress=EpochProgress.start(device))
+               distributed, trainer, progress=EpochProgress.start(device), ops_backend=ops_backend)
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -496,6 +502,44 @@ def train_epoch(run: Run, batches: BatchIterator, epoch: int) -> dict[str, Any]:
             "train_seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
 
 
+def run_environment(run: Run) -> dict[str, Any]:
+    """Software and hardware a run trains on, and which backend the fused ops use (``environment.json``)."""
+    device_name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor()
+    return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "device": str(run.device), "device_name": device_name,
+            "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend}
+
+
+def _summary_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RobustDistillError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                                 "(or pip install 'robustdistill[tensorboard]')") from None
+    return SummaryWriter
+
+
+def _tensorboard(run: Run) -> Any | None:
+    """A TensorBoard writer into ``out/tensorboard`` when ``--tensorboard`` is on (main process only).
+
+    On ``--resume`` the events of epochs after the checkpoint are purged, so a restarted epoch is not
+    logged twice.
+    """
+    if not getattr(run.config, "tensorboard", False) or not run.dist.is_main:
+        return None
+    return _summary_writer_class()(log_dir=str(run.out / "tensorboard"), purge_step=run.epoch + 1)
+
+
+def _log_scalars(board: Any, metrics: dict[str, Any]) -> None:
+    epoch = metrics["epoch"]
+    for key in ("loss", "lr", "val_clean", "val_pgd", "images_per_s", "seconds"):
+        if isinstance(metrics.get(key), (int, float)):
+            board.add_scalar(key, metrics[key], epoch)
+    for name, value in metrics["terms"].items():
+        board.add_scalar(f"terms/{name}", value, epoch)
+    board.flush()
+
+
 def write_metrics(run: Run) -> None:
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history))
 
@@ -525,6 +569,8 @@ def _train(config: Namespace, host: PluginHost) -> Run:
         for leftover in run.out.glob(".*.tmp"):  # a kill during a write leaves its temporary file
             leftover.unlink(missing_ok=True)
         atomic_write_text(run.out / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
+        atomic_write_text(run.out / "environment.json", json.dumps(run_environment(run), indent=2) + "\n")
+    board = _tensorboard(run)
     batches = BatchIterator(run.data.train_x, run.data.train_y, config.batch_size, shuffle=True, seed=config.seed,
                             device=run.device, augment=run.data.info.augment)
     log = run.dist.print if run.epoch < config.epochs else (lambda *_, **__: None)
@@ -545,6 +591,8 @@ def _train(config: Namespace, host: PluginHost) -> Run:
         metrics["seconds"] = metrics["train_seconds"] + time.perf_counter() - validation_started
         run.hooks.event("epoch_end", run=run, epoch=epoch, metrics=metrics)
         run.history.append(metrics)
+        if board is not None:
+            _log_scalars(board, metrics)
         run.epoch = epoch
         run.progress = EpochProgress.start(run.device)
         save_run(run)
@@ -554,5 +602,7 @@ def _train(config: Namespace, host: PluginHost) -> Run:
                        f"  val pgd {metrics.get('val_pgd', float('nan')):.3f}"
                        f"  {metrics['images_per_s']:.0f} img/s", flush=True)
     run.hooks.event("train_end", run=run)
+    if board is not None:
+        board.close()
     run.dist.close()
     return run

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from . import attacks
 from .checkpoint import FORMAT, atomic_write_text, is_state_dict, load_checkpoint, model_from_checkpoint
-from .config import parse_number, resolve_device
+from .config import add_ops_backend_argument, parse_number, resolve_device
+from .ops import select_backend
 from .registry import EvalAttack, ModelArch, Registry, RobustDistillError
 
 NORMS = ("linf", "l2")
@@ -39,7 +40,7 @@ AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'r
 AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
-_RESERVED_JSON_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "settings", "seconds"})
+RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "settings", "seconds"})
 
 
 @dataclass
@@ -221,7 +222,8 @@ def runs_on_whole_set(attack: EvalAttack) -> bool:
     return bool(getattr(attack.run, "whole_set", False))
 
 
-def _to_unit_float(x: Tensor) -> Tensor:
+def to_unit_float(x: Tensor) -> Tensor:
+    """uint8 images or floats in [0, 1] as float32 in [0, 1]; a clear error otherwise."""
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     if not x.is_floating_point():
@@ -309,7 +311,7 @@ def run_evaluation(
 
             starts = range(0, n, batch_size)
             for start in tqdm(starts, desc="eval", unit="batch", disable=not progress, leave=False):
-                xb = _to_unit_float(x[start:start + batch_size].to(device, non_blocking=True))
+                xb = to_unit_float(x[start:start + batch_size].to(device, non_blocking=True))
                 yb = y[start:start + batch_size].to(device, non_blocking=True)
                 for attack in per_batch:
                     _synchronize(device)
@@ -319,7 +321,7 @@ def run_evaluation(
                     correct[attack.name] += count_correct(x_adv, yb)
                     seconds[attack.name] += time.perf_counter() - began
         if whole_set and n:
-            x_all = _to_unit_float(x.cpu())
+            x_all = to_unit_float(x.cpu())
             y_all = y.cpu()
             for attack in whole_set:
                 _synchronize(device)
@@ -402,6 +404,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm", choices=NORMS, default=None,
                         help="threat model (default: the checkpoint's, else linf)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_ops_backend_argument(parser)
     parser.add_argument("--arch", default=None, metavar="NAME",
                         help="architecture of a plain state_dict from another tool (e.g. wrn-34-10); "
                              "classes and input shape then come from --dataset")
@@ -431,7 +434,7 @@ def _select_attacks(text: str, registry: Registry) -> list[EvalAttack]:
     if unknown:
         raise RobustDistillError(f"unknown attack{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                                  f"known attacks: {known}")
-    clashing = [name for name in names if name in _RESERVED_JSON_KEYS]
+    clashing = [name for name in names if name in RESULT_METADATA_KEYS]
     if clashing:
         raise RobustDistillError(f"attack name(s) {', '.join(clashing)} clash with keys of the result file; "
                                  "rename the attack in its plugin")
@@ -451,6 +454,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     if any(isinstance(a.run, _AutoAttackRun) for a in selected):
         _import_autoattack()  # fail before loading anything
     device = resolve_device(args.device)
+    ops_backend = select_backend(args.ops_backend, device)
     path = str(args.checkpoint)
     obj = load_checkpoint(path, map_location="cpu")
     is_native = obj.get("format") == FORMAT
@@ -521,6 +525,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
                 **settings.to_dict(),
                 "batch_size": args.batch_size,
                 "seed": args.seed,
+                "ops_backend": ops_backend,
                 "attacks": {a.name: attack_details(a.name, settings) for a in selected},
             },
             "seconds": {name: round(value, 3) for name, value in result.seconds.items()},

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from robustdistill.cli import main
-from robustdistill.engine import save_run
 
 from conftest import needs_fashion_mnist
 
@@ -153,3 +152,37 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(capsys, tmp_p
     assert (out / "last.pt").read_bytes() == before
     err = error_of(capsys, "train", "--resume", "--subset", "128", "--out", str(tmp_path / "fresh"))
     assert "does not exist" in err
+
+
+def test_doctor_reports_toolchain_and_backend_per_op(capsys):
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0
+    assert "torch " in out and "ninja" in out and "C++ compiler" in out
+    for op in ("pgd_step", "fd_align"):
+        assert f"{op} on cpu:" in out and f"{op} on cuda:" in out
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    report = json.loads(out)
+    assert code == 0 and set(report["ops"]) == {"pgd_step", "fd_align"}
+
+
+def test_ext_backend_without_kernels_fails_before_training(capsys, tmp_path, monkeypatch):
+    from robustdistill import _ext, ops
+
+    monkeypatch.setattr(ops, "_backend_override", None)
+    monkeypatch.setattr(_ext, "_status", _ext.ExtStatus(loaded=False, error="simulated: no compiler"))
+    err = error_of(capsys, "train", "--ops-backend", "ext", "--subset", "64", "--out", str(tmp_path / "r"))
+    assert "--ops-backend ext" in err and "simulated: no compiler" in err and "robustdistill doctor" in err
+    assert not (tmp_path / "r").exists()
+
+
+@needs_fashion_mnist
+def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypatch):
+    from robustdistill import ops
+
+    monkeypatch.setattr(ops, "_backend_override", None)
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "--ops-backend", "ref", "--subset", "64", "--epochs", "1", "--val-size", "16",
+                   "--out", str(out))[0] == 0
+    env = json.loads((out / "environment.json").read_text())
+    assert env["ops_backend"] == {"requested": "ref", "pgd_step": "ref", "fd_align": "ref"}
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"

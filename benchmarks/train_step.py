@@ -106,8 +106,8 @@ def parse_args(argv: Sequence[str] | None) -> Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant and batch size")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant and batch size")
     parser.add_argument("--amp", default="bf16", choices=("bf16", "off"), help="the engine's --amp (CUDA only)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="give the engine's models and batch the channels_last layout (reference stays NCHW)")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                        help="the engine's --channels-last (auto: on CUDA); the reference stays NCHW")
     parser.add_argument("--peak-size", type=int, default=8192, help="n of the n×n bf16 matmul measuring the peak")
     parser.add_argument("--peak-repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -135,7 +135,8 @@ def build_engine_run(args: Namespace, workdir: Path) -> Run:
     host = plugin_host(RandomImages(info, max(args.batch_sizes), args.seed))
     config = train_config(host, "--plugin", "rslad", "--plugin", "igdm", "--teacher", str(workdir / "teacher.pt"),
                           "--dataset", DATASET, "--model", args.student, "--device", args.device,
-                          "--amp", args.amp, "--epochs", "1", "--batch-size", str(max(args.batch_sizes)),
+                          "--amp", args.amp, "--channels-last", args.channels_last, "--epochs", "1",
+                          "--batch-size", str(max(args.batch_sizes)),
                           "--seed", str(args.seed), "--out", str(workdir / "run"))
     run = build_run(config, host)
     run.hooks.event("train_start", run=run)
@@ -208,7 +209,6 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
     device, cfg = run.device, run.config
     x = run.data.train_x[:batch].to(device).float() / 255
     y = run.data.train_y[:batch].to(device)
-    x_engine = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
     ref_student.load_state_dict(run.student.state_dict())
     ref_optimizer = torch.optim.SGD(ref_student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
@@ -220,7 +220,7 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
                               steps=cfg.attack_steps, igdm_weight=igdm_weight)
 
     def engine() -> tuple[Tensor, dict[str, Tensor]]:
-        total, terms = train_step(run, x_engine, y, epoch, 0)
+        total, terms = train_step(run, x, y, epoch, 0)
         return total, {t.name: t.value.detach() for t in terms}
 
     torch.manual_seed(args.seed)
@@ -257,7 +257,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"RSLAD+IGDM training step · student {s['student']} · teacher {s['teacher_arch']} · "
           f"{s['channels']}×{s['image_size']}×{s['image_size']} · PGD-{s['attack_steps']} ε={s['eps']:.4g} "
           f"step {s['step_size']:.4g} · {env['device']} ({env['device_name']}) · torch {env['torch']}")
-    print(f"engine: amp {s['amp']}, channels_last {s['channels_last']}, ops {report['engine_ops_backend']}; "
+    print(f"engine: amp {s['amp']}, channels_last {report['engine_channels_last']}, ops {report['engine_ops_backend']}; "
           "reference: fp32 eager NCHW")
     print(f"bf16 dense peak ({s['peak_size']}² matmul): {report['peak_bf16_flops'] / 1e12:.4g} TFLOP/s")
     if env["device"] == "cpu":
@@ -286,18 +286,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="train-step-bench-") as tmp:
         run = build_engine_run(args, Path(tmp))
     device = run.device
-    ref_student = copy.deepcopy(run.student)
-    ref_teacher = copy.deepcopy(run.teacher)
-    if args.channels_last:
-        run.student.to(memory_format=torch.channels_last)
-        run.teacher.to(memory_format=torch.channels_last)
+    ref_student = copy.deepcopy(run.student).to(memory_format=torch.contiguous_format)
+    ref_teacher = copy.deepcopy(run.teacher).to(memory_format=torch.contiguous_format)
     peak = measure_peak(device, args.peak_size, args.peak_repeats)
     settings = {k: getattr(args, k) for k in ("batch_sizes", "student", "teacher_arch", "channels", "image_size",
                                               "num_classes", "attack_steps", "eps", "step_size", "warmup",
                                               "repeats", "amp", "channels_last", "peak_size", "seed")}
     report = {"command": [sys.executable, *sys.argv] if argv is None else list(argv),
               "environment": environment(device), "settings": settings,
-              "engine_ops_backend": run.ops_backend, "igdm_alpha": run.config.igdm_alpha,
+              "engine_ops_backend": run.ops_backend, "engine_channels_last": run.channels_last, "igdm_alpha": run.config.igdm_alpha,
               "peak_bf16_flops": peak, "flop_count_method": FLOP_COUNT_METHOD,
               "targets": {"ratio": TARGET_RATIO, "ratio_batch": TARGET_RATIO_BATCH, "mfu": TARGET_MFU,
                           "mfu_batch": TARGET_MFU_BATCH},

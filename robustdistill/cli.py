@@ -80,6 +80,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--amp", default="bf16", choices=("bf16", "off"), help="bf16 autocast (CUDA only)")
     add_ops_backend_argument(g)
+    g.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="channels_last memory layout for models and batches (auto: on CUDA only)")
+    g.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
+                   help="let cuDNN pick the fastest convolution algorithms (CUDA only)")
     g = parser.add_argument_group("attack (defaults per dataset: Fashion-MNIST ε=0.1, step 0.01, 10 steps; "
                                   "CIFAR ε=8/255, step 2/255, 10 steps)")
     g.add_argument("--eps", type=parse_number, default=None, help="L∞ radius, e.g. 8/255 or 0.1")

@@ -8,6 +8,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from argparse import Namespace
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
     ops_backend: dict[str, str] = field(default_factory=dict)
+    channels_last: bool = False
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    joint: bool = False) -> nn.Module:
@@ -281,6 +283,29 @@ def _make_scheduler(config: Namespace, optimizer: torch.optim.Optimizer) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _use_channels_last(config: Namespace, device: torch.device) -> bool:
+    """``--channels-last auto`` means on CUDA (tensor-core convolutions are NHWC), off elsewhere."""
+    choice = getattr(config, "channels_last", "auto")
+    return device.type == "cuda" if choice == "auto" else choice == "on"
+
+
+def _scheduler_at(config: Namespace, optimizer: torch.optim.Optimizer, epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured schedule fast-forwarded over ``epoch`` finished epochs.
+
+    Rebuilt on ``--resume`` rather than loaded, so that a run resumed with a larger ``--epochs`` (or
+    other ``--milestones``) follows the schedule of its new options; with the same options the learning
+    rates are the same, bit for bit, as the run's own.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = _make_scheduler(config, optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        for _ in range(epoch):
+            scheduler.step()
+    return scheduler
+
+
 def build_run(config: Namespace, host: PluginHost) -> Run:
     """Validate everything that can be validated and build the run, before any training."""
     methods = resolve_methods(host, config.plugin)
@@ -322,6 +347,13 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
                      config.activation, info.mean, info.std)
     student = build_model(arch, host.registry.models).to(device)
     teacher = _load_teacher(config, host, data, device) if config.teacher else None
+    channels_last = _use_channels_last(config, device)
+    if channels_last:
+        for model in (student, teacher):
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = getattr(config, "cudnn_benchmark", "on") == "on"
     optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = _make_scheduler(config, optimizer)
@@ -332,7 +364,8 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
         student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers
         torch.manual_seed(config.seed + distributed.rank)  # per-process attack noise; weights came from rank 0
     return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base,
-               distributed, trainer, progress=EpochProgress.start(device), ops_backend=ops_backend)
+               distributed, trainer, progress=EpochProgress.start(device), ops_backend=ops_backend,
+               channels_last=channels_last)
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -406,7 +439,6 @@ def resume_run(run: Run) -> None:
                                  "use the original options or a new --out")
     run.student.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
     for name, saved_module in ckpt.get("plugin_modules", {}).items():
         if name in run.plugin_modules:
             module, optimizer = run.plugin_modules[name]
@@ -414,6 +446,7 @@ def resume_run(run: Run) -> None:
             if optimizer is not None and saved_module["optimizer"] is not None:
                 optimizer.load_state_dict(saved_module["optimizer"])
     run.epoch = int(ckpt["epoch"])
+    run.scheduler = _scheduler_at(run.config, run.optimizer, run.epoch)
     run.progress = EpochProgress.from_dict(ckpt["progress"], run.device)
     run.history = list(ckpt.get("history", []))
     _set_rng_state(ckpt["rng"][run.dist.rank])
@@ -429,6 +462,8 @@ def _autocast(run: Run) -> Any:
 
 def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[Tensor, list[LossTerm]]:
     """One step: attack (firstresult) → loss terms from every active plugin → optimiser step."""
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ctx = StepContext(x=x, y=y, student=run.student, teacher=run.teacher, config=run.config,
                       epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks, trainer=run.trainer)
     run.student.train()
@@ -507,7 +542,9 @@ def run_environment(run: Run) -> dict[str, Any]:
     device_name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor()
     return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "device": str(run.device), "device_name": device_name,
-            "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend}
+            "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend,
+            "amp": run.config.amp if run.device.type == "cuda" else "off", "channels_last": run.channels_last,
+            "cudnn_benchmark": run.device.type == "cuda" and torch.backends.cudnn.benchmark}
 
 
 def _summary_writer_class() -> Any:

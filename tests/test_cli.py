@@ -186,3 +186,40 @@ def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypat
     env = json.loads((out / "environment.json").read_text())
     assert env["ops_backend"] == {"requested": "ref", "pgd_step": "ref", "fd_align": "ref"}
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+
+
+@needs_fashion_mnist
+def test_resume_with_more_epochs_follows_the_new_schedule(capsys, tmp_path):
+    common = ["train", "--plugin", "natural", "--subset", "64", "--val-size", "16"]
+
+    def lrs(out):
+        return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    assert run_cli(capsys, *common, "--epochs", "4", "--out", str(straight))[0] == 0
+    assert run_cli(capsys, *common, "--epochs", "2", "--out", str(extended))[0] == 0
+    assert lrs(extended) == pytest.approx([0.1, 0.01])  # milestone at 50% of 2 epochs
+    assert run_cli(capsys, *common, "--epochs", "4", "--resume", "--out", str(extended))[0] == 0
+    # epochs 3 and 4 follow the 4-epoch schedule (milestones 2 and 3), not the saved 2-epoch one
+    assert lrs(straight) == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert lrs(extended)[2:] == lrs(straight)[2:]
+
+
+@needs_fashion_mnist
+def test_channels_last_layout_gives_the_same_step(tmp_path):
+    from robustdistill.engine import build_run, train_step
+    from robustdistill.testing import plugin_host, train_config
+
+    host = plugin_host()
+    losses = {}
+    for layout in ("on", "off"):
+        config = train_config(host, "--plugin", "at", "--subset", "64", "--channels-last", layout,
+                              "--out", str(tmp_path / layout))
+        run = build_run(config, host)
+        conv = next(p for p in run.student.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        assert run.channels_last == (layout == "on")
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "on")
+        x = run.data.train_x[:32].float() / 255
+        torch.manual_seed(0)
+        losses[layout] = float(train_step(run, x, run.data.train_y[:32], 1, 0)[0])
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)

@@ -92,6 +92,10 @@ def train_resume_eval(root, method):
     for name, (module, optimizer) in capture.modules.items():
         assert same_state(module, saved["plugin_modules"][name]["module"]), f"{name} restored on --resume"
         assert same_state(optimizer, saved["plugin_modules"][name]["optimizer"])
+    # the optimiser is restored; its learning rate follows the 2-epoch schedule (milestone after epoch 1)
+    groups = [group.pop("lr") for group in capture.optimizer["param_groups"]]
+    saved_groups = [group.pop("lr") for group in saved["optimizer"]["param_groups"]]
+    assert saved_groups == [0.05] * len(groups) and groups == pytest.approx([0.005] * len(groups))
     assert same_state(capture.optimizer, saved["optimizer"])
     assert main(["eval", str(out / "last.pt"), *EVAL, *EVAL_OPTIONS.get(method, []),
                  "--json", str(out / "eval.json")]) == 0

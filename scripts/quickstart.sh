@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, then the main job on Fashion-MNIST: train a PGD-AT teacher, distil a student with
-# IGDM (on top of PGD-AT), and evaluate both. EPOCHS (default 3) and DEVICE (default auto) change the runs.
+# IGDM (on top of PGD-AT), evaluate both and write a report (figures, table) to runs/fmnist-report.
+# EPOCHS (default 3) and DEVICE (default auto) change the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +13,4 @@ COMMON=(--dataset fashion-mnist --epochs "${EPOCHS:-3}" --device "${DEVICE:-auto
 for run in fmnist-teacher fmnist-igdm; do
     $RD eval "runs/$run/last.pt" --attacks clean,fgsm,pgd20,cw,autoattack --subset 1000 --json "runs/$run/eval.json"
 done
+$RD report runs/fmnist-teacher runs/fmnist-igdm --subset 500 --out runs/fmnist-report

@@ -314,6 +314,7 @@ def test_eval_command_end_to_end(checkpoint, tmp_path, capsys):
     assert st["eps"] == pytest.approx(0.05) and st["step_size"] == pytest.approx(0.0125)
     assert (st["pgd_steps"], st["cw_steps"], st["kappa"], st["restarts"], st["norm"]) == (5, 4, 20.0, 1, "linf")
     assert st["attacks"]["pgd20"]["steps"] == 5 and st["attacks"]["cw"]["steps"] == 4
+    assert set(st["ops_backend"]) == {"requested", "pgd_step", "fd_align"}
     assert set(report["seconds"]) == {"clean", "fgsm", "pgd20", "cw", "recorder"}
 
     text = capsys.readouterr().out

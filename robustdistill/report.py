@@ -379,6 +379,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
         if run.checkpoint is None:
             run.notes.append("no last.pt; skipped in the model figures")
             continue
+        print(f"{run.label}: robust accuracy vs ε and input gradients", flush=True)
         data = _test_data(run, registry, data_cache)
         model = _load_model(run.checkpoint, registry, device)
         n = min(args.subset, int(data.test_y.shape[0]))

@@ -152,6 +152,21 @@ def _pyplot() -> Any:
     return plt
 
 
+def _line_styles(count: int) -> list[dict[str, Any]]:
+    """Distinct colour and dash per run: tab10 up to ten runs, else tab20 with alternating dashes."""
+    plt = _pyplot()
+    if count <= 10:
+        return [{"color": plt.get_cmap("tab10")(i)} for i in range(count)]
+    return [{"color": plt.get_cmap("tab20")(i % 20), "linestyle": "-" if i % 2 == 0 else "--"} for i in range(count)]
+
+
+def _legend(ax: Any, count: int) -> None:
+    if count > 6:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
+
+
 def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -163,18 +178,19 @@ def _epoch_axis(ax: Any) -> None:
 def plot_curves(runs: list[RunRecord], path: Path) -> None:
     """Loss, per-epoch clean / PGD accuracy and learning rate of every run."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12.5 if len(runs) > 6 else 11, 7.5))
     panels = [("loss", "training loss", axes[0][0]), ("val_clean", "clean accuracy (validation)", axes[0][1]),
               ("val_pgd", "PGD accuracy (validation)", axes[1][0]), ("lr", "learning rate", axes[1][1])]
+    styles = _line_styles(len(runs))
     for key, title, ax in panels:
-        for run in runs:
+        for run, style in zip(runs, styles):
             points = [(m["epoch"], m[key]) for m in run.history if isinstance(m.get(key), (int, float))]
             if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=run.label)
+                ax.plot(*zip(*points), marker="o", markersize=3, label=run.label, **style)
         ax.set_title(title)
         _epoch_axis(ax)
     axes[1][1].set_yscale("log")
-    axes[0][0].legend(fontsize=8)
+    _legend(axes[0][1], len(runs))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -204,14 +220,14 @@ def plot_loss_terms(runs: list[RunRecord], path: Path) -> None:
 
 def plot_robust_vs_eps(curves: dict[str, dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for label, curve in curves.items():
-        ax.plot(curve["eps"], [100 * a for a in curve["accuracy"]], marker="o", markersize=3, label=label)
+    fig, ax = plt.subplots(figsize=(7.5 if len(curves) > 6 else 6, 4.2))
+    for (label, curve), style in zip(curves.items(), _line_styles(len(curves))):
+        ax.plot(curve["eps"], [100 * a for a in curve["accuracy"]], marker="o", markersize=3, label=label, **style)
     ax.set_xlabel("ε (L∞)")
     ax.set_ylabel(f"PGD-{next(iter(curves.values()))['steps']} accuracy (%)" if curves else "accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(curves))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

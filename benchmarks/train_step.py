@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from reference_step import reference_step
 from robustdistill import hookimpl
 from robustdistill.checkpoint import save_checkpoint
 from robustdistill.config import parse_number
-from robustdistill.engine import Run, build_run, train_step
+from robustdistill.engine import Run, build_run, run_environment, train_step
 from robustdistill.models import build_model
 from robustdistill.registry import DatasetEntry, DatasetInfo, ImageData, ModelArch
 from robustdistill.testing import plugin_host, train_config
@@ -239,11 +238,9 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
             "target_mfu_met": results["engine"]["mfu"] >= TARGET_MFU if batch == TARGET_MFU_BATCH else None}
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": str(device), "device_name": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+def environment(run: Run) -> dict[str, Any]:
+    """The engine's run environment plus the TF32 switches that change matmul and convolution speed."""
+    return {**run_environment(run), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
@@ -293,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                               "num_classes", "attack_steps", "eps", "step_size", "warmup",
                                               "repeats", "amp", "channels_last", "peak_size", "seed")}
     report = {"command": [sys.executable, *sys.argv] if argv is None else list(argv),
-              "environment": environment(device), "settings": settings,
+              "environment": environment(run), "settings": settings,
               "engine_ops_backend": run.ops_backend, "engine_channels_last": run.channels_last, "igdm_alpha": run.config.igdm_alpha,
               "peak_bf16_flops": peak, "flop_count_method": FLOP_COUNT_METHOD,
               "targets": {"ratio": TARGET_RATIO, "ratio_batch": TARGET_RATIO_BATCH, "mfu": TARGET_MFU,

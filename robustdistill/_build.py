@@ -7,8 +7,8 @@ Environment variables:
 - ``ROBUSTDISTILL_NO_EXT_BUILD=1`` — ``setup.py`` skips the C++/CUDA build (quick pure-Python
   install; the kernels are then built just in time on first use, or the reference is used).
 - ``ROBUSTDISTILL_REQUIRE_EXT=1`` — a failed build is an error instead of a warning (in
-  ``setup.py``), and the tests of the fused kernels fail instead of skipping. ``scripts/setup.sh``
-  sets it when ``CI`` is set; the tests also treat a set ``CI`` as this unless it is ``0``.
+  ``setup.py``), and the tests of the fused kernels fail instead of skipping. ``.ci/run`` sets it;
+  a set ``CI`` counts as this unless ``ROBUSTDISTILL_REQUIRE_EXT`` is ``0``.
 - ``ROBUSTDISTILL_NO_CUDA=1`` — build the CPU kernels only even when ``nvcc`` is found.
 - ``TORCH_CUDA_ARCH_LIST`` — GPU architectures of the ahead-of-time build (default ``8.0;9.0``);
   the just-in-time build targets the visible GPUs.

@@ -285,19 +285,22 @@ def _short(exc: BaseException, limit: int = 600) -> str:
 # Python-side registrations: fake kernels and autograd
 
 
+def _check_pgd_args(op: str, x_adv, grad, x) -> None:
+    torch._check(x_adv.shape == x.shape and grad.shape == x.shape,
+                 lambda: f"robustdistill::{op}: x_adv, grad and x must have the same shape")
+    torch._check(x_adv.dtype == x.dtype and grad.dtype == x.dtype,
+                 lambda: f"robustdistill::{op}: x_adv, grad and x must share one dtype")
+
+
 def _fake_pgd_step(x_adv, grad, x, eps, step_size, eps_per_sample=None, step_per_sample=None, norm="linf",
                    lo=0.0, hi=1.0):
-    torch._check(x_adv.shape == x.shape and grad.shape == x.shape,
-                 lambda: "robustdistill::pgd_step: x_adv, grad and x must have the same shape")
-    torch._check(x_adv.dtype == x.dtype and grad.dtype == x.dtype,
-                 lambda: "robustdistill::pgd_step: x_adv, grad and x must share one dtype")
+    _check_pgd_args("pgd_step", x_adv, grad, x)
     return torch.empty_like(x_adv)
 
 
 def _fake_pgd_step_(x_adv, grad, x, eps, step_size, eps_per_sample=None, step_per_sample=None, norm="linf",
                     lo=0.0, hi=1.0):
-    torch._check(x_adv.shape == x.shape and grad.shape == x.shape,
-                 lambda: "robustdistill::pgd_step_: x_adv, grad and x must have the same shape")
+    _check_pgd_args("pgd_step_", x_adv, grad, x)
 
 
 def _fd_result_dtype(*logits: torch.Tensor) -> torch.dtype:

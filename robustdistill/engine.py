@@ -539,7 +539,7 @@ def train_epoch(run: Run, batches: BatchIterator, epoch: int) -> dict[str, Any]:
 
 def run_environment(run: Run) -> dict[str, Any]:
     """Software and hardware a run trains on, and which backend the fused ops use (``environment.json``)."""
-    device_name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor()
+    device_name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor() or "cpu"
     return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "device": str(run.device), "device_name": device_name,
             "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend,

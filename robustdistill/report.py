@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attacks import ce_objective, model_mode
 from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
 from .config import parse_number, resolve_device
 from .evaluate import RESULT_METADATA_KEYS, EvalSettings, run_evaluation, to_unit_float
 from .models import build_model
-from .registry import ImageData, Registry, RobustDistillError
+from .registry import ImageData, ModelArch, Registry, RobustDistillError
+from .step import exact_input_gradient
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -276,19 +277,14 @@ def plot_gradients(images: Tensor, labels: Tensor, columns: list[tuple[str, Tens
 
 def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """∇ₓ CE(model(x), y) per image, in eval mode; the model's parameters get no gradient."""
-    was_training = model.training
-    model.eval()
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    model.train(was_training)
-    return grad.detach()
+    objective = ce_objective(model, y)
+    with model_mode(model, train=False), torch.enable_grad():
+        return exact_input_gradient(x.detach(), lambda z: objective(z).sum(), create_graph=False)
 
 
-def _load_model(path: Path, registry: Registry, device: torch.device) -> nn.Module:
-    model, _ = model_from_checkpoint(load_checkpoint(path), lambda a: build_model(a, registry.models), str(path))
-    return model.to(device).eval()
+def _load_model(path: Path, registry: Registry, device: torch.device) -> tuple[nn.Module, ModelArch]:
+    model, arch = model_from_checkpoint(load_checkpoint(path), lambda a: build_model(a, registry.models), str(path))
+    return model.to(device).eval(), arch
 
 
 def _test_data(run: RunRecord, registry: Registry, cache: dict[tuple[str, str | None], ImageData]) -> ImageData:
@@ -397,7 +393,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
             continue
         print(f"{run.label}: robust accuracy vs ε and input gradients", flush=True)
         data = _test_data(run, registry, data_cache)
-        model = _load_model(run.checkpoint, registry, device)
+        model, _ = _load_model(run.checkpoint, registry, device)
         n = min(args.subset, int(data.test_y.shape[0]))
         x = to_unit_float(data.test_x[:n])
         y = data.test_y[:n].long()
@@ -436,10 +432,9 @@ def _load_teacher_for_gradients(path: Path, registry: Registry, device: torch.de
     if not path.is_file():
         print(f"note: teacher {str(path)!r} not found; gradients.png shows the students only")
         return None
-    obj = load_checkpoint(path)
-    teacher, arch = model_from_checkpoint(obj, lambda a: build_model(a, registry.models), str(path))
+    teacher, arch = _load_model(path, registry, device)
     if (arch.in_channels, arch.image_size) != (images.shape[1], images.shape[-1]):
         print(f"note: teacher {str(path)!r} takes {arch.in_channels}×{arch.image_size}² images; "
               "gradients.png shows the students only")
         return None
-    return teacher.to(device).eval()
+    return teacher

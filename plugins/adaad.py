@@ -41,7 +41,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    student, teacher = ctx.student, ctx.teacher
+    student, teacher = ctx.attack_student, ctx.teacher
 
     def objective(x_adv: Tensor) -> Tensor:
         log_q = F.log_softmax(student(x_adv), dim=1)

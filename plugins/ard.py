@@ -42,7 +42,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext):
-    return ctx.perturb(ce_objective(ctx.student, ctx.y), init=ctx.config.ard_init, bn=ctx.config.ard_attack_bn)
+    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.ard_init, bn=ctx.config.ard_attack_bn)
 
 
 @hookimpl

@@ -35,7 +35,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    return ctx.perturb(ce_objective(ctx.student, ctx.y), init=ctx.config.at_init, bn=ctx.config.at_attack_bn)
+    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.at_init, bn=ctx.config.at_attack_bn)
 
 
 @hookimpl

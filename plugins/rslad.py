@@ -47,7 +47,7 @@ def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: str) -> T
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
     soft_labels = F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1)
-    return ctx.perturb(kl_objective(ctx.student, soft_labels), init="normal", bn="eval")
+    return ctx.perturb(kl_objective(ctx.attack_student, soft_labels), init="normal", bn="eval")
 
 
 @hookimpl

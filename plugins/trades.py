@@ -40,8 +40,8 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
     with model_mode(ctx.student, train=False), torch.no_grad():
-        target = F.softmax(ctx.student(ctx.x), dim=1)
-    return ctx.perturb(kl_objective(ctx.student, target), init="normal", bn="eval")
+        target = F.softmax(ctx.attack_student(ctx.x), dim=1)
+    return ctx.perturb(kl_objective(ctx.attack_student, target), init="normal", bn="eval")
 
 
 @hookimpl

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import yaml
 
 from . import __version__
-from .config import add_ops_backend_argument, parse_number
+from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number
 from .plugin_manager import PluginHost, PluginWarning, load_plugins
 from .registry import Option, RobustDistillError
 
@@ -84,6 +84,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
                    help="channels_last memory layout for models and batches (auto: on CUDA only)")
     g.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
                    help="let cuDNN pick the fastest convolution algorithms (CUDA only)")
+    add_fold_bn_argument(g, "the teacher and of the student while it is attacked in eval mode")
     g = parser.add_argument_group("attack (defaults per dataset: Fashion-MNIST ε=0.1, step 0.01, 10 steps; "
                                   "CIFAR ε=8/255, step 2/255, 10 steps)")
     g.add_argument("--eps", type=parse_number, default=None, help="L∞ radius, e.g. 8/255 or 0.1")

@@ -37,6 +37,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_fold_bn_argument(parser: argparse._ActionsContainer, what: str) -> None:
+    """Add ``--fold-bn on|off`` (see :mod:`robustdistill.folding`)."""
+    parser.add_argument("--fold-bn", default="on", choices=("on", "off"),
+                        help=f"fold eval-mode BatchNorm into the preceding convolutions of {what} "
+                             "(the same function, less memory traffic) (default: %(default)s)")
+
+
 def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
     """Add ``--ops-backend`` (the choice of :func:`robustdistill.ops.set_backend`)."""
     parser.add_argument("--ops-backend", default=None, choices=BACKENDS,

@@ -28,6 +28,7 @@ from .attacks import model_mode, pgd
 from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import resolve_device
 from .data import BatchIterator, take_subset
+from .folding import fold_or_keep
 from .models import build_model
 from .ops import select_backend
 from .plugin_manager import PluginHost, StepHooks
@@ -43,6 +44,8 @@ class Run:
 
     ``base_method`` is the selected method that runs the attack (``None`` when none does). ``trainer`` is
     the module the loss forwards run through: the DDP wrapper of ``student`` when distributed.
+    ``attack_student`` is the student as attacks call it (its BatchNorm-folded view with ``--fold-bn on``);
+    ``teacher`` is the frozen teacher as the step uses it (folded the same way).
     """
 
     config: Namespace
@@ -66,6 +69,7 @@ class Run:
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
     ops_backend: dict[str, str] = field(default_factory=dict)
     channels_last: bool = False
+    attack_student: nn.Module | None = None
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    joint: bool = False) -> nn.Module:
@@ -363,9 +367,14 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     if distributed.world > 1:
         student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers
         torch.manual_seed(config.seed + distributed.rank)  # per-process attack noise; weights came from rank 0
+    attack_student = student
+    if getattr(config, "fold_bn", "on") == "on":  # after every move and layer conversion: the views share them
+        attack_student = fold_or_keep(student, live=True, what="student", log=distributed.print)
+        if teacher is not None:
+            teacher = fold_or_keep(teacher, live=False, what="teacher", log=distributed.print)
     return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base,
                distributed, trainer, progress=EpochProgress.start(device), ops_backend=ops_backend,
-               channels_last=channels_last)
+               channels_last=channels_last, attack_student=attack_student)
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -465,7 +474,8 @@ def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[T
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = StepContext(x=x, y=y, student=run.student, teacher=run.teacher, config=run.config,
-                      epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks, trainer=run.trainer)
+                      epoch=epoch, epochs=run.config.epochs, step=step, hooks=run.hooks, trainer=run.trainer,
+                      attack_student=run.attack_student)
     run.student.train()
     with _autocast(run):
         ctx.x_adv = run.hooks.attack(ctx)
@@ -487,16 +497,17 @@ def validate(run: Run) -> dict[str, float]:
         return {}
     correct_clean = correct_pgd = 0
     batch = max(run.config.batch_size, 256)
+    model = run.attack_student or run.student
     with model_mode(run.student, train=False):
         for start in range(0, n, batch):
             x = run.data.test_x[start:min(start + batch, n)].to(run.device).float() / 255
             y = run.data.test_y[start:min(start + batch, n)].to(run.device)
             with torch.no_grad():
-                correct_clean += int((run.student(x).argmax(1) == y).sum())
-            x_adv = pgd(run.student, x, y, eps=run.config.eps, step_size=run.config.step_size,
+                correct_clean += int((model(x).argmax(1) == y).sum())
+            x_adv = pgd(model, x, y, eps=run.config.eps, step_size=run.config.step_size,
                         steps=run.config.val_attack_steps)
             with torch.no_grad():
-                correct_pgd += int((run.student(x_adv).argmax(1) == y).sum())
+                correct_pgd += int((model(x_adv).argmax(1) == y).sum())
     return {"val_clean": correct_clean / n, "val_pgd": correct_pgd / n}
 
 
@@ -544,7 +555,9 @@ def run_environment(run: Run) -> dict[str, Any]:
             "python": platform.python_version(), "device": str(run.device), "device_name": device_name,
             "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend,
             "amp": run.config.amp if run.device.type == "cuda" else "off", "channels_last": run.channels_last,
-            "cudnn_benchmark": run.device.type == "cuda" and torch.backends.cudnn.benchmark}
+            "cudnn_benchmark": run.device.type == "cuda" and torch.backends.cudnn.benchmark,
+            "folded_conv_bn": {"student": getattr(run.attack_student, "folded", 0),
+                               "teacher": getattr(run.teacher, "folded", 0)}}
 
 
 def _summary_writer_class() -> Any:

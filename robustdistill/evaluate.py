@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from . import attacks
 from .checkpoint import FORMAT, atomic_write_text, is_state_dict, load_checkpoint, model_from_checkpoint
-from .config import add_ops_backend_argument, parse_number, resolve_device
+from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number, resolve_device
+from .folding import fold_or_keep
 from .ops import select_backend
 from .registry import EvalAttack, ModelArch, Registry, RobustDistillError
 
@@ -405,6 +406,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threat model (default: the checkpoint's, else linf)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     add_ops_backend_argument(parser)
+    add_fold_bn_argument(parser, "the evaluated model")
     parser.add_argument("--arch", default=None, metavar="NAME",
                         help="architecture of a plain state_dict from another tool (e.g. wrn-34-10); "
                              "classes and input shape then come from --dataset")
@@ -505,7 +507,11 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
         print(f"note: --subset {args.subset} exceeds the {n_total} test images; using all of them")
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
-    model.to(device)
+    model.to(device).eval()
+    folded = 0
+    if args.fold_bn == "on":
+        model = fold_or_keep(model, live=False, what="evaluated model")
+        folded = getattr(model, "folded", 0)
     torch.manual_seed(args.seed)
     print(f"{path}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
           f"step {_format_eps(step_size)}, device {device}")
@@ -526,6 +532,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
                 "batch_size": args.batch_size,
                 "seed": args.seed,
                 "ops_backend": ops_backend,
+                "folded_conv_bn": folded,
                 "attacks": {a.name: attack_details(a.name, settings) for a in selected},
             },
             "seconds": {name: round(value, 3) for name, value in result.seconds.items()},

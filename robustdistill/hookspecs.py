@@ -86,7 +86,10 @@ def input_gradient(ctx: "StepContext", model: "nn.Module", x: "Tensor",
 
 @hookspec(firstresult=True)
 def attack(ctx: "StepContext") -> "Tensor | None":
-    """The inner maximisation: return the detached adversarial batch ``x_adv`` (or ``None``: no attack)."""
+    """The inner maximisation: return the detached adversarial batch ``x_adv`` (or ``None``: no attack).
+
+    Attack ``ctx.attack_student`` (the student with eval-mode BatchNorm folded) through ``ctx.perturb``.
+    """
 
 
 @hookspec

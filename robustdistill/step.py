@@ -34,9 +34,11 @@ class StepContext:
     """One training step. Hooks read the batch and models, and share forwards through the caches.
 
     ``epoch`` is 1-based. ``x_adv`` is set by the engine after the ``attack`` hook (``None`` for
-    methods without an attack); ``delta`` is ``x_adv − x``. Attacks call ``student`` directly; the
-    loss's student forwards go through :meth:`student_out`, which uses ``trainer`` (the DDP wrapper in
-    distributed runs, so gradients are all-reduced once per step and never inside the attack loop).
+    methods without an attack); ``delta`` is ``x_adv − x``. Attacks call ``attack_student``: the same
+    network and weights as ``student``, with its eval-mode BatchNorm folded into the convolutions
+    (``--fold-bn``; ``student`` itself when folding is off). The loss's student forwards go through
+    :meth:`student_out`, which uses ``trainer`` (the DDP wrapper in distributed runs, so gradients are
+    all-reduced once per step and never inside the attack loop).
     """
 
     x: Tensor
@@ -50,9 +52,14 @@ class StepContext:
     hooks: "StepHooks"
     x_adv: Tensor | None = None
     trainer: nn.Module | None = None
+    attack_student: nn.Module | None = None
     state: dict[str, Any] = field(default_factory=dict)
     _teacher_cache: dict[str, TeacherOutput] = field(default_factory=dict)
     _student_cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.attack_student is None:
+            self.attack_student = self.student
 
     @property
     def delta(self) -> Tensor:

@@ -23,7 +23,7 @@ from robustdistill.evaluate import (
     evaluate,
     run_evaluation,
 )
-from robustdistill.models import Classifier
+from robustdistill.models import BUILTIN_MODELS, Classifier, build_model
 from robustdistill.registry import (
     DatasetEntry,
     DatasetInfo,
@@ -386,3 +386,29 @@ def test_eval_command_autoattack_missing_fails_early(monkeypatch, checkpoint):
     with pytest.raises(RobustDistillError, match="pip install pyautoattack"):
         eval_command(parse([str(checkpoint), "--attacks", "clean,autoattack"]), make_registry(loads))
     assert loads == []
+
+
+def test_eval_command_folds_batchnorm_without_changing_the_result(tmp_path):
+    arch = ModelArch(name="cnn", num_classes=NUM_CLASSES, in_channels=1, image_size=SIZE, mean=(0.5,), std=(0.25,))
+    torch.manual_seed(0)
+    model = build_model(arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "cnn.pt"
+    torch.save({"format": FORMAT, "arch": arch.to_dict(), "model": model.state_dict(),
+                "config": {"dataset": "tinyset", "eps": 0.1, "step_size": 0.025}}, path)
+    registry = make_registry()
+    registry.models.extend(BUILTIN_MODELS)
+    reports = {}
+    for fold in ("on", "off"):
+        out = tmp_path / f"{fold}.json"
+        args = parse([str(path), "--attacks", "clean,fgsm,pgd20", "--subset", "40", "--pgd-steps", "5",
+                      "--device", "cpu", "--no-progress", "--fold-bn", fold, "--json", str(out)])
+        assert eval_command(args, registry) == 0
+        reports[fold] = json.loads(out.read_text())
+    assert reports["on"]["settings"]["folded_conv_bn"] == 3 and reports["off"]["settings"]["folded_conv_bn"] == 0
+    for name in ("clean", "fgsm", "pgd20"):  # the same function: at most a rounding-level sign flip apart
+        assert abs(reports["on"][name] - reports["off"][name]) <= 1 / 40, name

@@ -5,8 +5,9 @@ Not part of the default test run. Run:
     python -m pytest benchmarks/test_fold_bench.py -q -s --benchmark-columns=median,iqr,rounds
 
 ``test_rslad_igdm_step`` times a whole RSLAD+IGDM training step of the engine (as
-``benchmarks/train_step.py`` builds it) with ``--fold-bn on`` and ``off``: ``cnn`` student and teacher on
-128×1×28×28 on a CPU, ResNet-18 student and WRN-34-10 teacher on 128×3×32×32 on CUDA.
+``benchmarks/train_step.py`` builds it) with its defaults, with ``--fold-bn off`` and with
+``--batch-student-forwards``: ``cnn`` student and teacher on 128×1×28×28 on a CPU, ResNet-18 student and
+WRN-34-10 teacher on 128×3×32×32 on CUDA.
 
 Variants: ``plain`` (the model with its BatchNorm layers), ``live`` (the student's view, which folds its
 live weights on every call) and ``frozen`` (the teacher's and ``eval``'s snapshot). Shapes: ``cnn`` on
@@ -84,15 +85,18 @@ def test_attack_pass(benchmark, device: str, name: str, variant: str) -> None:
     RESULTS[(device, name, variant)] = benchmark.stats.stats.median
 
 
-@pytest.mark.parametrize("fold", ["off", "on"])
+STEP_VARIANTS = {"default": [], "fold-bn-off": ["--fold-bn", "off"], "batch-student-forwards": ["--batch-student-forwards"]}
+
+
+@pytest.mark.parametrize("variant", list(STEP_VARIANTS))
 @pytest.mark.parametrize("device", DEVICES)
-def test_rslad_igdm_step(benchmark, tmp_path, device: str, fold: str) -> None:
+def test_rslad_igdm_step(benchmark, tmp_path, device: str, variant: str) -> None:
     from train_step import build_engine_run, parse_args
 
     from robustdistill.engine import train_step
 
     models = ["cnn", "cnn", "1", "28"] if device == "cpu" else ["resnet18", "wrn-34-10", "3", "32"]
-    args = parse_args(["--device", device, "--batch-sizes", "128", "--fold-bn", fold,
+    args = parse_args(["--device", device, "--batch-sizes", "128", *STEP_VARIANTS[variant],
                        *[a for pair in zip(("--student", "--teacher-arch", "--channels", "--image-size"), models)
                          for a in pair]])
     run = build_engine_run(args, tmp_path)
@@ -107,16 +111,17 @@ def test_rslad_igdm_step(benchmark, tmp_path, device: str, fold: str) -> None:
     for _ in range(2):
         step()
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
-    STEP_RESULTS[(device, fold)] = benchmark.stats.stats.median
+    STEP_RESULTS[(device, variant)] = benchmark.stats.stats.median
 
 
 def summary_lines() -> list[str]:
     lines = []
     for device in dict.fromkeys(d for d, _ in STEP_RESULTS):
-        on, off = STEP_RESULTS.get((device, "on")), STEP_RESULTS.get((device, "off"))
-        if on and off:
-            lines.append(f"RSLAD+IGDM step on {device}: --fold-bn off {1000 * off:.1f} ms, on {1000 * on:.1f} ms "
-                         f"({off / on:.2f}×)")
+        default = STEP_RESULTS.get((device, "default"))
+        cells = [f"{variant} {1000 * t:.1f} ms" + (f" ({default / t:.2f}× default)" if default and variant != "default"
+                                                   else "")
+                 for (d, variant), t in STEP_RESULTS.items() if d == device]
+        lines.append(f"RSLAD+IGDM step on {device}: " + ", ".join(cells))
     if not RESULTS:
         return lines
     lines += ["", "attack pass (eval forward + backward to the input), median ms and speed-up over plain:"]

@@ -15,7 +15,8 @@ WRN-34-10 teacher (random weights). Two variants run in the same process:
   :func:`robustdistill.engine.build_run` with ``--plugin rslad --plugin igdm`` (the real plugins) and the
   engine's defaults (bf16 autocast on CUDA, batched teacher forwards, fused ops where built, BatchNorm folded
   into the teacher's and the attacked student's convolutions); ``--amp``, ``--channels-last`` and
-  ``--fold-bn`` change them. The teacher is a random-weights checkpoint written in the native format.
+  ``--fold-bn`` change them; ``--batch-student-forwards`` runs the student's three training-mode forwards as
+  one batch (BatchNorm statistics then differ from the reference's, and so does the first-step loss). The teacher is a random-weights checkpoint written in the native format.
 
 Both start from the same weights and, per batch size, first run one step from identical weights
 (BatchNorm buffers included) and the same start noise: the JSON records both losses and their terms
@@ -111,6 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> Namespace:
                         help="the engine's --channels-last (auto: on CUDA); the reference stays NCHW")
     parser.add_argument("--fold-bn", default="on", choices=("on", "off"),
                         help="the engine's --fold-bn; the reference keeps its BatchNorm layers")
+    parser.add_argument("--batch-student-forwards", action="store_true",
+                        help="the engine's --batch-student-forwards (changes BatchNorm statistics: off by default)")
     parser.add_argument("--peak-size", type=int, default=8192, help="n of the n×n bf16 matmul measuring the peak")
     parser.add_argument("--peak-repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -138,8 +141,9 @@ def build_engine_run(args: Namespace, workdir: Path) -> Run:
     host = plugin_host(RandomImages(info, max(args.batch_sizes), args.seed))
     config = train_config(host, "--plugin", "rslad", "--plugin", "igdm", "--teacher", str(workdir / "teacher.pt"),
                           "--dataset", DATASET, "--model", args.student, "--device", args.device,
-                          "--amp", args.amp, "--channels-last", args.channels_last, "--fold-bn", args.fold_bn, "--epochs", "1",
-                          "--batch-size", str(max(args.batch_sizes)),
+                          "--amp", args.amp, "--channels-last", args.channels_last, "--fold-bn", args.fold_bn,
+                          *(["--batch-student-forwards"] if args.batch_student_forwards else []),
+                          "--epochs", "1", "--batch-size", str(max(args.batch_sizes)),
                           "--seed", str(args.seed), "--out", str(workdir / "run"))
     run = build_run(config, host)
     run.hooks.event("train_start", run=run)
@@ -259,7 +263,7 @@ def print_table(report: dict[str, Any]) -> None:
           f"{s['channels']}×{s['image_size']}×{s['image_size']} · PGD-{s['attack_steps']} ε={s['eps']:.4g} "
           f"step {s['step_size']:.4g} · {env['device']} ({env['device_name']}) · torch {env['torch']}")
     print(f"engine: amp {s['amp']}, channels_last {report['engine_channels_last']}, ops {report['engine_ops_backend']}, "
-          f"fold_bn {s.get('fold_bn', 'off')}; "
+          f"fold_bn {s.get('fold_bn', 'off')}, batch_student_forwards {s.get('batch_student_forwards', False)}; "
           "reference: fp32 eager NCHW")
     print(f"bf16 dense peak ({s['peak_size']}² matmul): {report['peak_bf16_flops'] / 1e12:.4g} TFLOP/s")
     if env["device"] == "cpu":
@@ -293,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     peak = measure_peak(device, args.peak_size, args.peak_repeats)
     settings = {k: getattr(args, k) for k in ("batch_sizes", "student", "teacher_arch", "channels", "image_size",
                                               "num_classes", "attack_steps", "eps", "step_size", "warmup",
-                                              "repeats", "amp", "channels_last", "fold_bn", "peak_size", "seed")}
+                                              "repeats", "amp", "channels_last", "fold_bn", "batch_student_forwards", "peak_size",
+                                              "seed")}
     report = {"command": [sys.executable, *sys.argv] if argv is None else list(argv),
               "environment": environment(run), "settings": settings,
               "engine_ops_backend": run.ops_backend, "engine_channels_last": run.channels_last, "igdm_alpha": run.config.igdm_alpha,

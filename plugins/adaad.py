@@ -53,6 +53,11 @@ def attack(ctx: StepContext) -> Tensor:
 
 
 @hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"adv": ctx.x_adv} if ctx.config.adaad_lambda == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
+
+
+@hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
     cfg = ctx.config
     teacher_adv = ctx.teacher_out("adv", ctx.x_adv).logits

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from robustdistill import hookimpl
 from robustdistill.attacks import BN_MODES, INITS, ce_objective
@@ -43,6 +44,11 @@ def register_options(register: Callable) -> None:
 @hookimpl
 def attack(ctx: StepContext):
     return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.ard_init, bn=ctx.config.ard_attack_bn)
+
+
+@hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"adv": ctx.x_adv} if ctx.config.ard_alpha == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
 
 
 @hookimpl

@@ -39,5 +39,10 @@ def attack(ctx: StepContext) -> Tensor:
 
 
 @hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"adv": ctx.x_adv}
+
+
+@hookimpl
 def loss(ctx: StepContext) -> LossTerm:
     return LossTerm("ce_adv", F.cross_entropy(ctx.student_out("adv", ctx.x_adv), ctx.y))

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from torch import Tensor
+
 from robustdistill import RobustDistillError, hookimpl
 from robustdistill.ops import FD_DISTANCES, fd_align
 from robustdistill.registry import Method, Option
@@ -79,16 +81,27 @@ def train_start(run) -> None:
         cfg.igdm_ramp_epochs = cfg.epochs
 
 
+def shifted_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    """``{"adv" or "x+βδ": x + β·δ, "x-δ": x − γ·δ}`` (x−γδ clipped to [0, 1] only with ``--igdm-clip-minus``)."""
+    cfg = ctx.config
+    x_plus = ctx.x_adv if cfg.igdm_beta == 1 else ctx.x + cfg.igdm_beta * ctx.delta
+    x_minus = ctx.x - cfg.igdm_gamma * ctx.delta
+    if cfg.igdm_clip_minus:
+        x_minus = x_minus.clamp(0, 1)
+    return {"adv" if cfg.igdm_beta == 1 else "x+βδ": x_plus, "x-δ": x_minus}
+
+
+@hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return shifted_inputs(ctx)
+
+
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
     cfg = ctx.config
-    delta = ctx.delta
-    plus_key = "adv" if cfg.igdm_beta == 1 else "x+βδ"
-    x_plus = ctx.x_adv if cfg.igdm_beta == 1 else ctx.x + cfg.igdm_beta * delta
-    x_minus = ctx.x - cfg.igdm_gamma * delta
-    if cfg.igdm_clip_minus:
-        x_minus = x_minus.clamp(0, 1)
-    teacher = ctx.teacher_outs({plus_key: x_plus, "x-δ": x_minus})
+    inputs = shifted_inputs(ctx)
+    (plus_key, x_plus), (_, x_minus) = inputs.items()
+    teacher = ctx.teacher_outs(inputs)
     value = fd_align(ctx.student_out(plus_key, x_plus), ctx.student_out("x-δ", x_minus),
                      teacher[plus_key].logits, teacher["x-δ"].logits, cfg.igdm_distance)
     return LossTerm("igdm", value, weight=ramp(cfg.igdm_alpha, ctx.epoch, cfg.igdm_ramp_epochs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from robustdistill import hookimpl
 from robustdistill.registry import Method
@@ -13,6 +14,11 @@ from robustdistill.step import LossTerm, StepContext
 @hookimpl
 def register_methods(register: Callable) -> None:
     register(Method("natural", "standard training: CE(f(x), y) on clean inputs"))
+
+
+@hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"clean": ctx.x}
 
 
 @hookimpl

@@ -85,6 +85,11 @@ def train_start(run) -> None:
 
 
 @hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"clean": ctx.x}
+
+
+@hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
     cfg = ctx.config
     logits, features = ctx.student_out("clean", ctx.x, features=True)

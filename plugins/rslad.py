@@ -51,6 +51,11 @@ def attack(ctx: StepContext) -> Tensor:
 
 
 @hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"adv": ctx.x_adv, "clean": ctx.x}
+
+
+@hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
     cfg = ctx.config
     soft_labels = F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1)

@@ -45,6 +45,11 @@ def attack(ctx: StepContext) -> Tensor:
 
 
 @hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"clean": ctx.x, "adv": ctx.x_adv}
+
+
+@hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
     clean = ctx.student_out("clean", ctx.x)
     adv = ctx.student_out("adv", ctx.x_adv)

@@ -85,6 +85,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
                    help="let cuDNN pick the fastest convolution algorithms (CUDA only)")
     add_fold_bn_argument(g, "the teacher and of the student while it is attacked in eval mode")
+    g.add_argument("--batch-student-forwards", action="store_true",
+                   help="run the student's training-mode forwards of a step (e.g. S(x′), S(x), S(x−δ)) as one "
+                        "batch: faster on a GPU, but BatchNorm then normalises over them together, which "
+                        "changes the training (the papers' code runs them separately)")
     g = parser.add_argument_group("attack (defaults per dataset: Fashion-MNIST ε=0.1, step 0.01, 10 steps; "
                                   "CIFAR ε=8/255, step 2/255, 10 steps)")
     g.add_argument("--eps", type=parse_number, default=None, help="L∞ radius, e.g. 8/255 or 0.1")

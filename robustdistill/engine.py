@@ -479,6 +479,8 @@ def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[T
     run.student.train()
     with _autocast(run):
         ctx.x_adv = run.hooks.attack(ctx)
+        if getattr(run.config, "batch_student_forwards", False):
+            ctx.prefetch_student(run.hooks.student_inputs(ctx))
         terms = run.hooks.loss(ctx)
     if not terms:
         raise RobustDistillError(f"the selected plugins ({', '.join(run.methods)}) contributed no loss term")

@@ -93,6 +93,16 @@ def attack(ctx: "StepContext") -> "Tensor | None":
 
 
 @hookspec
+def student_inputs(ctx: "StepContext") -> "dict[str, Tensor] | None":
+    """The named inputs this plugin's ``loss`` will pass to ``ctx.student_out`` in this step.
+
+    Called after the attack, and only with ``--batch-student-forwards``: the engine then runs every
+    declared input through the student as one batch before the ``loss`` hooks. Optional: an input that
+    is not declared gets a forward of its own.
+    """
+
+
+@hookspec
 def loss(ctx: "StepContext") -> "list[LossTerm] | LossTerm | None":
     """This plugin's named, weighted terms of the training loss for the step."""
 

@@ -35,7 +35,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "edgereg": "robustdistill.plugins.edgereg",
     "pag": "robustdistill.plugins.pag",
 }
-STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "loss")
+STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "student_inputs", "loss")
 LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "train_end")
 
 
@@ -185,6 +185,17 @@ class StepHooks:
 
     def attack(self, ctx: StepContext) -> Tensor | None:
         return self._call("attack", ctx=ctx)
+
+    def student_inputs(self, ctx: StepContext) -> dict[str, Tensor]:
+        """Every active plugin's declared student inputs; one name must mean one tensor."""
+        inputs: dict[str, Tensor] = {}
+        for declared in self._call("student_inputs", ctx=ctx):
+            for key, x in (declared or {}).items():
+                if key in inputs and inputs[key] is not x:
+                    raise RobustDistillError(f"two plugins declare different tensors as the student input {key!r}; "
+                                             "a shared name must be the same tensor (e.g. ctx.x, ctx.x_adv)")
+                inputs.setdefault(key, x)
+        return inputs
 
     def loss(self, ctx: StepContext) -> list[LossTerm]:
         terms: list[LossTerm] = []

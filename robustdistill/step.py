@@ -123,6 +123,23 @@ class StepContext:
             self._student_cache[cache_key] = out
         return self._student_cache[cache_key]
 
+    def prefetch_student(self, inputs: dict[str, Tensor]) -> None:
+        """Run the uncached ``inputs`` through the student (training mode) as one batch and cache the
+        logits and features under their names, for :meth:`student_out`.
+
+        Not exact with respect to separate forwards: BatchNorm normalises over the whole concatenated
+        batch and updates its running statistics once with it (``--batch-student-forwards``).
+        """
+        missing = {key: x for key, x in inputs.items() if key not in self._student_cache}
+        if len(missing) < 2:
+            return
+        model = self.trainer if self.trainer is not None else self.student
+        logits, features = model(torch.cat(list(missing.values())), return_features=True)
+        sizes = [len(x) for x in missing.values()]
+        for key, lg, ft in zip(missing, logits.split(sizes), features.split(sizes)):
+            self._student_cache[key] = lg
+            self._student_cache[f"{key}|features"] = (lg, ft)
+
     def input_gradient(self, model: nn.Module, x: Tensor, objective: Callable[[Tensor], Tensor],
                        create_graph: bool = False) -> Tensor:
         """∇ₓ of ``objective(x)`` (a scalar) through the ``input_gradient`` hook."""

@@ -28,7 +28,7 @@ from .attacks import model_mode, pgd
 from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import resolve_device
 from .data import BatchIterator, take_subset
-from .folding import fold_or_keep
+from .folding import fold_or_keep, folded_pairs
 from .models import build_model
 from .ops import select_backend
 from .plugin_manager import PluginHost, StepHooks
@@ -44,8 +44,8 @@ class Run:
 
     ``base_method`` is the selected method that runs the attack (``None`` when none does). ``trainer`` is
     the module the loss forwards run through: the DDP wrapper of ``student`` when distributed.
-    ``attack_student`` is the student as attacks call it (its BatchNorm-folded view with ``--fold-bn on``);
-    ``teacher`` is the frozen teacher as the step uses it (folded the same way).
+    ``attack_student`` is the student as attacks call it (its BatchNorm-folded view with ``--fold-bn on``;
+    ``student`` when not given); ``teacher`` is the frozen teacher as the step uses it (folded the same way).
     """
 
     config: Namespace
@@ -70,6 +70,10 @@ class Run:
     ops_backend: dict[str, str] = field(default_factory=dict)
     channels_last: bool = False
     attack_student: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.attack_student is None:
+            self.attack_student = self.student
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    joint: bool = False) -> nn.Module:
@@ -499,7 +503,7 @@ def validate(run: Run) -> dict[str, float]:
         return {}
     correct_clean = correct_pgd = 0
     batch = max(run.config.batch_size, 256)
-    model = run.attack_student or run.student
+    model = run.attack_student
     with model_mode(run.student, train=False):
         for start in range(0, n, batch):
             x = run.data.test_x[start:min(start + batch, n)].to(run.device).float() / 255
@@ -558,8 +562,8 @@ def run_environment(run: Run) -> dict[str, Any]:
             "processes": run.dist.world, "cpu_threads": torch.get_num_threads(), "ops_backend": run.ops_backend,
             "amp": run.config.amp if run.device.type == "cuda" else "off", "channels_last": run.channels_last,
             "cudnn_benchmark": run.device.type == "cuda" and torch.backends.cudnn.benchmark,
-            "folded_conv_bn": {"student": getattr(run.attack_student, "folded", 0),
-                               "teacher": getattr(run.teacher, "folded", 0)}}
+            "folded_conv_bn": {"student": folded_pairs(run.attack_student),
+                               "teacher": folded_pairs(run.teacher)}}
 
 
 def _summary_writer_class() -> Any:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import attacks
 from .checkpoint import FORMAT, atomic_write_text, is_state_dict, load_checkpoint, model_from_checkpoint
 from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number, resolve_device
-from .folding import fold_or_keep
+from .folding import fold_or_keep, folded_pairs
 from .ops import select_backend
 from .registry import EvalAttack, ModelArch, Registry, RobustDistillError
 
@@ -508,10 +508,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
     model.to(device).eval()
-    folded = 0
     if args.fold_bn == "on":
         model = fold_or_keep(model, live=False, what="evaluated model")
-        folded = getattr(model, "folded", 0)
     torch.manual_seed(args.seed)
     print(f"{path}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
           f"step {_format_eps(step_size)}, device {device}")
@@ -532,7 +530,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
                 "batch_size": args.batch_size,
                 "seed": args.seed,
                 "ops_backend": ops_backend,
-                "folded_conv_bn": folded,
+                "folded_conv_bn": folded_pairs(model),
                 "attacks": {a.name: attack_details(a.name, settings) for a in selected},
             },
             "seconds": {name: round(value, 3) for name, value in result.seconds.items()},

@@ -25,9 +25,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-FOLD_CHOICES = ("on", "off")
-
-
 class FoldError(Exception):
     """The model cannot be folded: it does not trace with torch.fx."""
 
@@ -140,6 +137,11 @@ def fold_or_keep(model: nn.Module, *, live: bool, what: str, log: Any = print) -
     except FoldError as err:
         log(f"BatchNorm folding is off for the {what}: {err}")
         return model
+
+
+def folded_pairs(model: nn.Module | None) -> int:
+    """How many conv → BatchNorm pairs ``model`` has folded (0 for any other model, or none)."""
+    return model.folded if isinstance(model, FoldedModel) else 0
 
 
 def unfolded(model: nn.Module) -> nn.Module:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from .attacks import ce_objective, model_mode
 from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
 from .config import parse_number, resolve_device
-from .folding import fold_or_keep
 from .evaluate import RESULT_METADATA_KEYS, EvalSettings, run_evaluation, to_unit_float
+from .folding import fold_or_keep
 from .models import build_model
 from .registry import ImageData, ModelArch, Registry, RobustDistillError
 from .step import exact_input_gradient

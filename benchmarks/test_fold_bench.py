@@ -93,15 +93,15 @@ STEP_VARIANTS = {"default": [], "fold-bn-off": ["--fold-bn", "off"], "batch-stud
 def test_rslad_igdm_step(benchmark, tmp_path, device: str, variant: str) -> None:
     from train_step import build_engine_run, parse_args
 
-    from robustdistill.engine import train_step
+    from robustdistill.loop import train_step
 
     models = ["cnn", "cnn", "1", "28"] if device == "cpu" else ["resnet18", "wrn-34-10", "3", "32"]
     args = parse_args(["--device", device, "--batch-sizes", "128", *STEP_VARIANTS[variant],
                        *[a for pair in zip(("--student", "--teacher-arch", "--channels", "--image-size"), models)
                          for a in pair]])
     run = build_engine_run(args, tmp_path)
-    x = run.data.train_x[:128].to(run.device).float() / 255
-    y = run.data.train_y[:128].to(run.device)
+    x = run.view.data.train_x[:128].to(run.device).float() / 255
+    y = run.view.data.train_y[:128].to(run.device)
 
     def step() -> None:
         train_step(run, x, y, 1, 0)

@@ -11,8 +11,8 @@ WRN-34-10 teacher (random weights). Two variants run in the same process:
 
 - ``reference``: :func:`reference_step.reference_step`, the step as the official RSLAD/IGDM scripts write
   it (fp32, eager, NCHW, separate model calls, the PGD update in Python).
-- ``engine``: :func:`robustdistill.engine.train_step` on a run built by
-  :func:`robustdistill.engine.build_run` with ``--plugin rslad --plugin igdm`` (the real plugins) and the
+- ``engine``: :func:`robustdistill.loop.train_step` on a run built by
+  :func:`robustdistill.run.build_run` with ``--plugin rslad --plugin igdm`` (the real plugins) and the
   engine's defaults (bf16 autocast on CUDA, batched teacher forwards, fused ops where built, BatchNorm folded
   into the teacher's and the attacked student's convolutions); ``--amp``, ``--channels-last`` and
   ``--fold-bn`` change them; ``--batch-student-forwards`` runs the student's three training-mode forwards as
@@ -55,7 +55,8 @@ from reference_step import reference_step
 from robustdistill import hookimpl
 from robustdistill.checkpoint import save_checkpoint
 from robustdistill.config import parse_number
-from robustdistill.engine import Run, build_run, run_environment, train_step
+from robustdistill.loop import start, train_step
+from robustdistill.run import Run, build_run, run_environment
 from robustdistill.folding import unfolded
 from robustdistill.models import build_model
 from robustdistill.registry import DatasetEntry, DatasetInfo, ImageData, ModelArch
@@ -130,7 +131,7 @@ def synchronize(device: torch.device) -> None:
 
 def build_engine_run(args: Namespace, workdir: Path) -> Run:
     """A run as ``robustdistill train --plugin rslad --plugin igdm`` builds it, on the random dataset, with a
-    random-weights teacher checkpoint; ``train_start`` has run (IGDM's α and ramp are set)."""
+    random-weights teacher checkpoint; ``train_start`` has run."""
     info = DatasetInfo(DATASET, args.num_classes, args.channels, args.image_size, mean=(0.5,), std=(0.25,),
                        eps=args.eps, step_size=args.step_size, attack_steps=args.attack_steps)
     teacher_arch = ModelArch(args.teacher_arch, info.num_classes, info.in_channels, info.image_size,
@@ -146,7 +147,7 @@ def build_engine_run(args: Namespace, workdir: Path) -> Run:
                           "--epochs", "1", "--batch-size", str(max(args.batch_sizes)),
                           "--seed", str(args.seed), "--out", str(workdir / "run"))
     run = build_run(config, host)
-    run.hooks.event("train_start", run=run)
+    start(run)
     return run
 
 
@@ -214,13 +215,13 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
                 batch: int, peak: float) -> dict[str, Any]:
     """Both variants at one batch size: the first-step loss check, the timings and the FLOP counts."""
     device, cfg = run.device, run.config
-    x = run.data.train_x[:batch].to(device).float() / 255
-    y = run.data.train_y[:batch].to(device)
+    x = run.view.data.train_x[:batch].to(device).float() / 255
+    y = run.view.data.train_y[:batch].to(device)
     ref_student.load_state_dict(run.student.state_dict())
     ref_optimizer = torch.optim.SGD(ref_student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
     epoch = 1
-    igdm_weight = cfg.igdm_alpha * epoch / cfg.igdm_ramp_epochs
+    igdm_weight = cfg.igdm.alpha * epoch / cfg.igdm.ramp_epochs
 
     def reference() -> tuple[Tensor, dict[str, Tensor]]:
         return reference_step(ref_student, ref_teacher, ref_optimizer, x, eps=cfg.eps, step_size=cfg.step_size,
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run = build_engine_run(args, Path(tmp))
     device = run.device
     ref_student = copy.deepcopy(run.student).to(memory_format=torch.contiguous_format)
-    ref_teacher = copy.deepcopy(unfolded(run.teacher)).to(memory_format=torch.contiguous_format)
+    ref_teacher = copy.deepcopy(unfolded(run.view.teacher)).to(memory_format=torch.contiguous_format)
     peak = measure_peak(device, args.peak_size, args.peak_repeats)
     settings = {k: getattr(args, k) for k in ("batch_sizes", "student", "teacher_arch", "channels", "image_size",
                                               "num_classes", "attack_steps", "eps", "step_size", "warmup",
@@ -301,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                               "seed")}
     report = {"command": [sys.executable, *sys.argv] if argv is None else list(argv),
               "environment": environment(run), "settings": settings,
-              "engine_ops_backend": run.ops_backend, "engine_channels_last": run.channels_last, "igdm_alpha": run.config.igdm_alpha,
+              "engine_ops_backend": run.ops_backend, "engine_channels_last": run.config.channels_last == "on",
+              "igdm_alpha": run.config.igdm.alpha,
               "peak_bf16_flops": peak, "flop_count_method": FLOP_COUNT_METHOD,
               "targets": {"ratio": TARGET_RATIO, "ratio_batch": TARGET_RATIO_BATCH, "mfu": TARGET_MFU,
                           "mfu_batch": TARGET_MFU_BATCH},

@@ -12,11 +12,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from robustdistill import RobustDistillError, StepContext
 from robustdistill.attacks import model_mode
-from robustdistill.step import StepContext
 
 
 @contextmanager
@@ -74,7 +73,7 @@ def teacher_gradient(ctx: StepContext, x: Tensor, objective: Callable[[Tensor], 
     Only the input receives a gradient; nothing is accumulated in the teacher's parameters.
     """
     if ctx.teacher is None:
-        raise RuntimeError("this method needs a teacher; pass --teacher CKPT")
+        raise RobustDistillError("this method needs a teacher; pass --teacher CKPT")
     teacher = ctx.teacher
     x_t = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -89,33 +88,6 @@ def log_prob_objective(classes: Tensor) -> Callable[[Tensor], Tensor]:
     return objective
 
 
-def steps_per_epoch(run) -> int:
-    """Optimiser steps in one epoch of ``run`` (the engine keeps the last, partial batch)."""
-    return max(1, -(-len(run.data.train_y) // run.config.batch_size))
-
-
-def epoch_progress(ctx: StepContext, steps: int | None) -> float:
-    """Epochs completed before this step, fractional (``epoch − 1`` when steps per epoch are unknown)."""
-    if not steps:
-        return float(ctx.epoch - 1)
-    return ctx.step / steps
-
-
-def share_across_processes(run, module: nn.Module) -> None:
-    """In a distributed run, start every process from rank 0's copy of ``module`` and average its
-    gradients over processes (a plugin-owned module is not part of the student's DDP wrapper)."""
-    if run.dist.world <= 1 or not dist.is_initialized():
-        return
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-    world = run.dist.world
-
-    def average(grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad / world
-
-    for p in module.parameters():
-        if p.requires_grad:
-            p.register_hook(average)
+def epoch_progress(ctx: StepContext) -> float:
+    """Epochs completed before this step, fractional."""
+    return ctx.step / ctx.steps_per_epoch

@@ -17,11 +17,9 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
+from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import INITS, model_mode
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 
 @hookimpl
@@ -49,22 +47,22 @@ def attack(ctx: StepContext) -> Tensor:
         return F.kl_div(log_q, p, reduction="none").sum(dim=1)
 
     with model_mode(teacher, train=False):
-        return ctx.perturb(objective, init=ctx.config.adaad_init, bn="eval")
+        return ctx.perturb(objective, init=ctx.config.adaad.init, bn="eval")
 
 
 @hookimpl
 def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
-    return {"adv": ctx.x_adv} if ctx.config.adaad_lambda == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
+    return {"adv": ctx.x_adv} if ctx.config.adaad.lambda_ == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
+    opts = ctx.config.adaad
     teacher_adv = ctx.teacher_out("adv", ctx.x_adv).logits
-    terms = [LossTerm("kl_adv", kl_to_teacher(ctx.student_out("adv", ctx.x_adv), teacher_adv, cfg.adaad_reduction),
-                      weight=cfg.adaad_lambda)]
-    if cfg.adaad_lambda != 1:
+    terms = [LossTerm("kl_adv", kl_to_teacher(ctx.student_out("adv"), teacher_adv, opts.reduction),
+                      weight=opts.lambda_)]
+    if opts.lambda_ != 1:
         teacher_clean = ctx.teacher_out("clean", ctx.x).logits
-        terms.append(LossTerm("kl_clean", kl_to_teacher(ctx.student_out("clean", ctx.x), teacher_clean,
-                                                        cfg.adaad_reduction), weight=1 - cfg.adaad_lambda))
+        terms.append(LossTerm("kl_clean", kl_to_teacher(ctx.student_out("clean"), teacher_clean, opts.reduction),
+                              weight=1 - opts.lambda_))
     return terms

@@ -17,11 +17,9 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
+from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import BN_MODES, INITS, ce_objective
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 
 @hookimpl
@@ -43,20 +41,20 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext):
-    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.ard_init, bn=ctx.config.ard_attack_bn)
+    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.ard.init, bn=ctx.config.ard.attack_bn)
 
 
 @hookimpl
 def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
-    return {"adv": ctx.x_adv} if ctx.config.ard_alpha == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
+    return {"adv": ctx.x_adv} if ctx.config.ard.alpha == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
+    opts = ctx.config.ard
     teacher = ctx.teacher_out("clean", ctx.x).logits
-    kl = kl_to_teacher(ctx.student_out("adv", ctx.x_adv), teacher, cfg.ard_kl_reduction, cfg.ard_tau)
-    terms = [LossTerm("kl", kl, weight=cfg.ard_alpha * cfg.ard_tau ** 2)]
-    if cfg.ard_alpha != 1:
-        terms.append(LossTerm("ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y), weight=1 - cfg.ard_alpha))
+    kl = kl_to_teacher(ctx.student_out("adv"), teacher, opts.kl_reduction, opts.tau)
+    terms = [LossTerm("kl", kl, weight=opts.alpha * opts.tau ** 2)]
+    if opts.alpha != 1:
+        terms.append(LossTerm("ce", F.cross_entropy(ctx.student_out("clean"), ctx.y), weight=1 - opts.alpha))
     return terms

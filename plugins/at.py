@@ -14,10 +14,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
+from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import BN_MODES, INITS, ce_objective
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 
 @hookimpl
@@ -35,7 +33,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.at_init, bn=ctx.config.at_attack_bn)
+    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.at.init, bn=ctx.config.at.attack_bn)
 
 
 @hookimpl
@@ -45,4 +43,4 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    return LossTerm("ce_adv", F.cross_entropy(ctx.student_out("adv", ctx.x_adv), ctx.y))
+    return LossTerm("ce_adv", F.cross_entropy(ctx.student_out("adv"), ctx.y))

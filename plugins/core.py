@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from robustdistill import hookimpl
-from robustdistill.step import StepContext, TeacherOutput, exact_input_gradient
+from robustdistill import StepContext, TeacherOutput, hookimpl
+from robustdistill.api import exact_input_gradient
 
 
 @hookimpl

@@ -29,11 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import RobustDistillError, hookimpl
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
 
-from ._gradients import epoch_progress, steps_per_epoch, student_forward, student_gradient
+from ._gradients import epoch_progress, student_forward, student_gradient
 from .gradnorm import note_relu
 
 DERIVATIVE = torch.tensor([[-0.5, 0.0, 0.5], [-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5]])
@@ -111,29 +109,27 @@ def alpha(progress: float, start: float, step: float, maximum: float) -> float:
 # -- hooks ------------------------------------------------------------------------------------------
 
 @hookimpl
-def train_start(run) -> None:
-    cfg = run.config
-    if cfg.edgereg_temperature <= 0:
-        raise RobustDistillError(f"--edgereg-temperature {cfg.edgereg_temperature} must be positive")
-    if cfg.edgereg_sigma <= 0:
-        raise RobustDistillError(f"--edgereg-sigma {cfg.edgereg_sigma} must be positive")
-    if run.arch.image_size <= math.ceil(3 * cfg.edgereg_sigma):
-        raise RobustDistillError(f"--edgereg-sigma {cfg.edgereg_sigma} is too wide for {run.arch.image_size}-pixel "
+def train_start(run: RunView) -> None:
+    opts = run.config.edgereg
+    if opts.temperature <= 0:
+        raise RobustDistillError(f"--edgereg-temperature {opts.temperature} must be positive")
+    if opts.sigma <= 0:
+        raise RobustDistillError(f"--edgereg-sigma {opts.sigma} must be positive")
+    if run.arch.image_size <= math.ceil(3 * opts.sigma):
+        raise RobustDistillError(f"--edgereg-sigma {opts.sigma} is too wide for {run.arch.image_size}-pixel "
                                  "images (the blur uses reflect padding of ⌈3t⌉ pixels)")
-    cfg._edgereg_steps_per_epoch = steps_per_epoch(run)
     note_relu(run, "EdgeReg")
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
+    opts = ctx.config.edgereg
     x_in, logits = student_forward(ctx, "clean|∇x", ctx.x)
     with torch.no_grad():
-        sampled = torch.distributions.Categorical(logits=logits.detach().float() / cfg.edgereg_temperature).sample()
-        energy = edge_energy(ctx.x, cfg.edgereg_sigma)
+        sampled = torch.distributions.Categorical(logits=logits.detach().float() / opts.temperature).sample()
+        energy = edge_energy(ctx.x, opts.sigma)
     grad = student_gradient(ctx, x_in, logits, lambda out: out.float().gather(1, sampled[:, None]).sum(),
                             create_graph=True)
-    weight = alpha(epoch_progress(ctx, getattr(cfg, "_edgereg_steps_per_epoch", None)), cfg.edgereg_weight,
-                   cfg.edgereg_weight_step, cfg.edgereg_weight_max)
+    weight = alpha(epoch_progress(ctx), opts.weight, opts.weight_step, opts.weight_max)
     return [LossTerm("ce", F.cross_entropy(logits, ctx.y)),
-            LossTerm("edgereg", edge_loss(grad, energy, cfg.edgereg_saliency), weight=weight)]
+            LossTerm("edgereg", edge_loss(grad, energy, opts.saliency), weight=weight)]

@@ -25,16 +25,14 @@ here it is the CE of the hard labels.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import RobustDistillError, hookimpl
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunConfig, RunView, StepContext, hookimpl
 
-from ._gradients import epoch_progress, steps_per_epoch, student_forward, student_gradient
+from ._gradients import epoch_progress, student_forward, student_gradient
 
 BN_MODES = ("train", "eval")
 RELU_NOTE = ("the paper finds that {method} fails with ReLU networks (Table 4: 16.94% clean / 6.82% AutoAttack "
@@ -68,31 +66,33 @@ def ramp(progress: float, warmup: float) -> float:
     return 1.0 if warmup <= 0 else min(max(progress / warmup, 0.0), 1.0)
 
 
-def note_relu(run, method: str) -> None:
-    if run.arch.activation == "relu" and run.dist.is_main:
+def note_relu(run: RunView, method: str) -> None:
+    if run.arch.activation == "relu" and run.is_main:
         print(f"robustdistill: note: {RELU_NOTE.format(method=method)}", file=sys.stderr, flush=True)
 
 
 @hookimpl
-def train_start(run) -> None:
-    cfg = run.config
-    if cfg.gradnorm_eps is not None and not 0 < cfg.gradnorm_eps <= 1:
-        raise RobustDistillError(f"--gradnorm-eps {cfg.gradnorm_eps} is outside (0, 1]; e.g. 4/255")
-    cfg._gradnorm_steps_per_epoch = steps_per_epoch(run)
+def resolve_options(config: RunConfig) -> dict[str, Any]:
+    return {"eps": config.eps}
+
+
+@hookimpl
+def train_start(run: RunView) -> None:
+    eps = run.config.gradnorm.eps
+    if not 0 < eps <= 1:
+        raise RobustDistillError(f"--gradnorm-eps {eps} is outside (0, 1]; e.g. 4/255")
     note_relu(run, "GradNorm")
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
-    train = None if cfg.gradnorm_bn == "train" else False
+    opts = ctx.config.gradnorm
+    train = None if opts.bn == "train" else False
     key = "clean|∇x" if train is None else "clean|∇x|bn-eval"
     x_in, logits = student_forward(ctx, key, ctx.x, train=train)
     y = ctx.y
     grad = student_gradient(ctx, x_in, logits, lambda out: F.cross_entropy(out.float(), y, reduction="sum"),
                             create_graph=True, train=train)
-    eps = cfg.gradnorm_eps if cfg.gradnorm_eps is not None else cfg.eps
-    weight = cfg.gradnorm_weight * ramp(epoch_progress(ctx, getattr(cfg, "_gradnorm_steps_per_epoch", None)),
-                                        cfg.gradnorm_warmup_epochs)
-    return [LossTerm("ce", F.cross_entropy(logits, y), weight=cfg.gradnorm_ce_weight),
-            LossTerm("gradnorm", eps * gradient_l1(grad), weight=weight)]
+    weight = opts.weight * ramp(epoch_progress(ctx), opts.warmup_epochs)
+    return [LossTerm("ce", F.cross_entropy(logits, y), weight=opts.ce_weight),
+            LossTerm("gradnorm", opts.eps * gradient_l1(grad), weight=weight)]

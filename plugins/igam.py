@@ -48,11 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustdistill import RobustDistillError, hookimpl
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
+from robustdistill import LossTerm, Method, Option, PluginOptions, RobustDistillError, RunView, StepContext, hookimpl
 
-from ._gradients import share_across_processes, student_forward, student_gradient, teacher_gradient
+from ._gradients import student_forward, student_gradient, teacher_gradient
 
 GRAD_TARGETS = ("true-prob", "ce")
 DISC_INPUTS = ("zero-mean-l2", "raw")
@@ -175,25 +173,16 @@ class IgamState:
     d_steps: int = 0
 
 
-def make_state(config, in_channels: int, image_size: int, device: torch.device | str = "cpu") -> IgamState:
-    """Build the discriminator and its SGD-momentum optimiser from the options, and attach them to ``config``."""
-    disc = Discriminator(in_channels, image_size, config.igam_disc_layers, config.igam_disc_width).to(device)
+def make_state(opts: PluginOptions, lr: float, in_channels: int, image_size: int,
+               device: torch.device | str = "cpu") -> IgamState:
+    """Build the discriminator and its SGD-momentum optimiser from igam's options (``lr``: the student's)."""
+    disc = Discriminator(in_channels, image_size, opts.disc_layers, opts.disc_width).to(device)
     decayed = [p for p in disc.parameters() if p.dim() > 1]
     plain = [p for p in disc.parameters() if p.dim() <= 1]
-    lr = config.igam_disc_lr if config.igam_disc_lr is not None else config.lr
-    optimizer = torch.optim.SGD([{"params": decayed, "weight_decay": config.igam_disc_weight_decay},
+    lr = opts.disc_lr if opts.disc_lr is not None else lr
+    optimizer = torch.optim.SGD([{"params": decayed, "weight_decay": opts.disc_weight_decay},
                                  {"params": plain, "weight_decay": 0.0}], lr=lr, momentum=0.9)
-    state = IgamState(disc, optimizer)
-    config._igam = state
-    return state
-
-
-def state_of(config) -> IgamState:
-    state = getattr(config, "_igam", None)
-    if state is None:
-        raise RobustDistillError("igam's discriminator is created in train_start; outside the engine call "
-                                 "robustdistill.plugins.igam.make_state(config, channels, size) first")
-    return state
+    return IgamState(disc, optimizer)
 
 
 def update_discriminator(state: IgamState, j_s: Tensor, j_t: Tensor, mode: str, lr: float | None = None) -> Tensor:
@@ -220,59 +209,58 @@ def update_discriminator(state: IgamState, j_s: Tensor, j_t: Tensor, mode: str, 
 # -- hooks ------------------------------------------------------------------------------------------
 
 @hookimpl
-def train_start(run) -> None:
-    cfg = run.config
-    for flag, value, low in (("--igam-disc-layers", cfg.igam_disc_layers, 1), ("--igam-disc-width", cfg.igam_disc_width, 1),
-                             ("--igam-disc-every", cfg.igam_disc_every, 1), ("--igam-plain-ce-steps", cfg.igam_plain_ce_steps, 0)):
+def train_start(run: RunView) -> None:
+    opts = run.config.igam
+    for flag, value, low in (("--igam-disc-layers", opts.disc_layers, 1), ("--igam-disc-width", opts.disc_width, 1),
+                             ("--igam-disc-every", opts.disc_every, 1), ("--igam-plain-ce-steps", opts.plain_ce_steps, 0)):
         if value < low:
             raise RobustDistillError(f"{flag} {value} must be at least {low}")
-    if cfg.igam_pixel_scale <= 0:
-        raise RobustDistillError(f"--igam-pixel-scale {cfg.igam_pixel_scale} must be positive (255 or 1)")
-    state = make_state(cfg, run.arch.in_channels, run.arch.image_size, run.device)
-    share_across_processes(run, state.disc)
+    if opts.pixel_scale <= 0:
+        raise RobustDistillError(f"--igam-pixel-scale {opts.pixel_scale} must be positive (255 or 1)")
+    state = run.state["igam"] = make_state(opts, run.config.lr, run.arch.in_channels, run.arch.image_size, run.device)
     run.add_module("igam_discriminator", state.disc, optimizer=state.optimizer)
 
 
 @hookimpl
-def epoch_start(run, epoch: int) -> None:
-    state = state_of(run.config)
+def epoch_start(run: RunView, epoch: int) -> None:
+    state: IgamState = run.state["igam"]
     state.d_loss_sum, state.d_correct, state.d_seen, state.d_steps = 0.0, 0, 0, 0
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
-    if ctx.step < cfg.igam_plain_ce_steps:
+    opts = ctx.config.igam
+    if ctx.step < opts.plain_ce_steps:
         return [LossTerm("ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y))]
-    objective = gradient_objective(cfg.igam_grad_target, ctx.y)
+    objective = gradient_objective(opts.grad_target, ctx.y)
     x_in, logits = student_forward(ctx, "clean|∇x", ctx.x)
     j_s = student_gradient(ctx, x_in, logits, objective, create_graph=True)
     j_t = teacher_gradient(ctx, ctx.x, objective)
     terms = [LossTerm("ce", F.cross_entropy(logits, ctx.y)),
-             LossTerm("igam_diff", diff_term(j_s, j_t, cfg.igam_diff_reduction, cfg.igam_pixel_scale),
-                      weight=cfg.igam_lambda_diff)]
-    if cfg.igam_lambda_adv:
-        state = state_of(cfg)
+             LossTerm("igam_diff", diff_term(j_s, j_t, opts.diff_reduction, opts.pixel_scale),
+                      weight=opts.lambda_diff)]
+    if opts.lambda_adv:
+        state: IgamState = ctx.run.state["igam"]
         state.disc.train()
-        terms.append(LossTerm("igam_adv", adversarial_term(state.disc, j_s, j_t, cfg.igam_disc_input),
-                              weight=cfg.igam_lambda_adv))
+        terms.append(LossTerm("igam_adv", adversarial_term(state.disc, j_s, j_t, opts.disc_input),
+                              weight=opts.lambda_adv))
         ctx.state["igam_maps"] = (j_s.detach(), j_t)
     return terms
 
 
 @hookimpl
-def step_end(run, ctx: StepContext) -> None:
-    cfg = run.config
+def step_end(run: RunView, ctx: StepContext) -> None:
+    opts = run.config.igam
     maps = ctx.state.get("igam_maps")
-    if maps is None or ctx.step % cfg.igam_disc_every:
+    if maps is None or ctx.step % opts.disc_every:
         return
-    lr = cfg.igam_disc_lr if cfg.igam_disc_lr is not None else run.optimizer.param_groups[0]["lr"]
-    update_discriminator(state_of(cfg), *maps, mode=cfg.igam_disc_input, lr=lr)
+    lr = opts.disc_lr if opts.disc_lr is not None else run.lr
+    update_discriminator(run.state["igam"], *maps, mode=opts.disc_input, lr=lr)
 
 
 @hookimpl
-def epoch_end(run, metrics: dict) -> None:
-    state = state_of(run.config)
+def epoch_end(run: RunView, metrics: dict) -> None:
+    state: IgamState = run.state["igam"]
     if state.d_steps:
         metrics["igam_disc_loss"] = state.d_loss_sum / state.d_steps
         metrics["igam_disc_acc"] = state.d_correct / state.d_seen

@@ -26,14 +26,13 @@ Where the official code differs: the ramp denominator is hard-coded (200 epochs;
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor
 
-from robustdistill import RobustDistillError, hookimpl
+from robustdistill import (DatasetInfo, LossTerm, Method, Option, RobustDistillError, RunConfig, RunView,
+                           StepContext, hookimpl)
 from robustdistill.ops import FD_DISTANCES, fd_align
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 ALPHA_CIFAR10 = {"at": 60.0, "trades": 20.0, "ard": 5.0, "rslad": 0.9, "adaad": 5.0}
 ALPHA_CIFAR100 = {"at": 100.0, "trades": 5.0, "ard": 50.0, "rslad": 3.0, "adaad": 15.0}
@@ -70,25 +69,31 @@ def ramp(alpha: float, epoch: int, ramp_epochs: int) -> float:
 
 
 @hookimpl
-def train_start(run) -> None:
-    cfg = run.config
+def resolve_options(config: RunConfig, dataset: DatasetInfo, base_method: str | None) -> dict[str, Any]:
+    """α from the base method and the number of classes (App. B.2); the ramp over the run's epochs."""
+    values: dict[str, Any] = {"ramp_epochs": config.epochs}
+    if base_method in ALPHA_CIFAR10:
+        values["alpha"] = default_alpha(base_method, dataset.num_classes)
+    return values
+
+
+@hookimpl
+def train_start(run: RunView) -> None:
     if run.base_method is None:
         raise RobustDistillError("igdm needs a base method that runs an attack (at, trades, ard, rslad, adaad) "
                                  "to take δ from; add e.g. --plugin at")
-    if cfg.igdm_alpha is None:
-        cfg.igdm_alpha = default_alpha(run.base_method, run.arch.num_classes)
-    if cfg.igdm_ramp_epochs is None:
-        cfg.igdm_ramp_epochs = cfg.epochs
+    if run.config.igdm.alpha is None:
+        default_alpha(run.base_method, run.arch.num_classes)  # names the fix: pass --igdm-alpha
 
 
 def shifted_inputs(ctx: StepContext) -> dict[str, Tensor]:
     """``{"adv" or "x+βδ": x + β·δ, "x-δ": x − γ·δ}`` (x−γδ clipped to [0, 1] only with ``--igdm-clip-minus``)."""
-    cfg = ctx.config
-    x_plus = ctx.x_adv if cfg.igdm_beta == 1 else ctx.x + cfg.igdm_beta * ctx.delta
-    x_minus = ctx.x - cfg.igdm_gamma * ctx.delta
-    if cfg.igdm_clip_minus:
+    opts = ctx.config.igdm
+    x_plus = ctx.x_adv if opts.beta == 1 else ctx.x + opts.beta * ctx.delta
+    x_minus = ctx.x - opts.gamma * ctx.delta
+    if opts.clip_minus:
         x_minus = x_minus.clamp(0, 1)
-    return {"adv" if cfg.igdm_beta == 1 else "x+βδ": x_plus, "x-δ": x_minus}
+    return {"adv" if opts.beta == 1 else "x+βδ": x_plus, "x-δ": x_minus}
 
 
 @hookimpl
@@ -98,10 +103,9 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    cfg = ctx.config
-    inputs = shifted_inputs(ctx)
-    (plus_key, x_plus), (_, x_minus) = inputs.items()
-    teacher = ctx.teacher_outs(inputs)
-    value = fd_align(ctx.student_out(plus_key, x_plus), ctx.student_out("x-δ", x_minus),
-                     teacher[plus_key].logits, teacher["x-δ"].logits, cfg.igdm_distance)
-    return LossTerm("igdm", value, weight=ramp(cfg.igdm_alpha, ctx.epoch, cfg.igdm_ramp_epochs))
+    opts = ctx.config.igdm
+    plus_key = "adv" if opts.beta == 1 else "x+βδ"
+    teacher = ctx.teacher_outs({plus_key: ctx.student_input(plus_key), "x-δ": ctx.student_input("x-δ")})
+    value = fd_align(ctx.student_out(plus_key), ctx.student_out("x-δ"),
+                     teacher[plus_key].logits, teacher["x-δ"].logits, opts.distance)
+    return LossTerm("igdm", value, weight=ramp(opts.alpha, ctx.epoch, opts.ramp_epochs))

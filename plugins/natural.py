@@ -6,9 +6,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
-from robustdistill.registry import Method
-from robustdistill.step import LossTerm, StepContext
+from robustdistill import LossTerm, Method, StepContext, hookimpl
 
 
 @hookimpl
@@ -23,4 +21,4 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    return LossTerm("ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y))
+    return LossTerm("ce", F.cross_entropy(ctx.student_out("clean"), ctx.y))

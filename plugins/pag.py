@@ -40,9 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import RobustDistillError, hookimpl
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
 
 from ._gradients import log_prob_objective, student_forward, student_gradient, teacher_gradient
 
@@ -127,10 +125,7 @@ class TargetFile:
 
 def target_gradients(ctx: StepContext, x_rep: Tensor, classes: Tensor) -> Tensor:
     """g*(x, c) for each replicated image and its class: from the teacher, or from the target file."""
-    bank = getattr(ctx.config, "_pag_targets", None)
-    if bank is None and ctx.config.pag_targets != "teacher":
-        bank = ctx.config._pag_targets = TargetFile.load(ctx.config.pag_targets, ctx.student.arch.num_classes,
-                                                         tuple(ctx.x.shape[1:]))
+    bank: TargetFile | None = ctx.run.state.get("pag")
     if bank is None:
         return teacher_gradient(ctx, x_rep, log_prob_objective(classes.reshape(-1)))
     stored = bank.lookup(ctx.x)
@@ -139,35 +134,35 @@ def target_gradients(ctx: StepContext, x_rep: Tensor, classes: Tensor) -> Tensor
 
 
 @hookimpl
-def train_start(run) -> None:
-    cfg = run.config
+def train_start(run: RunView) -> None:
+    opts = run.config.pag
     k = run.arch.num_classes
-    if not 0 <= cfg.pag_classes <= k:
-        raise RobustDistillError(f"--pag-classes {cfg.pag_classes} must be between 0 (all) and {k}")
-    if cfg.pag_targets == "teacher":
+    if not 0 <= opts.classes <= k:
+        raise RobustDistillError(f"--pag-classes {opts.classes} must be between 0 (all) and {k}")
+    if opts.targets == "teacher":
         if run.teacher is None:
             raise RobustDistillError("pag takes its target gradients from a robust teacher: pass --teacher CKPT, "
                                      "or a precomputed file with --pag-targets FILE")
         return
-    if run.data.info.augment != "none":
+    if run.dataset.augment != "none":
         raise RobustDistillError(f"--pag-targets FILE matches batch images to the file, but {run.data.info.name} "
                                  "batches are augmented; use --pag-targets teacher")
     image_shape = (run.arch.in_channels, run.arch.image_size, run.arch.image_size)
-    cfg._pag_targets = TargetFile.load(cfg.pag_targets, k, image_shape)
+    run.state["pag"] = TargetFile.load(opts.targets, k, image_shape)
 
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
+    opts = ctx.config.pag
     logits = ctx.student_out("clean", ctx.x)
     num_classes = logits.shape[1]
-    classes = choose_classes(len(ctx.x), num_classes, cfg.pag_classes, ctx.x.device)
+    classes = choose_classes(len(ctx.x), num_classes, opts.classes, ctx.x.device)
     k = classes.shape[1]
     x_rep = ctx.x.repeat_interleave(k, dim=0)
     flat = classes.reshape(-1)
     x_in, rep_logits = student_forward(ctx, f"clean×{k}|pag", x_rep)
     grads = student_gradient(ctx, x_in, rep_logits, log_prob_objective(flat), create_graph=True)
     targets = target_gradients(ctx, x_rep, classes)
-    weight = cfg.pag_coeff * cfg.pag_scale * (cfg.pag_early_factor if ctx.epoch <= cfg.pag_early_epochs else 1.0)
+    weight = opts.coeff * opts.scale * (opts.early_factor if ctx.epoch <= opts.early_epochs else 1.0)
     return [LossTerm("ce", F.cross_entropy(logits, ctx.y)),
             LossTerm("pag", alignment_loss(grads, targets), weight=weight)]

@@ -26,12 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustdistill import RobustDistillError, hookimpl
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
 from robustdistill.attacks import model_mode
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
-
-from ._gradients import share_across_processes
 
 FEAT_LOSSES = ("cosine", "relative-l2")
 
@@ -60,28 +56,28 @@ def feature_loss(student: Tensor, teacher: Tensor, kind: str = "cosine") -> Tens
 
 
 def feature_width(model: nn.Module, x: Tensor) -> int:
+    """The model's ``feature_dim`` where it declares one, else the width of its features on ``x``."""
+    if isinstance(getattr(model, "feature_dim", None), int):
+        return model.feature_dim
     with torch.no_grad(), model_mode(model, train=False):
         _, features = model(x, return_features=True)
     return int(features.shape[1])
 
 
-def make_projection(config, student_dim: int, teacher_dim: int) -> nn.Module | None:
-    """P: a new ``Linear(d_s → d_t)`` where the widths differ (``None`` otherwise), attached to ``config``."""
-    projection = nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else None
-    config._rrm_projection = projection
-    return projection
+def make_projection(student_dim: int, teacher_dim: int) -> nn.Module | None:
+    """P: a new ``Linear(d_s → d_t)`` where the widths differ (``None`` otherwise)."""
+    return nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else None
 
 
 @hookimpl
-def train_start(run) -> None:
+def train_start(run: RunView) -> None:
     if run.teacher is None:
         raise RobustDistillError("rrm matches a teacher's features: pass --teacher CKPT")
     probe = run.data.train_x[:2].to(run.device).float() / 255
     d_s, d_t = feature_width(run.student, probe), feature_width(run.teacher, probe)
-    projection = make_projection(run.config, d_s, d_t)
+    projection = run.state["rrm"] = make_projection(d_s, d_t)
     if projection is not None:
         run.add_module("rrm_projection", projection, joint=True)
-        share_across_processes(run, projection)
 
 
 @hookimpl
@@ -91,17 +87,17 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
-    logits, features = ctx.student_out("clean", ctx.x, features=True)
+    opts = ctx.config.rrm
+    logits, features = ctx.student_out("clean", features=True)
     target = ctx.teacher_out("clean", ctx.x).features
     if target is None:
         raise RobustDistillError("rrm needs the teacher's penultimate features, which its teacher_forward "
                                  "does not provide")
-    projection = getattr(cfg, "_rrm_projection", None)
+    projection = ctx.run.state.get("rrm")
     if projection is not None:
         features = projection(features.float())
     if features.shape[1] != target.shape[1]:
         raise RobustDistillError(f"student features are {features.shape[1]} wide and the teacher's "
                                  f"{target.shape[1]}; rrm adds its projection in train_start")
-    return [LossTerm("ce", F.cross_entropy(logits, ctx.y), weight=cfg.rrm_xent_weight),
-            LossTerm("rrm_feat", feature_loss(features, target, cfg.rrm_feat_loss), weight=cfg.rrm_feat_weight)]
+    return [LossTerm("ce", F.cross_entropy(logits, ctx.y), weight=opts.xent_weight),
+            LossTerm("rrm_feat", feature_loss(features, target, opts.feat_loss), weight=opts.feat_weight)]

@@ -17,11 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
+from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import kl_objective
 from robustdistill.losses import KL_REDUCTIONS, reduce_kl
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 
 @hookimpl
@@ -57,9 +55,9 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    cfg = ctx.config
+    opts = ctx.config.rslad
     soft_labels = F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1)
-    adv = rslad_kl(ctx.student_out("adv", ctx.x_adv), soft_labels, cfg.rslad_reduction)
-    clean = rslad_kl(ctx.student_out("clean", ctx.x), soft_labels, cfg.rslad_reduction)
-    return [LossTerm("kl_adv", adv, weight=cfg.rslad_scale * cfg.rslad_adv_weight),
-            LossTerm("kl_clean", clean, weight=cfg.rslad_scale * (1 - cfg.rslad_adv_weight))]
+    adv = rslad_kl(ctx.student_out("adv"), soft_labels, opts.reduction)
+    clean = rslad_kl(ctx.student_out("clean"), soft_labels, opts.reduction)
+    return [LossTerm("kl_adv", adv, weight=opts.scale * opts.adv_weight),
+            LossTerm("kl_clean", clean, weight=opts.scale * (1 - opts.adv_weight))]

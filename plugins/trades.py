@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import hookimpl
+from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import kl_objective, model_mode
-from robustdistill.registry import Method, Option
-from robustdistill.step import LossTerm, StepContext
 
 
 @hookimpl
@@ -51,7 +49,7 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
-    clean = ctx.student_out("clean", ctx.x)
-    adv = ctx.student_out("adv", ctx.x_adv)
+    clean = ctx.student_out("clean")
+    adv = ctx.student_out("adv")
     return [LossTerm("ce", F.cross_entropy(clean, ctx.y)),
-            LossTerm("kl", trades_kl(clean, adv), weight=ctx.config.trades_beta)]
+            LossTerm("kl", trades_kl(clean, adv), weight=ctx.config.trades.beta)]

@@ -16,11 +16,21 @@ from .registry import ModelArch, RobustDistillError
 FORMAT = "robustdistill-checkpoint-v1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same directory, fsync it, then rename over ``path``."""
+    """Write through a temporary file in the same directory, fsync it, then rename over ``path``.
+
+    The file gets the permissions the user's umask gives new files (``mkstemp`` alone would make it 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,15 +1,34 @@
-"""Option parsing helpers shared by the commands."""
+"""The run configuration: every ``robustdistill train`` option, typed, and immutable once a run is built.
+
+Core options are the fields of :class:`RunConfig`; each field carries its command-line
+:class:`~robustdistill.registry.Option` (flag, help, type, whether ``--resume`` may change it), so the
+parser, ``config.json`` and the resume check all derive from one declaration. Plugin options are kept
+per plugin in :class:`PluginOptions` namespaces: ``config.igdm.alpha``.
+
+This module does not import torch, so that ``--help`` starts at once.
+"""
 from __future__ import annotations
 
 import argparse
+import keyword
 import math
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import torch
+from .registry import Option, RobustDistillError
 
-from .ops import BACKEND_ENV, BACKENDS
-from .registry import RobustDistillError
+if TYPE_CHECKING:
+    import torch
 
+BACKENDS = ("auto", "ext", "ref")
+BACKEND_ENV = "ROBUSTDISTILL_OPS_BACKEND"
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+ACTIVATIONS = ("relu", "gelu", "silu")
+
+
+# -- value parsers ------------------------------------------------------------------------------------
 
 def parse_number(text: str) -> float:
     """Parse ``0.0314``, ``8/255`` or ``1e-3`` into a float."""
@@ -26,8 +45,35 @@ def parse_number(text: str) -> float:
     return value
 
 
-def resolve_device(name: str) -> torch.device:
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def parse_epoch_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs, e.g. 100,150") from None
+
+
+def value_type(option: Option) -> Callable[[str], Any]:
+    """How an option's text is parsed: its ``type``, else guessed from its default."""
+    if option.type is not None:
+        return option.type
+    if isinstance(option.default, float):
+        return parse_number
+    if isinstance(option.default, int) and not isinstance(option.default, bool):
+        return parse_int
+    return str
+
+
+def resolve_device(name: str) -> "torch.device":
     """``auto`` picks CUDA when a GPU is visible, else the CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -35,6 +81,295 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise RobustDistillError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+# -- core options -------------------------------------------------------------------------------------
+
+def _option(flag: str, default: Any, help: str, group: str, *, type: Callable[[str], Any] | None = None,
+            choices: tuple[Any, ...] | None = None, fixed_on_resume: bool = True, metavar: str | None = None,
+            repeat: bool = False) -> Any:
+    """A :class:`RunConfig` field declared with its command-line option."""
+    option = Option(flag, default, help, type, choices, fixed_on_resume, metavar)
+    return field(default=default, metadata={"option": option, "group": group, "repeat": repeat})
+
+
+METHOD, DATA, OPTIM, SPEED, ATTACK, VALIDATION, OUTPUT = (
+    "method", "data and model", "optimisation", "speed (the same training, faster)",
+    "attack (defaults per dataset: Fashion-MNIST ε=0.1, step 0.01, 10 steps; MNIST 0.3, 0.01, 40; "
+    "CIFAR/SVHN 8/255, 2/255, 10)", "validation", "output and checkpoints")
+
+
+@dataclass(frozen=True)
+class PluginOptions(Mapping[str, Any]):
+    """One plugin's option values, read as attributes: ``config.igdm.alpha``."""
+
+    plugin: str
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(f"plugin {self.__dict__['plugin']!r} has no option {name!r}; "
+                                 f"it has {sorted(self.__dict__['values'])}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def namespace(plugin: str) -> str:
+    """The attribute a plugin's options are read under: ``scaled-ce`` → ``config.scaled_ce``."""
+    return plugin.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a training run. Built once per run, then read-only (``dataclasses.replace`` for
+    variants). Values the user leaves unset (``None``) are resolved when the run is built — ε from the
+    dataset, the model from the image size — so a run's ``config.json`` records what it actually used."""
+
+    plugin: tuple[str, ...] = _option(
+        "--plugin", ("natural",), "training method; repeat it to compose methods (e.g. --plugin rslad --plugin igdm)",
+        METHOD, metavar="NAME", repeat=True)
+    teacher: str | None = _option("--teacher", None, "teacher for distillation: a checkpoint or a run directory",
+                                  METHOD, metavar="CKPT")
+    teacher_arch: str | None = _option("--teacher-arch", None, "architecture of a --teacher that is a plain "
+                                       "state_dict saved by another tool", METHOD, metavar="NAME")
+    teacher_resize: bool = _option("--teacher-resize", False, "resize inputs inside a teacher trained at another "
+                                   "image size (cross-resolution transfer)", METHOD)
+    dataset: str = _option("--dataset", "fashion-mnist", "dataset to train on", DATA)
+    data_dir: str | None = _option("--data-dir", None, "where the dataset files are (also $ROBUSTDISTILL_DATA)",
+                                   DATA, metavar="DIR", fixed_on_resume=False)
+    download: bool = _option("--download", False, "download the dataset if it is not found locally", DATA,
+                             fixed_on_resume=False)
+    subset: int | None = _option("--subset", None, "train on the first N training images only", DATA,
+                                 type=parse_int, metavar="N")
+    model: str | None = _option("--model", None, "student architecture (default: cnn for 28×28 data, else resnet18)",
+                                DATA)
+    activation: str = _option("--activation", "relu", "activation of the built-in models", DATA, choices=ACTIVATIONS)
+    epochs: int = _option("--epochs", 10, "training epochs (a resumed run may be extended)", OPTIM,
+                          fixed_on_resume=False)
+    batch_size: int = _option("--batch-size", 128, "global batch size", OPTIM)
+    lr: float = _option("--lr", 0.1, "SGD learning rate", OPTIM)
+    momentum: float = _option("--momentum", 0.9, "SGD momentum", OPTIM)
+    weight_decay: float = _option("--weight-decay", 5e-4, "SGD weight decay (IGDM paper: 5e-4; most official "
+                                  "adversarial-distillation code: 2e-4)", OPTIM)
+    lr_schedule: str = _option("--lr-schedule", "multistep", "learning-rate schedule", OPTIM, choices=LR_SCHEDULES)
+    milestones: tuple[int, ...] | None = _option(
+        "--milestones", None, "epochs where multistep divides the lr (default: 50% and 75% of --epochs)", OPTIM,
+        type=parse_epoch_list, metavar="E1,E2")
+    lr_gamma: float = _option("--lr-gamma", 0.1, "multistep decay factor", OPTIM)
+    seed: int = _option("--seed", 0, "random seed (weights, data order, attack noise)", OPTIM)
+    device: str = _option("--device", "auto", "auto (CUDA when a GPU is visible), cpu or cuda[:N]", SPEED,
+                          fixed_on_resume=False)
+    amp: str = _option("--amp", "bf16", "bf16 autocast on CUDA (recorded as off on the CPU)", SPEED,
+                       choices=("bf16", "off"))
+    ops_backend: str | None = _option(
+        "--ops-backend", None, f"fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
+        f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)", SPEED, choices=BACKENDS,
+        fixed_on_resume=False)
+    channels_last: str = _option("--channels-last", "auto", "channels_last memory layout of models and batches "
+                                 "(auto: on CUDA only)", SPEED, choices=("auto", "on", "off"), fixed_on_resume=False)
+    cudnn_benchmark: str = _option("--cudnn-benchmark", "on", "let cuDNN pick the fastest convolution algorithms "
+                                   "(CUDA only; recorded as off elsewhere)", SPEED, choices=("on", "off"),
+                                   fixed_on_resume=False)
+    fold_bn: str = _option("--fold-bn", "on", "fold eval-mode BatchNorm into the preceding convolutions of the "
+                           "teacher and of the student while it is attacked (the same function, less memory traffic)",
+                           SPEED, choices=("on", "off"), fixed_on_resume=False)
+    batch_student_forwards: bool = _option(
+        "--batch-student-forwards", False, "run the student's training-mode forwards of a step (e.g. S(x′), S(x), "
+        "S(x−δ)) as one batch: faster on a GPU, but BatchNorm then normalises over them together, which changes "
+        "the training (the papers' code runs them separately)", SPEED)
+    eps: float | None = _option("--eps", None, "L∞ radius of the training attack, e.g. 8/255 or 0.1", ATTACK,
+                                type=parse_number)
+    step_size: float | None = _option("--step-size", None, "step of the training attack, e.g. 2/255", ATTACK,
+                                      type=parse_number)
+    attack_steps: int | None = _option("--attack-steps", None, "steps of the training attack", ATTACK, type=parse_int)
+    val_size: int = _option("--val-size", 500, "test images of the per-epoch clean and PGD check (0: none)",
+                            VALIDATION, fixed_on_resume=False)
+    val_attack_steps: int = _option("--val-attack-steps", 20, "PGD steps of the per-epoch check", VALIDATION,
+                                    fixed_on_resume=False)
+    out: str | None = _option("--out", None, "run directory (default: runs/<plugins>-<dataset>)", OUTPUT,
+                              metavar="DIR", fixed_on_resume=False)
+    checkpoint_every: int | None = _option(
+        "--checkpoint-every", None, "also checkpoint every N steps", OUTPUT, type=parse_int, metavar="N",
+        fixed_on_resume=False)
+    checkpoint_minutes: float = _option(
+        "--checkpoint-minutes", 10.0, "also checkpoint when this many minutes of training passed since the last "
+        "checkpoint (0: only at epoch ends and --checkpoint-every)", OUTPUT, fixed_on_resume=False)
+    sync_bn: bool = _option("--sync-bn", False, "SyncBatchNorm across processes in distributed runs (torchrun)",
+                            OPTIM)
+    plugin_options: Mapping[str, PluginOptions] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __getattr__(self, name: str) -> PluginOptions:
+        options = self.__dict__.get("plugin_options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"the run configuration has no option or plugin namespace {name!r}")
+
+    def options_of(self, plugin: str) -> PluginOptions:
+        """The option values of ``plugin`` (``config.options_of("scaled-ce")`` = ``config.scaled_ce``)."""
+        try:
+            return self.plugin_options[namespace(plugin)]
+        except KeyError:
+            raise RobustDistillError(f"plugin {plugin!r} is not active in this run or registers no options") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: core options at the top level, each plugin's options under ``plugins``."""
+        out: dict[str, Any] = {f.name: _jsonable(getattr(self, f.name)) for f in core_fields()}
+        out["plugins"] = {name: {k: _jsonable(v) for k, v in opts.values.items()}
+                          for name, opts in sorted(self.plugin_options.items())}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        values: dict[str, Any] = {}
+        for f in core_fields():
+            if f.name in data:
+                value = data[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        plugins = {name: PluginOptions(name, MappingProxyType(dict(opts)))
+                   for name, opts in (data.get("plugins") or {}).items()}
+        return cls(**values, plugin_options=MappingProxyType(plugins))
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def core_fields() -> list[Any]:
+    """The :class:`RunConfig` fields that are command-line options, in declaration order."""
+    return [f for f in fields(RunConfig) if "option" in f.metadata]
+
+
+def core_options() -> list[Option]:
+    return [f.metadata["option"] for f in core_fields()]
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+PLUGIN_DEST = "plugin-option:{plugin}:{key}"
+
+
+def _help(option: Option) -> str:
+    if option.default is None:
+        return option.help
+    shown = ("on" if option.default else "off") if option.is_flag else (
+        ",".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default)
+    return f"{option.help} (default: {shown})"
+
+
+def add_option(group: argparse._ActionsContainer, option: Option, dest: str, repeat: bool = False) -> None:
+    """Add one :class:`Option` to an argparse group."""
+    kwargs: dict[str, Any] = {"dest": dest, "help": _help(option).replace("%", "%%")}
+    if option.is_flag:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        kwargs["default"] = option.default
+    else:
+        kwargs["type"] = value_type(option)
+        kwargs["default"] = None if repeat else option.default
+        if repeat:
+            kwargs["action"] = "append"
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.choices is None:
+            kwargs["metavar"] = option.metavar or dest.rsplit(":", 1)[-1].rstrip("_").upper()
+    group.add_argument(option.flag, **kwargs)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, plugin_options: Mapping[str, list[Option]],
+                      known: Mapping[str, str]) -> None:
+    """All ``train`` options: the core ones by group, then one group per plugin. ``known`` adds the names
+    users may choose from to the help of ``--plugin``, ``--dataset`` and ``--model``."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in core_fields():
+        option: Option = f.metadata["option"]
+        if f.name in known:
+            option = replace(option, help=f"{option.help}. Known: {known[f.name]}")
+        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        add_option(group, option, f.name, f.metadata["repeat"])
+    for plugin, options in sorted(plugin_options.items()):
+        group = parser.add_argument_group(f"plugin {plugin}")
+        for option in options:
+            add_option(group, option, PLUGIN_DEST.format(plugin=plugin, key=option_key(plugin, option)))
+
+
+def option_key(plugin: str, option: Option) -> str:
+    """The name a plugin reads an option under: ``--igdm-alpha`` of ``igdm`` → ``alpha``; ``--adaad-lambda``
+    → ``lambda_`` (a Python keyword gets a trailing underscore); ``--tensorboard`` of ``tensorboard`` →
+    ``enabled``."""
+    if option.flag == f"--{plugin}":
+        return "enabled"
+    key = option.flag[len(f"--{plugin}-"):].replace("-", "_")
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
+def check_plugin_option(plugin: str, option: Option) -> None:
+    """A plugin's flags start with ``--<plugin>-`` (or are ``--<plugin>``); raises ``ValueError`` otherwise."""
+    if not option.flag.startswith(f"--{plugin}-") and option.flag != f"--{plugin}":
+        raise ValueError(f"option {option.flag} must start with --{plugin}- (a plugin's options are prefixed "
+                         "with its name)")
+    if option.default is None and option.type is None:
+        raise ValueError(f"option {option.flag} has no default to take its type from; give it type=")
+
+
+def config_from_args(args: argparse.Namespace, plugin_options: Mapping[str, list[Option]]) -> RunConfig:
+    """The :class:`RunConfig` of parsed ``train`` arguments (unset values stay ``None`` until the run resolves them)."""
+    values = vars(args)
+    core = {f.name: values[f.name] for f in core_fields() if f.name in values}
+    if core.get("plugin") is None:
+        core.pop("plugin", None)
+    else:
+        core["plugin"] = tuple(core["plugin"])
+    plugins = {}
+    for plugin, options in plugin_options.items():
+        keys = [option_key(plugin, o) for o in options]
+        plugins[namespace(plugin)] = PluginOptions(plugin, MappingProxyType(
+            {key: values[PLUGIN_DEST.format(plugin=plugin, key=key)] for key in keys}))
+    return RunConfig(**core, plugin_options=MappingProxyType(plugins))
+
+
+def option_defaults_from_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """Use a YAML file of ``option: value`` pairs (``eps: 8/255``, ``plugin: [rslad, igdm]``,
+    ``igdm-alpha: 5``) as the parser's defaults; the command line still overrides them."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise RobustDistillError(f"cannot read --config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise RobustDistillError(f"--config {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise RobustDistillError(f"--config {path} must be a mapping of option names to values")
+    by_flag = {s.lstrip("-").replace("_", "-"): a for a in parser._actions for s in a.option_strings}
+    defaults = {}
+    for key, value in values.items():
+        action = by_flag.get(str(key).lstrip("-").replace("_", "-"))
+        if action is None or action.dest in ("help", "config"):
+            raise RobustDistillError(f"--config {path}: unknown option {key!r}; see `robustdistill train --help`")
+        if isinstance(action, argparse._AppendAction):
+            value = [value] if isinstance(value, str) else list(value)
+            value = [action.type(v) if action.type and isinstance(v, str) else v for v in value]
+        elif isinstance(value, str) and action.type is not None:
+            try:
+                value = action.type(value)
+            except argparse.ArgumentTypeError as err:
+                raise RobustDistillError(f"--config {path}: {key}: {err}") from None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and action.type not in (None, str):
+            value = action.type(str(value))
+        if action.choices is not None and value not in action.choices:
+            raise RobustDistillError(f"--config {path}: {key}: {value!r} is not one of {list(action.choices)}")
+        defaults[action.dest] = value
+    parser.set_defaults(**defaults)
 
 
 def add_fold_bn_argument(parser: argparse._ActionsContainer, what: str) -> None:
@@ -48,4 +383,5 @@ def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
     """Add ``--ops-backend`` (the choice of :func:`robustdistill.ops.set_backend`)."""
     parser.add_argument("--ops-backend", default=None, choices=BACKENDS,
                         help="fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
-                             f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV} or auto)")
+                             f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)")
+

@@ -65,6 +65,7 @@ __all__ = [
     "load_imagefolder",
     "load_mnist",
     "load_svhn",
+    "load_synthetic",
     "take_subset",
 ]
 
@@ -99,6 +100,11 @@ DATASET_INFOS: dict[str, DatasetInfo] = {
         name="cifar100", num_classes=100, in_channels=3, image_size=32,
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
         augment="crop-flip", **_CIFAR_ATTACK,
+    ),
+    "synthetic": DatasetInfo(
+        name="synthetic", num_classes=10, in_channels=1, image_size=8,
+        mean=(0.5,), std=(0.25,), eps=0.1, step_size=0.02, attack_steps=3,
+        augment="none",
     ),
     # Digits: no horizontal flip.
     "svhn": DatasetInfo(
@@ -755,6 +761,25 @@ def load_imagefolder(
 # Registry entries
 # ---------------------------------------------------------------------------------------
 
+def load_synthetic(data_dir: str | None = None, download: bool = False) -> ImageData:
+    """256 training and 128 test images of 8×8 grey noise, each class brightening its own pixel block:
+    learnable in a few steps, made in memory, the same every time (for plugin tests)."""
+    generator = torch.Generator().manual_seed(0)
+    info = DATASET_INFOS["synthetic"]
+
+    def make(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.arange(n) % info.num_classes
+        x = torch.rand(n, 1, 8, 8, generator=generator) * 0.5
+        for c in range(info.num_classes):
+            row, col = divmod(c, 4)
+            x[y == c, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 0.5
+        return (x * 255).round().to(torch.uint8), y
+
+    train_x, train_y = make(256)
+    test_x, test_y = make(128)
+    return ImageData(info, train_x, train_y, test_x, test_y)
+
+
 BUILTIN_DATASETS: list[DatasetEntry] = [
     DatasetEntry("fashion-mnist", load_fashion_mnist,
                  "Fashion-MNIST, 10 classes of grey 28x28 clothing (default; Debian dataset-fashion-mnist)"),
@@ -764,6 +789,7 @@ BUILTIN_DATASETS: list[DatasetEntry] = [
     DatasetEntry("svhn", load_svhn, "SVHN, 10 classes of colour 32x32 house-number digits (needs scipy)"),
     DatasetEntry("imagefolder", load_imagefolder,
                  "DIR/train/<class>/* and DIR/test|val/<class>/*, RGB, e.g. Tiny-ImageNet"),
+    DatasetEntry("synthetic", load_synthetic, "10 classes of 8x8 grey patterns made in memory, for plugin tests"),
 ]
 
 

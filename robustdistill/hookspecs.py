@@ -1,9 +1,9 @@
-"""The hook points of robustdistill.
+"""The hook points of robustdistill (the reference with examples is ``docs/plugins.md``).
 
 A plugin is a module (or object) with functions marked ``@robustdistill.hookimpl`` whose names are
-hook names below. Registration hooks run once at start-up for every loaded plugin; step and
-lifecycle hooks run only for the *active* plugins: the plugins of the selected methods
-(``--plugin NAME``), plugins that register no method (loggers, schedules) and the core plugin.
+hook names below. Registration hooks run once at start-up for every loaded plugin; ``resolve_options``,
+step and lifecycle hooks run only for the *active* plugins: the plugins of the selected methods
+(``--plugin NAME``), plugins that register no method (loggers, observers) and the core plugin.
 
 The engine calls step hooks once per training step, never inside the PGD inner loop: the
 ``attack`` hook runs the whole inner maximisation itself.
@@ -12,7 +12,7 @@ Composition rules:
 
 * ``attack`` is ``firstresult``: at most one selected method may implement it (the base method:
   ``at``, ``trades``, ``rslad`` ...); add-on methods (``igdm``) reuse its ``ctx.x_adv``.
-* ``loss`` collects :class:`~robustdistill.step.LossTerm` s from every active plugin; the engine sums
+* ``loss`` collects :class:`~robustdistill.api.LossTerm` s from every active plugin; the engine sums
   ``weight · value`` and logs each term by name.
 * ``teacher_forward`` and ``input_gradient`` are ``firstresult`` with core defaults marked
   ``trylast``, so a plugin can replace them by returning a value.
@@ -21,20 +21,15 @@ Hooks are called with keyword arguments; an implementation may accept any subset
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Mapping
 
-import pluggy
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from torch import Tensor, nn
+from .api import (DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option, RunConfig, RunView,
+                  StepContext, TeacherOutput)
+from .markers import PROJECT, hookimpl, hookspec
 
-    from .engine import Run
-    from .registry import DatasetEntry, EvalAttack, Method, ModelEntry, Option
-    from .step import LossTerm, StepContext, TeacherOutput
-
-PROJECT = "robustdistill"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,28 +37,43 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # ---------------------------------------------------------------------------------------------
 
 @hookspec
-def register_methods(register: Callable[["Method"], None]) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     """Register the training method(s) this plugin implements; selecting one activates the plugin."""
 
 
 @hookspec
-def register_options(register: Callable[["Option"], None]) -> None:
-    """Register ``robustdistill train`` options (``--trades-beta``), read back as ``ctx.config.trades_beta``."""
+def register_options(register: Callable[[Option], None]) -> None:
+    """Register ``robustdistill train`` options. Plugin ``p``'s flags start with ``--p-``; ``--p-beta`` is read
+    as ``config.p.beta``."""
 
 
 @hookspec
-def register_models(register: Callable[["ModelEntry"], None]) -> None:
+def register_models(register: Callable[[ModelEntry], None]) -> None:
     """Register model families usable with ``--model`` and in checkpoints."""
 
 
 @hookspec
-def register_datasets(register: Callable[["DatasetEntry"], None]) -> None:
+def register_datasets(register: Callable[[DatasetEntry], None]) -> None:
     """Register datasets usable with ``--dataset``."""
 
 
 @hookspec
-def register_eval_attacks(register: Callable[["EvalAttack"], None]) -> None:
+def register_eval_attacks(register: Callable[[EvalAttack], None]) -> None:
     """Register attacks usable with ``robustdistill eval --attacks``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the run: once, active plugins only.
+# ---------------------------------------------------------------------------------------------
+
+@hookspec
+def resolve_options(config: RunConfig, dataset: DatasetInfo, base_method: str | None) -> Mapping[str, Any] | None:
+    """Values for this plugin's options that the user left unset (``None``) and that depend on the run.
+
+    ``config`` has the core options resolved (ε, model, methods with the default base) and the plugins'
+    options as given; ``base_method`` is the selected method that runs the attack (``None``: none does). Return ``{option name: value}`` for this plugin's own options (names as read:
+    ``"alpha"`` for ``--igdm-alpha``); only unset options take them. ``config.json`` records the result.
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +81,7 @@ def register_eval_attacks(register: Callable[["EvalAttack"], None]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def teacher_forward(ctx: "StepContext", x: "Tensor") -> "TeacherOutput | None":
+def teacher_forward(ctx: StepContext, x: Tensor) -> TeacherOutput | None:
     """Teacher logits (and features) for ``x``: frozen, eval mode, no grad.
 
     Call it through ``ctx.teacher_out(key, x)``, which caches the result per step.
@@ -79,13 +89,13 @@ def teacher_forward(ctx: "StepContext", x: "Tensor") -> "TeacherOutput | None":
 
 
 @hookspec(firstresult=True)
-def input_gradient(ctx: "StepContext", model: "nn.Module", x: "Tensor",
-                   objective: Callable[["Tensor"], "Tensor"], create_graph: bool) -> "Tensor | None":
+def input_gradient(ctx: StepContext, model: nn.Module, x: Tensor,
+                   objective: Callable[[Tensor], Tensor], create_graph: bool) -> Tensor | None:
     """∇ₓ of the scalar ``objective(x)``: exact double backprop by default, or an approximation."""
 
 
 @hookspec(firstresult=True)
-def attack(ctx: "StepContext") -> "Tensor | None":
+def attack(ctx: StepContext) -> Tensor | None:
     """The inner maximisation: return the detached adversarial batch ``x_adv`` (or ``None``: no attack).
 
     Attack ``ctx.attack_student`` (the student with eval-mode BatchNorm folded) through ``ctx.perturb``.
@@ -93,17 +103,17 @@ def attack(ctx: "StepContext") -> "Tensor | None":
 
 
 @hookspec
-def student_inputs(ctx: "StepContext") -> "dict[str, Tensor] | None":
-    """The named inputs this plugin's ``loss`` will pass to ``ctx.student_out`` in this step.
+def student_inputs(ctx: StepContext) -> dict[str, Tensor] | None:
+    """The named inputs this plugin's ``loss`` gives the student in this step (after the attack).
 
-    Called after the attack, and only with ``--batch-student-forwards``: the engine then runs every
-    declared input through the student as one batch before the ``loss`` hooks. Optional: an input that
-    is not declared gets a forward of its own.
+    The engine runs every declared input through the student before the ``loss`` hooks (as one batch
+    with ``--batch-student-forwards``); ``loss`` then reads them by key: ``ctx.student_out("adv")``.
+    A name means one tensor across plugins (``"clean"``: ``ctx.x``, ``"adv"``: ``ctx.x_adv``).
     """
 
 
 @hookspec
-def loss(ctx: "StepContext") -> "list[LossTerm] | LossTerm | None":
+def loss(ctx: StepContext) -> list[LossTerm] | LossTerm | None:
     """This plugin's named, weighted terms of the training loss for the step."""
 
 
@@ -112,25 +122,33 @@ def loss(ctx: "StepContext") -> "list[LossTerm] | LossTerm | None":
 # ---------------------------------------------------------------------------------------------
 
 @hookspec
-def train_start(run: "Run") -> None:
-    """Before the first step: validate the configuration (raise RobustDistillError), create state."""
+def train_start(run: RunView) -> None:
+    """Before the first step (of this process): validate (raise RobustDistillError), create per-run state,
+    add trainable modules. In a resumed run, ``run.epoch`` and ``run.history`` are already restored."""
 
 
 @hookspec
-def epoch_start(run: "Run", epoch: int) -> None:
-    """At the start of each (1-based) epoch."""
+def epoch_start(run: RunView, epoch: int) -> None:
+    """At the start of each (1-based) epoch; not again when a run resumes in the middle of it."""
 
 
 @hookspec
-def step_end(run: "Run", ctx: "StepContext", terms: "list[LossTerm]") -> None:
+def step_end(run: RunView, ctx: StepContext, terms: list[LossTerm]) -> None:
     """After the optimiser step."""
 
 
 @hookspec
-def epoch_end(run: "Run", epoch: int, metrics: dict[str, Any]) -> None:
-    """After validation; ``metrics`` may be extended before it is written to ``metrics.jsonl``."""
+def epoch_end(run: RunView, epoch: int, metrics: dict[str, Any]) -> None:
+    """After the epoch's last step; ``metrics`` may be extended before it joins ``run.history``."""
 
 
 @hookspec
-def train_end(run: "Run") -> None:
+def checkpoint_saved(run: RunView) -> None:
+    """After ``last.pt`` was written (main process). Records a plugin keeps beside the checkpoint are written
+    here, from what the checkpoint holds, so that no kill leaves them ahead of it; rewrite them in
+    ``train_start`` too, which repairs them after a kill between the two writes."""
+
+
+@hookspec
+def train_end(run: RunView) -> None:
     """After the last epoch."""

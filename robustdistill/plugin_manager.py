@@ -1,4 +1,10 @@
-"""Loading plugins, the registry they fill, and the typed facade the engine calls hooks through."""
+"""Loading plugins, the registry they fill, and the typed facade the engine calls hooks through.
+
+Built-in plugins are listed once, in :data:`BUILTIN_PLUGINS`; third-party plugins come from the
+``robustdistill`` entry-point group. A third-party plugin that fails to import, whose registration hook
+raises, or whose option clashes with another is skipped with one warning naming it and the cause;
+``$ROBUSTDISTILL_BLOCK_PLUGINS`` (comma-separated names) keeps installed plugins from loading.
+"""
 from __future__ import annotations
 
 import importlib
@@ -6,41 +12,51 @@ import importlib.metadata as metadata
 import os
 import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Iterable
 
 import pluggy
-import torch
-from torch import Tensor, nn
 
 from . import hookspecs
-from .registry import Method, Registry, RobustDistillError
-from .step import LossTerm, StepContext, TeacherOutput
+from .api import LossTerm, RunConfig, StepContext, TeacherOutput
+from .config import PluginOptions, check_plugin_option, core_options, namespace, option_key
+from .registry import DatasetInfo, Method, Option, Registry, RobustDistillError
 
 ENTRY_POINT_GROUP = "robustdistill"
 DISABLE_AUTOLOAD_ENV = "ROBUSTDISTILL_DISABLE_PLUGIN_AUTOLOAD"
-DIST_NAME = "robustdistill"
+BLOCK_ENV = "ROBUSTDISTILL_BLOCK_PLUGINS"
 CORE_PLUGIN = "core"
+# Registered in this order; pluggy calls hooks in reverse registration order, so the order fixes the
+# order of composed methods' loss terms (and with it the floating-point sum).
 BUILTIN_PLUGINS: dict[str, str] = {
-    CORE_PLUGIN: "robustdistill.plugins.core",
-    "natural": "robustdistill.plugins.natural",
-    "at": "robustdistill.plugins.at",
-    "trades": "robustdistill.plugins.trades",
-    "ard": "robustdistill.plugins.ard",
-    "rslad": "robustdistill.plugins.rslad",
     "adaad": "robustdistill.plugins.adaad",
-    "igdm": "robustdistill.plugins.igdm",
-    "igam": "robustdistill.plugins.igam",
-    "rrm": "robustdistill.plugins.rrm",
-    "gradnorm": "robustdistill.plugins.gradnorm",
+    "ard": "robustdistill.plugins.ard",
+    "at": "robustdistill.plugins.at",
+    CORE_PLUGIN: "robustdistill.plugins.core",
     "edgereg": "robustdistill.plugins.edgereg",
+    "gradnorm": "robustdistill.plugins.gradnorm",
+    "igam": "robustdistill.plugins.igam",
+    "igdm": "robustdistill.plugins.igdm",
+    "natural": "robustdistill.plugins.natural",
     "pag": "robustdistill.plugins.pag",
+    "progress": "robustdistill.plugins.progress",
+    "records": "robustdistill.plugins.records",
+    "rrm": "robustdistill.plugins.rrm",
+    "rslad": "robustdistill.plugins.rslad",
+    "tensorboard": "robustdistill.plugins.tensorboard",
+    "trades": "robustdistill.plugins.trades",
+    "validation": "robustdistill.plugins.validation",
 }
 STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "student_inputs", "loss")
-LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "train_end")
+LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "checkpoint_saved", "train_end")
 
 
 class PluginWarning(UserWarning):
     """A third-party plugin could not be loaded; the CLI goes on without it."""
+
+
+class PluginError(RobustDistillError):
+    """A plugin raised inside a hook; the original exception is its ``__cause__``."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,10 @@ class PluginInfo:
                 "hooks": list(self.hooks), "methods": list(self.methods)}
 
 
+def blocked_names() -> set[str]:
+    return {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
+
+
 class PluginHost:
     """A pluggy manager with robustdistill's hook specs, the loaded plugins and their registry."""
 
@@ -63,7 +83,10 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.versions: dict[str, tuple[str, str]] = {}
+        self.failed: dict[str, str] = {}
         self.registry = Registry()
+        for name in blocked_names():
+            self.pm.set_blocked(name)
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -71,31 +94,38 @@ class PluginHost:
         """Register a plugin object or module under ``name``."""
         self.pm.register(plugin, name=name)
         self.versions[name] = (version, source)
+        self.failed.pop(name, None)
 
-    def load_entry_points(self, third_party: bool) -> None:
-        """Load plugins from the ``robustdistill`` entry-point group; a broken one only warns."""
+    def is_builtin(self, name: str) -> bool:
+        return self.versions.get(name, ("", "third-party"))[1] == "built-in"
+
+    def skip(self, name: str, reason: str) -> None:
+        """Drop a third-party plugin with one warning; ``--plugin NAME`` later says why it is missing."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.failed[name] = reason
+        warnings.warn(f"robustdistill: skipped plugin {name!r}: {reason}", PluginWarning, stacklevel=3)
+
+    def load_entry_points(self) -> None:
+        """Load third-party plugins from the ``robustdistill`` entry-point group."""
         for dist in metadata.distributions():
-            dist_name = (dist.metadata["Name"] or "").lower()
-            builtin = dist_name == DIST_NAME
-            if not builtin and not third_party:
-                continue
             for ep in dist.entry_points:
                 if ep.group != ENTRY_POINT_GROUP or self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
                     continue
+                if ep.name in BUILTIN_PLUGINS:
+                    self.failed[ep.name] = f"its name is taken by a built-in plugin ({dist.metadata['Name']})"
+                    continue
                 try:
                     plugin = ep.load()
-                    self.register(plugin, ep.name, dist.version, "built-in" if builtin else "third-party")
+                    self.register(plugin, ep.name, dist.version, "third-party")
                 except Exception as err:  # a third-party plugin must not take the CLI down
-                    if self.pm.has_plugin(ep.name):
-                        self.pm.unregister(name=ep.name)
-                    warnings.warn(f"robustdistill: skipped plugin {ep.name!r} from {dist.metadata['Name']} "
-                                  f"{dist.version}: {type(err).__name__}: {err}", PluginWarning, stacklevel=2)
+                    self.skip(ep.name, f"import from {dist.metadata['Name']} {dist.version} failed: "
+                                       f"{type(err).__name__}: {err}")
 
     def load_builtins(self) -> None:
-        """Register the built-in plugins the entry points did not provide (e.g. running from a source tree)."""
         from . import __version__
         for name, module in BUILTIN_PLUGINS.items():
-            if not self.pm.has_plugin(name):
+            if not self.pm.has_plugin(name) and not self.pm.is_blocked(name):
                 self.register(importlib.import_module(module), name, __version__, "built-in")
 
     # -- registry ---------------------------------------------------------------------------------
@@ -103,22 +133,22 @@ class PluginHost:
     def _call_each(self, hook: str, register: Callable[[str], Callable[[Any], None]]) -> None:
         """Call one registration hook per plugin with ``register(plugin_name)`` as its callback.
 
-        A third-party plugin that raises is unregistered with a warning; a built-in one is a bug and raises.
+        A third-party plugin that raises is skipped with a warning; a built-in one is a bug and raises.
         """
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            if not self.pm.has_plugin(impl.plugin_name):
+                continue  # skipped by an earlier registration hook
             try:
                 impl.function(register=register(impl.plugin_name))
             except Exception as err:
-                if self.versions.get(impl.plugin_name, ("", "third-party"))[1] == "built-in" \
-                        or isinstance(err, RobustDistillError):
+                if self.is_builtin(impl.plugin_name):
                     raise
-                self.pm.unregister(name=impl.plugin_name)
-                warnings.warn(f"robustdistill: skipped plugin {impl.plugin_name!r}: {hook} raised "
-                              f"{type(err).__name__}: {err}", PluginWarning, stacklevel=2)
+                self.skip(impl.plugin_name, f"{hook} raised {type(err).__name__}: {err}")
 
     def build_registry(self) -> None:
         """Run the registration hooks, remembering which plugin registered what."""
         reg = self.registry = Registry()
+        flags = {o.flag: "the core options" for o in core_options()}
 
         def add_method(owner: str) -> Callable[[Method], None]:
             def add(method: Method) -> None:
@@ -129,32 +159,118 @@ class PluginHost:
                 reg.method_plugin[method.name] = owner
             return add
 
+        def add_option(owner: str) -> Callable[[Option], None]:
+            def add(option: Option) -> None:
+                if option.flag in flags:
+                    raise ValueError(f"option {option.flag} clashes with {flags[option.flag]}")
+                check_plugin_option(owner, option)
+                flags[option.flag] = f"plugin {owner!r}"
+                reg.options.setdefault(owner, []).append(option)
+            return add
+
         self._call_each("register_methods", add_method)
-        self._call_each("register_options", lambda owner: reg.options.setdefault(owner, []).append)
+        self._call_each("register_options", add_option)
         self._call_each("register_models", lambda owner: reg.models.append)
         self._call_each("register_datasets", lambda owner: lambda e: reg.datasets.__setitem__(e.name, e))
         self._call_each("register_eval_attacks", lambda owner: lambda e: reg.eval_attacks.__setitem__(e.name, e))
+        # a plugin skipped half-way must leave nothing behind
+        for name in [m for m, owner in reg.method_plugin.items() if not self.pm.has_plugin(owner)]:
+            del reg.methods[name], reg.method_plugin[name]
+        for owner in [o for o in reg.options if not self.pm.has_plugin(o)]:
+            del reg.options[owner]
 
     # -- introspection ----------------------------------------------------------------------------
 
+    def loaded(self) -> list[tuple[str, object]]:
+        """``(name, plugin)`` of every registered plugin, in registration order (blocked names left out)."""
+        return [(name, plugin) for name, plugin in self.pm.list_name_plugin() if plugin is not None]
+
     def plugin_infos(self) -> list[PluginInfo]:
         infos = []
-        for name, plugin in sorted(self.pm.list_name_plugin()):
+        for name, plugin in sorted(self.loaded()):
             version, source = self.versions.get(name, ("unknown", "third-party"))
             hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
             methods = tuple(m for m, owner in self.registry.method_plugin.items() if owner == name)
             infos.append(PluginInfo(name, version, source, hooks, methods))
         return infos
 
+    def resolve_methods(self, names: Iterable[str]) -> list[str]:
+        """Validate the selected methods and add the default base of add-on methods selected alone."""
+        registry = self.registry
+        methods: list[str] = []
+        for name in names:
+            if name not in registry.methods:
+                raise RobustDistillError(self._unknown_method(name))
+            if name not in methods:
+                methods.append(name)
+        attackers = self.attack_owners(methods)
+        if len(attackers) > 1:
+            raise RobustDistillError(f"plugins {' and '.join(attackers)} both run an attack; select one base method "
+                                     "(e.g. --plugin rslad --plugin igdm)")
+        if not attackers:
+            bases = {registry.methods[m].default_base for m in methods} - {None}
+            if len(bases) > 1:
+                raise RobustDistillError(f"the selected plugins need different base methods "
+                                         f"({', '.join(sorted(bases))}); select one base method explicitly")
+            if bases:
+                methods.insert(0, bases.pop())
+        return methods
+
+    def _unknown_method(self, name: str) -> str:
+        if self.pm.is_blocked(name):
+            return f"plugin {name!r} is blocked by ${BLOCK_ENV}; remove it from there to use it"
+        if name in self.failed:
+            return f"plugin {name!r} is installed but was not loaded: {self.failed[name]}"
+        known = ", ".join(sorted(self.registry.methods))
+        return (f"unknown plugin {name!r}; known plugins: {known} (third-party plugins are found through "
+                f"the '{ENTRY_POINT_GROUP}' entry-point group; `robustdistill plugins` lists what is loaded)")
+
+    def attack_owners(self, methods: Iterable[str]) -> list[str]:
+        """The selected methods whose plugin implements ``attack``."""
+        owners = {self.registry.method_plugin[m]: m for m in methods}
+        implementing = {impl.plugin_name for impl in self.pm.hook.attack.get_hookimpls()}
+        return [method for plugin, method in owners.items() if plugin in implementing]
+
     def active_plugins(self, methods: Iterable[str]) -> list[str]:
         """The plugins of the selected methods, plus every plugin that registers no method."""
         selected = {self.registry.method_plugin[m] for m in methods}
         owners = set(self.registry.method_plugin.values())
-        return [name for name, _ in self.pm.list_name_plugin() if name in selected or name not in owners]
+        return [name for name, _ in self.loaded() if name in selected or name not in owners]
+
+    def resolve_plugin_options(self, config: RunConfig, dataset: DatasetInfo) -> RunConfig:
+        """Keep the options of the active plugins and fill their unset values through ``resolve_options``."""
+        from dataclasses import replace
+
+        active = self.active_plugins(config.plugin)
+        options = {name: config.plugin_options.get(namespace(name), PluginOptions(name, MappingProxyType(
+            {option_key(name, o): o.default for o in self.registry.options[name]})))
+            for name in active if name in self.registry.options}
+        config = replace(config, plugin_options=MappingProxyType({namespace(n): o for n, o in options.items()}))
+        resolved = dict(options)
+        base = next(iter(self.attack_owners(config.plugin)), None)
+        for impl in self.pm.hook.resolve_options.get_hookimpls():
+            name = impl.plugin_name
+            if name not in active:
+                continue
+            try:
+                arguments = {"config": config, "dataset": dataset, "base_method": base}
+                values = impl.function(**{k: arguments[k] for k in impl.argnames}) or {}
+            except RobustDistillError:
+                raise
+            except Exception as err:
+                raise PluginError(f"plugin {name!r} failed in hook 'resolve_options': {type(err).__name__}: {err}") \
+                    from err
+            own = dict(options[name].values) if name in options else {}
+            unknown = set(values) - set(own)
+            if unknown:
+                raise PluginError(f"plugin {name!r} resolved options it does not own: {sorted(unknown)}")
+            own.update({key: value for key, value in values.items() if own[key] is None})
+            resolved[name] = PluginOptions(name, MappingProxyType(own))
+        return replace(config, plugin_options=MappingProxyType({namespace(n): o for n, o in resolved.items()}))
 
     def step_hooks(self, methods: Iterable[str]) -> "StepHooks":
         active = set(self.active_plugins(methods))
-        inactive = [p for name, p in self.pm.list_name_plugin() if name not in active]
+        inactive = [p for name, p in self.loaded() if name not in active]
         return StepHooks(self.pm, inactive)
 
 
@@ -170,25 +286,27 @@ class StepHooks:
     def _call(self, hook: str, **kwargs: Any) -> Any:
         try:
             return self._callers[hook](**kwargs)
-        except (RobustDistillError, torch.cuda.OutOfMemoryError):
+        except RobustDistillError:
             raise
         except Exception as err:
+            if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: the engine names the fix
+                raise
             plugin = _failing_plugin(err, self._callers[hook])
             raise PluginError(f"plugin {plugin!r} failed in hook {hook!r}: {type(err).__name__}: {err}") from err
 
-    def teacher_forward(self, ctx: StepContext, x: Tensor) -> TeacherOutput:
+    def teacher_forward(self, ctx: StepContext, x: Any) -> TeacherOutput:
         return self._call("teacher_forward", ctx=ctx, x=x)
 
-    def input_gradient(self, ctx: StepContext, model: nn.Module, x: Tensor,
-                       objective: Callable[[Tensor], Tensor], create_graph: bool) -> Tensor:
+    def input_gradient(self, ctx: StepContext, model: Any, x: Any, objective: Callable[[Any], Any],
+                       create_graph: bool) -> Any:
         return self._call("input_gradient", ctx=ctx, model=model, x=x, objective=objective, create_graph=create_graph)
 
-    def attack(self, ctx: StepContext) -> Tensor | None:
+    def attack(self, ctx: StepContext) -> Any:
         return self._call("attack", ctx=ctx)
 
-    def student_inputs(self, ctx: StepContext) -> dict[str, Tensor]:
-        """Every active plugin's declared student inputs; one name must mean one tensor."""
-        inputs: dict[str, Tensor] = {}
+    def student_inputs(self, ctx: StepContext) -> dict[str, Any]:
+        """Every active plugin's declared student inputs, in call order; one name must mean one tensor."""
+        inputs: dict[str, Any] = {}
         for declared in self._call("student_inputs", ctx=ctx):
             for key, x in (declared or {}).items():
                 if key in inputs and inputs[key] is not x:
@@ -203,14 +321,15 @@ class StepHooks:
             if result is None:
                 continue
             terms.extend(result if isinstance(result, (list, tuple)) else [result])
+        names = [t.name for t in terms]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise RobustDistillError(f"two loss terms are named {', '.join(map(repr, twice))}; each term is logged by "
+                                     "name, so the composed plugins must name their terms apart")
         return terms
 
     def event(self, hook: str, **kwargs: Any) -> None:
         self._call(hook, **kwargs)
-
-
-class PluginError(RobustDistillError):
-    """A plugin raised inside a hook."""
 
 
 def _failing_plugin(err: BaseException, caller: pluggy.HookCaller) -> str:
@@ -237,8 +356,8 @@ def load_plugins(autoload: bool | None = None) -> PluginHost:
     if autoload is None:
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
     host = PluginHost()
-    host.load_entry_points(third_party=autoload)
     host.load_builtins()
+    if autoload:
+        host.load_entry_points()
     host.build_registry()
     return host
-

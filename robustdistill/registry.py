@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class RobustDistillError(Exception):
@@ -106,10 +107,15 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class Option:
-    """A command-line option a plugin adds to ``robustdistill train``.
+    """A command-line option of ``robustdistill train``.
 
-    ``flag`` is the long option (``--trades-beta``); the value is read as
-    ``config.trades_beta``.
+    A plugin's options live in its own namespace: plugin ``igdm`` registers ``--igdm-alpha`` (the flag
+    must start with ``--<plugin name>-``) and reads it as ``config.igdm.alpha``. The value's type is
+    ``type`` when given, else taken from the default: ``bool`` becomes a flag pair
+    (``--igdm-clip-minus`` / ``--no-igdm-clip-minus``), ``float`` accepts ``0.1`` and ``8/255``, ``int``
+    and ``str`` parse as such; a ``None`` default needs ``type``. ``fixed_on_resume`` (the default) means
+    the value changes the run, so ``--resume`` refuses a new value; set it to ``False`` for options
+    that only change logging or speed.
     """
 
     flag: str
@@ -117,10 +123,18 @@ class Option:
     help: str
     type: Callable[[str], Any] | None = None
     choices: tuple[Any, ...] | None = None
+    fixed_on_resume: bool = True
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
+        """The flag as an identifier: ``--igdm-alpha`` → ``igdm_alpha``."""
         return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def is_flag(self) -> bool:
+        """A boolean option without an explicit type: given as ``--name`` / ``--no-name``."""
+        return self.type is None and isinstance(self.default, bool)
 
 
 @dataclass(frozen=True)

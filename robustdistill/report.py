@@ -30,7 +30,7 @@ from .evaluate import RESULT_METADATA_KEYS, EvalSettings, run_evaluation, to_uni
 from .folding import fold_or_keep
 from .models import build_model
 from .registry import ImageData, ModelArch, Registry, RobustDistillError
-from .step import exact_input_gradient
+from .api import exact_input_gradient
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustdistill import RobustDistillError
-from robustdistill.engine import resolve_methods
 from robustdistill.ops import fd_align
-from robustdistill.testing import plugin_host, run_step, step_context, tiny_model
+from robustdistill.testing import loss_terms, options, plugin_host, run_step, step_context, tiny_model
 
 LN3 = math.log(3)
 
@@ -33,15 +32,14 @@ class Scaled(nn.Module):
 
 
 def context(host, methods, x, x_adv, y=(0,), teacher_scale=2.0, epoch=1, epochs=10, **config):
-    ctx = step_context(host, methods, student=Scaled(1.0), teacher=Scaled(teacher_scale), epoch=epoch, epochs=epochs)
+    ctx = step_context(host, methods, student=Scaled(1.0), teacher=Scaled(teacher_scale), epoch=epoch, epochs=epochs,
+                       config=options(host, **config))
     ctx.x, ctx.x_adv, ctx.y = torch.tensor(x), torch.tensor(x_adv), torch.tensor(y)
-    for key, value in config.items():
-        setattr(ctx.config, key, value)
     return ctx
 
 
 def terms_of(ctx):
-    return {t.name: (t.value.item(), t.weight) for t in ctx.hooks.loss(ctx)}
+    return {t.name: (t.value.item(), t.weight) for t in loss_terms(ctx)}
 
 
 def kl(p, q):
@@ -117,11 +115,11 @@ def test_igdm_l1_and_l2(host, distance, expected):
 
 def test_igdm_minus_side_is_unclipped_by_default(host):
     ctx = context(host, ["at", "igdm"], [[0.1, 0.5]], [[0.3, 0.5]], igdm_alpha=1.0, igdm_ramp_epochs=1)
-    ctx.hooks.loss(ctx)
+    loss_terms(ctx)
     assert torch.allclose(ctx._student_cache["x-δ"], torch.tensor([[-0.1, 0.5]])), "identity student: logits = input"
     ctx = context(host, ["at", "igdm"], [[0.1, 0.5]], [[0.3, 0.5]], igdm_alpha=1.0, igdm_ramp_epochs=1,
                   igdm_clip_minus=True)
-    ctx.hooks.loss(ctx)
+    loss_terms(ctx)
     assert torch.allclose(ctx._student_cache["x-δ"], torch.tensor([[0.0, 0.5]]))
 
 
@@ -177,32 +175,30 @@ def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, method
     teacher = tiny_model(seed=3)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    ctx_config = step_context(host, methods).config
-    ctx_config.igdm_alpha, ctx_config.igdm_ramp_epochs = 1.0, 1
-    terms = run_step(host, methods, teacher=teacher, config=ctx_config)
+    terms = run_step(host, methods, teacher=teacher, config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
     assert terms
     assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_igdm_alone_is_igdm_on_pgd_at(host):
-    assert resolve_methods(host, ["igdm"]) == ["at", "igdm"]
-    assert resolve_methods(host, ["rslad", "igdm"]) == ["rslad", "igdm"]
+    assert host.resolve_methods(["igdm"]) == ["at", "igdm"]
+    assert host.resolve_methods(["rslad", "igdm"]) == ["rslad", "igdm"]
     with pytest.raises(RobustDistillError, match="both run an attack"):
-        resolve_methods(host, ["rslad", "adaad", "igdm"])
+        host.resolve_methods(["rslad", "adaad", "igdm"])
 
 
 def test_igdm_uses_the_base_delta_detached_and_teacher_forwards_run_once(host):
     teacher = tiny_model(seed=3)
     calls = []
     teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
-    ctx = step_context(host, ["rslad", "igdm"], teacher=teacher, batch=4)
-    ctx.config.igdm_alpha, ctx.config.igdm_ramp_epochs = 1.0, 1
+    ctx = step_context(host, ["rslad", "igdm"], teacher=teacher, batch=4,
+                       config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
     ctx.x_adv = ctx.hooks.attack(ctx)
     assert not ctx.x_adv.requires_grad
     student_inputs = []
     ctx.student.register_forward_pre_hook(lambda m, i: student_inputs.append(i[0]))
     calls.clear()
-    ctx.hooks.loss(ctx)
+    loss_terms(ctx)
     assert calls == [8], "T(x) cached from the attack; T(x+δ), T(x−δ) in one batched forward"
     assert len(student_inputs) == 3, "S(x_adv) shared by RSLAD and IGDM; S(x) and S(x−δ)"
     assert any(torch.equal(x, ctx.x_adv) for x in student_inputs)
@@ -213,9 +209,9 @@ def test_igdm_uses_the_base_delta_detached_and_teacher_forwards_run_once(host):
 def test_composition_order_does_not_change_the_loss(host):
     totals = []
     for methods in (["rslad", "igdm"], ["igdm", "rslad"]):
-        ctx = step_context(host, methods, student=tiny_model(seed=0), teacher=tiny_model(seed=3), seed=4)
-        ctx.config.igdm_alpha, ctx.config.igdm_ramp_epochs = 2.0, 1
+        ctx = step_context(host, methods, student=tiny_model(seed=0), teacher=tiny_model(seed=3), seed=4,
+                           config=options(host, igdm_alpha=2.0, igdm_ramp_epochs=1))
         torch.manual_seed(7)
         ctx.x_adv = ctx.hooks.attack(ctx)
-        totals.append(sum(t.weight * t.value for t in ctx.hooks.loss(ctx)).item())
+        totals.append(sum(t.weight * t.value for t in loss_terms(ctx)).item())
     assert totals[0] == pytest.approx(totals[1], rel=1e-6)

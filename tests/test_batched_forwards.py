@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from robustdistill.checkpoint import save_checkpoint
-from robustdistill.engine import build_run, train_step
+from robustdistill import StepContext
+from robustdistill.loop import start, train_step
 from robustdistill.models import build_model
 from robustdistill.registry import ModelArch, RobustDistillError
-from robustdistill.step import StepContext
+from robustdistill.run import build_run
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist
@@ -25,15 +26,14 @@ def _run(tmp_path, *args: str):
     config = train_config(host, *args, "--teacher", str(tmp_path / "teacher.pt"), "--subset", "64",
                           "--out", str(tmp_path / "run"))
     run = build_run(config, host)
-    run.hooks.event("train_start", run=run)
+    start(run)
     return run
 
 
 def _context(run) -> StepContext:
-    x = run.data.train_x[:16].float() / 255
-    ctx = StepContext(x=x, y=run.data.train_y[:16], student=run.student, teacher=run.teacher, config=run.config,
-                      epoch=1, epochs=1, step=0, hooks=run.hooks, trainer=run.trainer,
-                      attack_student=run.attack_student)
+    x = run.view.data.train_x[:16].float() / 255
+    ctx = StepContext(x=x, y=run.view.data.train_y[:16], run=run.view, epoch=1, step=0, hooks=run.hooks,
+                      trainer=run.trainer)
     run.student.train()
     torch.manual_seed(0)
     ctx.x_adv = run.hooks.attack(ctx)
@@ -51,7 +51,7 @@ def test_declared_inputs_of_composed_plugins_run_as_one_training_mode_batch(tmp_
     twin = copy.deepcopy(run.student)
     calls = []
     run.student.register_forward_hook(lambda *_: calls.append(1))
-    ctx.prefetch_student(inputs)
+    ctx.run_student_inputs(inputs, batched=True)
     assert len(calls) == 1
     # one forward over the concatenation: BatchNorm normalises over all 48 images and updates once
     logits, features = twin(torch.cat(list(inputs.values())), return_features=True)
@@ -70,7 +70,7 @@ def test_training_step_student_forwards(tmp_path, batched: bool) -> None:
     run = _run(tmp_path, *args)
     calls = []
     run.student.register_forward_hook(lambda module, inputs, out: calls.append(len(inputs[0])))
-    x, y = run.data.train_x[:16].float() / 255, run.data.train_y[:16]
+    x, y = run.view.data.train_x[:16].float() / 255, run.view.data.train_y[:16]
     loss, terms = train_step(run, x, y, 1, 0)
     assert torch.isfinite(loss) and {t.name for t in terms} == {"kl_adv", "kl_clean", "igdm"}
     assert calls == ([48] if batched else [16, 16, 16])  # the attack calls the folded view, not the student
@@ -87,7 +87,7 @@ def test_one_name_for_two_different_tensors_is_refused(tmp_path) -> None:
 
     run = _run(tmp_path, "--plugin", "rslad", "--batch-student-forwards")
     run.host.pm.register(Clash(), name="clash")
-    hooks = run.host.step_hooks(run.methods)
+    hooks = run.host.step_hooks(run.view.methods)
     ctx = _context(run)
     with pytest.raises(RobustDistillError, match="'adv'.*same tensor"):
         hooks.student_inputs(ctx)

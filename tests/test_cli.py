@@ -1,5 +1,6 @@
 """The command line: options, --config files, and every bad-input path gives one clear error."""
 import json
+import re
 import pickle
 import subprocess
 import sys
@@ -68,11 +69,29 @@ def test_bad_eps(capsys, tmp_path, eps, message):
     assert message in err and "--eps" in err
 
 
-def test_eps_that_is_not_a_number(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--eps", "eight"])
-    assert exc.value.code == 2
-    assert "'eight' is not a number (examples: 0.1, 8/255)" in capsys.readouterr().err
+def test_a_value_the_parser_rejects_is_one_line_with_a_pointer_to_help(capsys):
+    assert main(["train", "--eps", "eight"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "robustdistill: error: argument --eps: 'eight' is not a number (examples: 0.1, 8/255) "
+        "(see `robustdistill train --help`)"]
+    assert main(["train", "--epochs", "three"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "robustdistill: error: argument --epochs: 'three' is not a whole number (see `robustdistill train --help`)"]
+    assert main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "invalid choice: 'evaluate'" in err and "robustdistill --help" in err
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert "(default: None)" not in flat and not re.search(r"\(default: [^)]*\) \(default:", flat)
+    for flag, default in (("--epochs", "10"), ("--lr", "0.1"), ("--seed", "0"), ("--plugin", "natural"),
+                          ("--trades-beta", "6.0"), ("--igdm-clip-minus", "off")):
+        block = out[out.index(f"  {flag}"):].split("\n  -")[0]
+        assert f"(default: {default})" in " ".join(block.split()), flag
 
 
 @needs_fashion_mnist
@@ -115,19 +134,19 @@ def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
-    from robustdistill.cli import apply_config_file, build_parser
+    from robustdistill.cli import build_parser
+    from robustdistill.config import config_from_args, option_defaults_from_file
     from robustdistill.plugin_manager import load_plugins
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\n")
+    cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
     host = load_plugins(autoload=False)
     parser = build_parser(host)
-    train_parser = parser._subparsers._group_actions[0].choices["train"]
-    argv = ["--config", str(cfg), "--epochs", "2"]
-    apply_config_file(train_parser, argv)
-    args = parser.parse_args(["train", *argv])
-    assert args.plugin == ["trades"] and args.eps == pytest.approx(8 / 255) and args.step_size == 0.01
-    assert args.trades_beta == 3.0 and args.epochs == 2
+    option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], str(cfg))
+    config = config_from_args(parser.parse_args(["train", "--config", str(cfg), "--epochs", "2"]),
+                              host.registry.options)
+    assert config.plugin == ("trades",) and config.eps == pytest.approx(8 / 255) and config.step_size == 0.01
+    assert config.trades.beta == 3.0 and config.epochs == 2 and config.igdm.clip_minus is True
 
 
 def test_config_file_errors(capsys, tmp_path):
@@ -150,8 +169,10 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(capsys, tmp_p
     err = error_of(capsys, *args, "--resume", "--model", "smallcnn")
     assert "--resume with options that change the run" in err and "smallcnn" in err
     assert (out / "last.pt").read_bytes() == before
-    err = error_of(capsys, "train", "--resume", "--subset", "128", "--out", str(tmp_path / "fresh"))
-    assert "does not exist" in err
+    fresh = tmp_path / "fresh"
+    code, out_text, _ = run_cli(capsys, "train", "--resume", "--subset", "128", "--epochs", "1", "--val-size", "32",
+                                "--out", str(fresh))
+    assert code == 0 and "holds no checkpoint yet: starting the run" in out_text and (fresh / "last.pt").is_file()
 
 
 def test_doctor_reports_toolchain_and_backend_per_op(capsys):
@@ -207,7 +228,8 @@ def test_resume_with_more_epochs_follows_the_new_schedule(capsys, tmp_path):
 
 @needs_fashion_mnist
 def test_channels_last_layout_gives_the_same_step(tmp_path):
-    from robustdistill.engine import build_run, train_step
+    from robustdistill.loop import train_step
+    from robustdistill.run import build_run
     from robustdistill.testing import plugin_host, train_config
 
     host = plugin_host()
@@ -217,9 +239,9 @@ def test_channels_last_layout_gives_the_same_step(tmp_path):
                               "--out", str(tmp_path / layout))
         run = build_run(config, host)
         conv = next(p for p in run.student.parameters() if p.dim() == 4 and p.shape[1] > 1)
-        assert run.channels_last == (layout == "on")
+        assert run.config.channels_last == layout
         assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "on")
-        x = run.data.train_x[:32].float() / 255
+        x = run.view.data.train_x[:32].float() / 255
         torch.manual_seed(0)
-        losses[layout] = float(train_step(run, x, run.data.train_y[:32], 1, 0)[0])
+        losses[layout] = float(train_step(run, x, run.view.data.train_y[:32], 1, 0)[0])
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)

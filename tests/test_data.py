@@ -114,7 +114,7 @@ def _png(path, size, color):
 
 def test_builtin_entries_and_infos():
     names = [e.name for e in D.BUILTIN_DATASETS]
-    assert names == ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "imagefolder"]
+    assert names == ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic"]
     assert all(isinstance(e, DatasetEntry) and e.summary and "\n" not in e.summary
                for e in D.BUILTIN_DATASETS)
     assert D.DEFAULT_DATASET == "fashion-mnist"
@@ -128,6 +128,10 @@ def test_builtin_entries_and_infos():
     assert c10.eps == pytest.approx(8 / 255) and c10.step_size == pytest.approx(2 / 255)
     assert c10.augment == "crop-flip" and c10.in_channels == 3 and c10.image_size == 32
     assert D.DATASET_INFOS["cifar100"].num_classes == 100
+    synthetic = D.load_synthetic()
+    assert synthetic.train_x.shape == (256, 1, 8, 8) and synthetic.train_x.dtype == torch.uint8
+    assert torch.equal(synthetic.train_x, D.load_synthetic().train_x), "the same images every time"
+    assert synthetic.train_y.bincount().tolist() == [26] * 6 + [25] * 4
     assert D.DATASET_INFOS["svhn"].augment == "none"
 
 

@@ -34,13 +34,15 @@ def test_run_directory_holds_checkpoint_metrics_and_config(runs):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     for m in lines:
-        assert {"epoch", "lr", "loss", "terms", "val_clean", "val_pgd", "seconds"} <= set(m)
-        assert set(m["terms"]) == {"ce_adv"}
+        assert {"epoch", "lr", "loss", "terms", "weighted_terms", "val_clean", "val_pgd", "seconds"} <= set(m)
+        assert set(m["terms"]) == set(m["weighted_terms"]) == {"ce_adv"}
+        assert m["weighted_terms"]["ce_adv"] == pytest.approx(m["loss"], rel=1e-6)
     config = json.loads((out / "config.json").read_text())
     assert config["plugin"] == ["at"] and config["eps"] == pytest.approx(0.1) and config["attack_steps"] == 10
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["arch"]["name"] == "cnn" and ckpt["epoch"] == 3
-    assert {"model", "optimizer", "scheduler", "rng", "plugins", "config"} <= set(ckpt)
+    assert {"model", "optimizer", "rng", "plugins", "config", "requested", "history", "progress"} <= set(ckpt)
+    assert ckpt["config"] == config and ckpt["requested"]["eps"] is None, "config.json is the checkpoint's"
 
 
 def test_eval_json_has_accuracies_and_settings(runs):

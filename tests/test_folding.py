@@ -10,7 +10,8 @@ from torch import nn
 
 from robustdistill.attacks import model_mode
 from robustdistill.checkpoint import save_checkpoint
-from robustdistill.engine import ResizedTeacher, build_run, run_environment, train_step
+from robustdistill.loop import start, train_step
+from robustdistill.run import ResizedTeacher, build_run, run_environment
 from robustdistill.folding import (FoldedModel, FoldError, LiveConvBN, NothingToFold, fold_batchnorm, fold_or_keep,
                                    unfolded)
 from robustdistill.models import build_model
@@ -200,16 +201,16 @@ def test_training_step_with_folding_equals_the_unfolded_step(tmp_path, plugins: 
         config = train_config(host, *args, "--teacher", str(tmp_path / "teacher.pt"), "--subset", "64",
                               "--fold-bn", fold, "--out", str(tmp_path / fold))
         run = build_run(config, host)
-        run.hooks.event("train_start", run=run)
-        assert isinstance(run.attack_student, FoldedModel) == (fold == "on")
-        assert isinstance(run.teacher, FoldedModel) == (fold == "on")
+        start(run)
+        assert isinstance(run.view.attack_student, FoldedModel) == (fold == "on")
+        assert isinstance(run.view.teacher, FoldedModel) == (fold == "on")
         assert run_environment(run)["folded_conv_bn"] == ({"student": 3, "teacher": 3} if fold == "on"
                                                           else {"student": 0, "teacher": 0})
-        x = run.data.train_x[:32].float() / 255
+        x = run.view.data.train_x[:32].float() / 255
         torch.manual_seed(0)
-        losses[fold] = float(train_step(run, x, run.data.train_y[:32], 1, 0)[0])
+        losses[fold] = float(train_step(run, x, run.view.data.train_y[:32], 1, 0)[0])
         with model_mode(run.student, train=False), torch.no_grad():  # the view follows the step's update
-            torch.testing.assert_close(run.attack_student(x), run.student(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(run.view.attack_student(x), run.student(x), rtol=1e-5, atol=1e-5)
     # One step only: later steps agree as closely, but sign-PGD turns rounding-level differences in a
     # near-zero gradient component into a different adversarial pixel now and then.
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)

@@ -3,6 +3,7 @@ that train, checkpoint, resume with more epochs and evaluate; cross-task transfe
 import copy
 import dataclasses
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from robustdistill import DatasetEntry, hookimpl
 from robustdistill.checkpoint import load_checkpoint
 from robustdistill.cli import main
 from robustdistill.data import load_fashion_mnist
-from robustdistill.engine import train
+from robustdistill import loop
+from robustdistill.loop import train
 from robustdistill.registry import ImageData
 from robustdistill.testing import plugin_host, train_config
 
@@ -53,18 +55,18 @@ def natural(root):
 
 
 class Capture:
-    """Records the plugin-owned modules and optimisers as the run starts its next epoch (after a resume)."""
+    """Records the plugin-owned modules and optimisers right after a resume restored them."""
 
     def __init__(self):
         self.modules = {}
         self.optimizer = None
+        self.restore = loop.restore_optimisation_state
 
-    @hookimpl
-    def epoch_start(self, run, epoch):
-        if not self.modules:
-            self.modules = {name: copy.deepcopy((m.state_dict(), o.state_dict() if o is not None else None))
-                            for name, (m, o) in run.plugin_modules.items()}
-            self.optimizer = copy.deepcopy(run.optimizer.state_dict())
+    def __call__(self, run, ckpt):
+        self.restore(run, ckpt)
+        self.modules = {name: copy.deepcopy((m.state_dict(), o.state_dict() if o is not None else None))
+                        for name, (m, o) in run.plugin_modules.items()}
+        self.optimizer = copy.deepcopy(run.optimizer.state_dict())
 
 
 def same_state(a, b):
@@ -86,9 +88,10 @@ def train_resume_eval(root, method):
     saved = load_checkpoint(out / "last.pt")
     assert saved["epoch"] == 1
     capture = Capture()
-    host = plugin_host(capture)
-    run = train(train_config(host, *args, "--epochs", "2", "--resume"), host)
-    assert run.epoch == 2
+    host = plugin_host()
+    with mock.patch.object(loop, "restore_optimisation_state", capture):
+        run = train(train_config(host, *args, "--epochs", "2"), host, resume=True)
+    assert run.view.epoch == 2
     for name, (module, optimizer) in capture.modules.items():
         assert same_state(module, saved["plugin_modules"][name]["module"]), f"{name} restored on --resume"
         assert same_state(optimizer, saved["plugin_modules"][name]["optimizer"])

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustdistill import RobustDistillError, hookimpl
-from robustdistill.engine import resolve_methods
 from robustdistill.plugins import edgereg, gradnorm, igam, pag, rrm
-from robustdistill.testing import plugin_host, run_step, step_context, tiny_model
+from robustdistill.testing import loss_terms, options, plugin_host, run_step, step_context, tiny_model
 
 LN2 = math.log(2)
 METHODS = ("igam", "rrm", "gradnorm", "edgereg", "pag")
@@ -29,6 +28,7 @@ class Linear(nn.Module):
         super().__init__()
         self.a = nn.Parameter(torch.tensor(a, dtype=torch.float32))
         self.arch = tiny_model(num_classes=len(a)).arch
+        self.feature_dim = len(a)
 
     def forward(self, x, return_features=False):
         out = x @ self.a.t()
@@ -39,17 +39,15 @@ def scaled(s):
     return Linear([[s, 0.0], [0.0, s]])
 
 
-def context(host, methods, x, y, student=None, teacher=None, epoch=1, epochs=10, **config):
+def context(host, methods, x, y, student=None, teacher=None, epoch=1, epochs=10, steps_per_epoch=1, **config):
     ctx = step_context(host, methods, student=student or scaled(1.0), teacher=teacher or scaled(2.0),
-                       epoch=epoch, epochs=epochs)
+                       epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch, config=options(host, **config))
     ctx.x, ctx.y = torch.tensor(x), torch.tensor(y)
-    for key, value in config.items():
-        setattr(ctx.config, key, value)
     return ctx
 
 
 def terms_of(ctx):
-    return {t.name: (t.value.item(), t.weight) for t in ctx.hooks.loss(ctx)}
+    return {t.name: (t.value.item(), t.weight) for t in loss_terms(ctx)}
 
 
 class Spy:
@@ -68,13 +66,13 @@ class Spy:
 
 def test_each_method_is_base_less_and_needs_only_what_it_uses(host):
     for name in METHODS:
-        assert resolve_methods(host, [name]) == [name], "CE is part of the method's own loss: no default base"
+        assert host.resolve_methods([name]) == [name], "CE is part of the method's own loss: no default base"
         assert host.registry.methods[name].default_base is None
     needs = {name: host.registry.methods[name].needs_teacher for name in METHODS}
     assert needs == {"igam": True, "rrm": True, "gradnorm": False, "edgereg": False, "pag": False}
     implementing = {impl.plugin_name for impl in host.pm.hook.attack.get_hookimpls()}
     assert not implementing & set(METHODS), "no adversarial examples: none of them runs an attack"
-    assert resolve_methods(host, ["at", "gradnorm"]) == ["at", "gradnorm"]
+    assert host.resolve_methods(["at", "gradnorm"]) == ["at", "gradnorm"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -82,10 +80,7 @@ def test_each_method_trains_a_step_through_the_input_gradient_hook(method):
     spy = Spy()
     host = plugin_host(spy)
     teacher = tiny_model(seed=3)
-    config = step_context(host, [method]).config
-    config.pag_classes = 2
-    igam.make_state(config, 1, 8)
-    terms = run_step(host, [method], teacher=teacher, config=config)
+    terms = run_step(host, [method], teacher=teacher, config=options(host, pag_classes=2))
     assert all(math.isfinite(t.value.item()) for t in terms)
     assert all(p.grad is None for p in teacher.parameters()), "the teacher never receives a gradient"
     if method == "rrm":
@@ -116,9 +111,7 @@ class Attention(nn.Module):
 
 @pytest.mark.parametrize("method", ["gradnorm", "edgereg", "pag", "igam"])
 def test_double_backprop_through_attention_uses_the_math_backend(host, method):
-    config = step_context(host, [method]).config
-    igam.make_state(config, 1, 8)
-    run_step(host, [method], student=Attention(), teacher=Attention(), config=config)
+    run_step(host, [method], student=Attention(), teacher=Attention())
 
 
 # -- IGAM -------------------------------------------------------------------------------------------------
@@ -170,23 +163,27 @@ def test_igam_discriminator_layout():
     assert igam.Discriminator(3, 32, layers=4, width=8).fc.in_features == 64 * 2 * 2
 
 
-def igam_context(host, seed=0):
-    ctx = step_context(host, ["igam"], student=tiny_model(seed=0), teacher=tiny_model(seed=1), batch=8, seed=seed)
-    ctx.config.igam_lambda_adv, ctx.config.igam_lambda_diff = 1.0, 1.0
-    ctx.config.igam_grad_target = "ce"
-    return ctx
+def igam_options(host, **extra):
+    return options(host, igam_lambda_adv=1.0, igam_lambda_diff=1.0, igam_grad_target="ce", **extra)
 
 
-def adv_value(host, student, teacher, state, config, seed=0):
-    ctx = step_context(host, ["igam"], student=student, teacher=teacher, batch=8, config=config, seed=seed)
-    return {t.name: t for t in ctx.hooks.loss(ctx)}["igam_adv"].value
+def igam_context(host, seed=0, **extra):
+    return step_context(host, ["igam"], student=tiny_model(seed=0), teacher=tiny_model(seed=1), batch=8, seed=seed,
+                        config=igam_options(host, **extra))
+
+
+def adv_value(host, student, teacher, state, seed=0):
+    """L_adv of a new step with the discriminator ``state``."""
+    ctx = step_context(host, ["igam"], student=student, teacher=teacher, batch=8, config=igam_options(host), seed=seed)
+    ctx.run.state["igam"] = state
+    return {t.name: t for t in loss_terms(ctx)}["igam_adv"].value
 
 
 def test_discriminator_and_student_move_in_opposite_directions_on_l_adv(host):
-    ctx = igam_context(host)
     torch.manual_seed(0)
-    state = igam.make_state(ctx.config, 1, 8)
-    terms = {t.name: t for t in ctx.hooks.loss(ctx)}
+    ctx = igam_context(host)
+    state = ctx.run.state["igam"]
+    terms = {t.name: t for t in loss_terms(ctx)}
     j_s, j_t = ctx.state["igam_maps"]
     params = list(state.disc.parameters())
     # the student's term is exactly minus D's objective: their gradients in D's weights are opposite
@@ -207,21 +204,21 @@ def test_discriminator_and_student_move_in_opposite_directions_on_l_adv(host):
     assert after_disc > before, "D ascends L_adv"
 
     student, teacher = ctx.student, ctx.teacher
-    value = adv_value(host, student, teacher, state, ctx.config)
+    value = adv_value(host, student, teacher, state)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05)
     optimizer.zero_grad()
     value.backward()
     optimizer.step()
-    assert adv_value(host, student, teacher, state, ctx.config).item() < value.item(), "the student descends L_adv"
+    assert adv_value(host, student, teacher, state).item() < value.item(), "the student descends L_adv"
     assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_igam_student_gradient_flows_through_js_and_never_into_the_teacher(host):
-    ctx = igam_context(host)
-    ctx.config.igam_lambda_adv = 0.0
+    ctx = step_context(host, ["igam"], student=tiny_model(seed=0), teacher=tiny_model(seed=1), batch=8,
+                       config=options(host, igam_lambda_adv=0.0, igam_lambda_diff=1.0, igam_grad_target="ce"))
     for p in ctx.teacher.parameters():
         p.requires_grad_(True)  # even a teacher whose weights require grad gets none
-    diff = {t.name: t for t in ctx.hooks.loss(ctx)}["igam_diff"].value
+    diff = {t.name: t for t in loss_terms(ctx)}["igam_diff"].value
     diff.backward()
     head = ctx.student.head.weight.grad
     conv = next(m for m in ctx.student.modules() if isinstance(m, nn.Conv2d)).weight.grad
@@ -231,24 +228,18 @@ def test_igam_student_gradient_flows_through_js_and_never_into_the_teacher(host)
 
 
 def test_igam_plain_ce_first_and_discriminator_every_k_steps(host):
-    ctx = igam_context(host)
-    ctx.config.igam_plain_ce_steps = 3
+    ctx = igam_context(host, igam_plain_ce_steps=3)
     ctx.step = 2
     assert set(terms_of(ctx)) == {"ce"}
-    ctx = igam_context(host)
-    ctx.config.igam_plain_ce_steps, ctx.config.igam_disc_every = 3, 5
-    state = igam.make_state(ctx.config, 1, 8)
-
-    class FakeRun:
-        config = ctx.config
-        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
-
+    ctx = igam_context(host, igam_plain_ce_steps=3, igam_disc_every=5)
+    state = ctx.run.state["igam"]
+    ctx.run.sink.optimizer.param_groups[0]["lr"] = 0.01  # the student's learning rate now
     ctx.step = 3
     assert set(terms_of(ctx)) == {"ce", "igam_diff", "igam_adv"}
-    igam.step_end(FakeRun, ctx)
+    igam.step_end(ctx.run, ctx)
     assert state.d_steps == 0, "step 3 is not a multiple of 5"
     ctx.step = 5
-    igam.step_end(FakeRun, ctx)
+    igam.step_end(ctx.run, ctx)
     assert state.d_steps == 1
     assert state.optimizer.param_groups[0]["lr"] == 0.01, "D follows the student's learning rate"
     assert state.optimizer.param_groups[0]["weight_decay"] == 2e-4 and state.optimizer.param_groups[1]["weight_decay"] == 0
@@ -264,9 +255,10 @@ def test_rrm_feature_losses_by_hand():
 
 def test_rrm_terms_with_a_projection_by_hand(host):
     # student features [1, 0] (2 wide) → P = [[1, 0], [0, 1], [0, 0]] → [1, 0, 0]; teacher features [1, 1, 0]
-    ctx = context(host, ["rrm"], [[1.0, 0.0]], [0], teacher=Linear([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]))
-    ctx.config.rrm_xent_weight = 0.005
-    projection = rrm.make_projection(ctx.config, 2, 3)
+    ctx = context(host, ["rrm"], [[1.0, 0.0]], [0], teacher=Linear([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]),
+                  rrm_xent_weight=0.005)
+    projection = ctx.run.state["rrm"]
+    assert ctx.run.sink.modules["rrm_projection"] == (projection, None), "trained jointly with the student"
     with torch.no_grad():
         projection.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
         projection.bias.zero_()
@@ -275,14 +267,14 @@ def test_rrm_terms_with_a_projection_by_hand(host):
     assert terms["rrm_feat"] == (pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6), 1.0)
     ce = math.log(1 + math.exp(-1))  # student logits [1, 0], y = 0
     assert terms["ce"] == (pytest.approx(ce, abs=1e-6), 0.005)
-    loss = sum(t.weight * t.value for t in ctx.hooks.loss(ctx))
+    loss = sum(t.weight * t.value for t in loss_terms(ctx))
     loss.backward()
     assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
 
 
 def test_rrm_without_projection_when_widths_agree(host):
     ctx = context(host, ["rrm"], [[1.0, 0.0]], [0], teacher=scaled(3.0))
-    assert rrm.make_projection(ctx.config, 2, 2) is None
+    assert rrm.make_projection(2, 2) is None and ctx.run.state["rrm"] is None
     assert terms_of(ctx)["rrm_feat"][0] == pytest.approx(0.0, abs=1e-6), "parallel features"
 
 
@@ -290,8 +282,7 @@ def test_rrm_without_projection_when_widths_agree(host):
 
 def test_gradnorm_by_hand(host):
     # x = 0: ∇ₓCE = p − e_y = ±[½, −½] → ‖∇‖₁ = 1 per sample; ε = 0.1
-    ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0)
-    ctx.config.eps = 0.1
+    ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0, eps=0.1)
     terms = terms_of(ctx)
     assert terms["ce"] == (pytest.approx(LN2, abs=1e-6), 0.8)
     assert terms["gradnorm"] == (pytest.approx(0.1, abs=1e-6), pytest.approx(1.2))
@@ -301,8 +292,7 @@ def test_gradnorm_by_hand(host):
 
 
 def test_gradnorm_linear_warmup_per_step(host):
-    ctx = context(host, ["gradnorm"], [[0.0, 0.0]], [0], epoch=2)
-    ctx.config._gradnorm_steps_per_epoch = 20
+    ctx = context(host, ["gradnorm"], [[0.0, 0.0]], [0], epoch=2, steps_per_epoch=20)
     ctx.step = 30  # 1.5 epochs done
     assert terms_of(ctx)["gradnorm"][1] == pytest.approx(1.2 * 1.5 / 5)
     ctx.step = 200
@@ -315,9 +305,8 @@ def test_gradnorm_bn_eval_keeps_running_statistics(host):
     bn = next(m for m in student.modules() if isinstance(m, nn.BatchNorm2d))
     for mode, changes in (("eval", False), ("train", True)):
         before = bn.running_mean.clone()
-        ctx = step_context(host, ["gradnorm"], student=student)
-        ctx.config.gradnorm_bn = mode
-        ctx.hooks.loss(ctx)
+        ctx = step_context(host, ["gradnorm"], student=student, config=options(host, gradnorm_bn=mode))
+        loss_terms(ctx)
         assert (not torch.equal(bn.running_mean, before)) == changes
         assert student.training
 
@@ -403,22 +392,21 @@ def own_gradients(model, x, num_classes):
 @pytest.mark.parametrize("classes", [0, 2])
 def test_pag_with_the_students_own_gradients_as_targets_is_zero(host, classes, tmp_path):
     student = tiny_model(seed=0).eval()  # eval mode: the replicated batch is not coupled by BatchNorm
-    ctx = step_context(host, ["pag"], student=student, teacher=copy.deepcopy(student), batch=4)
-    ctx.config.pag_classes = classes
+    ctx = step_context(host, ["pag"], student=student, teacher=copy.deepcopy(student), batch=4,
+                       config=options(host, pag_classes=classes))
     assert terms_of(ctx)["pag"][0] == pytest.approx(0.0, abs=1e-5)
 
     # the same from a precomputed tensor file
     path = tmp_path / "targets.pt"
     torch.save({"images": (ctx.x * 255).round().to(torch.uint8),
                 "targets": own_gradients(student, (ctx.x * 255).round() / 255, 3)}, path)
-    ctx = step_context(host, ["pag"], student=student, batch=4)
+    ctx = step_context(host, ["pag"], student=student, batch=4,
+                       config=options(host, pag_classes=classes, pag_targets=str(path)))
     ctx.x = (ctx.x * 255).round() / 255
-    ctx.config.pag_classes, ctx.config.pag_targets = classes, str(path)
     assert terms_of(ctx)["pag"][0] == pytest.approx(0.0, abs=1e-5)
-    ctx = step_context(host, ["pag"], student=student, batch=4, seed=9)
-    ctx.config.pag_targets = str(path)
+    ctx = step_context(host, ["pag"], student=student, batch=4, seed=9, config=options(host, pag_targets=str(path)))
     with pytest.raises(RobustDistillError, match="no targets for 4 image"):
-        ctx.hooks.loss(ctx)
+        loss_terms(ctx)
 
 
 def test_pag_target_file_is_checked_and_loaded_safely(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 
 from robustdistill.attacks import cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
 from robustdistill.ops import pgd_step
-from robustdistill.testing import plugin_host, step_context, run_step, tiny_model
+from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
 
 E = math.e
 
@@ -20,10 +20,8 @@ def host():
 
 def identity_context(host, methods, logits, y, x_adv=None, **config):
     """A step context whose 'student' returns its input: x is the logits."""
-    ctx = step_context(host, methods, student=IdentityStudent())
+    ctx = step_context(host, methods, student=IdentityStudent(), config=options(host, **config))
     ctx.x, ctx.y, ctx.x_adv = logits, torch.tensor(y), x_adv
-    for key, value in config.items():
-        setattr(ctx.config, key, value)
     return ctx
 
 
@@ -40,14 +38,14 @@ def total(terms):
 
 def test_natural_is_clean_cross_entropy(host):
     ctx = identity_context(host, ["natural"], torch.tensor([[2.0, 0.0, 0.0]]), [0])
-    (term,) = ctx.hooks.loss(ctx)
+    (term,) = loss_terms(ctx)
     assert term.name == "ce"
     assert term.value.item() == pytest.approx(math.log(1 + 2 * E ** -2), abs=1e-6)
 
 
 def test_at_is_cross_entropy_on_adversarial_logits(host):
     ctx = identity_context(host, ["at"], torch.tensor([[1.0, 0.0]]), [0], x_adv=torch.tensor([[0.0, 1.0]]))
-    (term,) = ctx.hooks.loss(ctx)
+    (term,) = loss_terms(ctx)
     assert (term.name, term.weight) == ("ce_adv", 1.0)
     assert term.value.item() == pytest.approx(math.log(1 + E), abs=1e-6)
 
@@ -55,7 +53,7 @@ def test_at_is_cross_entropy_on_adversarial_logits(host):
 def test_trades_loss_by_hand_and_clean_target_not_detached(host):
     clean = torch.tensor([[1.0, 0.0]], requires_grad=True)
     ctx = identity_context(host, ["trades"], clean, [0], x_adv=torch.tensor([[0.0, 1.0]]), trades_beta=6.0)
-    terms = {t.name: t for t in ctx.hooks.loss(ctx)}
+    terms = {t.name: t for t in loss_terms(ctx)}
     p = 1 / (1 + E ** -1)  # σ([1, 0])_0
     kl = p * math.log(p / (1 - p)) + (1 - p) * math.log((1 - p) / p)
     assert kl == pytest.approx(2 * p - 1)
@@ -177,8 +175,7 @@ def test_builtin_methods_train_a_step(host, method):
 
 
 def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):
-    ctx = step_context(host, ["at"])
-    ctx.config.eps, ctx.config.step_size, ctx.config.attack_steps = 0.05, 0.01, 3
+    ctx = step_context(host, ["at"], config=options(host, eps=0.05, step_size=0.01, attack_steps=3))
     x_adv = ctx.hooks.attack(ctx)
     assert (x_adv - ctx.x).abs().max() <= 0.05 + 1e-6
     assert not x_adv.requires_grad

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, hookimpl, hookspecs
-from robustdistill.engine import resolve_methods
-from robustdistill.plugin_manager import DISABLE_AUTOLOAD_ENV, PluginError, load_plugins
-from robustdistill.testing import plugin_host, run_step, step_context, train_config
+from robustdistill.plugin_manager import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, PluginError, load_plugins
+from robustdistill.testing import HookRecorder, loss_terms, plugin_host, run_step, step_context, train_config, train_run
 
 
 def test_hook_specs_and_their_rules():
     host = load_plugins(autoload=False)
     expected = {"register_methods", "register_options", "register_models", "register_datasets",
-                "register_eval_attacks", "teacher_forward", "input_gradient", "attack", "loss",
-                "train_start", "epoch_start", "step_end", "epoch_end", "train_end"}
+                "register_eval_attacks", "resolve_options", "teacher_forward", "input_gradient", "attack",
+                "student_inputs", "loss", "train_start", "epoch_start", "step_end", "epoch_end", "checkpoint_saved",
+                "train_end"}
     assert expected <= set(vars(host.pm.hook))
     for name in expected:
         spec = getattr(host.pm.hook, name).spec
@@ -55,21 +55,21 @@ class AddOn:
     @hookimpl
     def loss(self, ctx):
         AddOn.calls += 1
-        return LossTerm("addon", (ctx.student_out("adv", ctx.x_adv) ** 2).mean(), weight=ctx.config.addon_weight)
+        return LossTerm("addon", (ctx.student_out("adv", ctx.x_adv) ** 2).mean(), weight=ctx.config.addon.weight)
 
 
 def test_addon_alone_gets_its_default_base():
     host = plugin_host(AddOn())
-    assert resolve_methods(host, ["addon"]) == ["at", "addon"]
-    assert resolve_methods(host, ["trades", "addon"]) == ["trades", "addon"]
+    assert host.resolve_methods(["addon"]) == ["at", "addon"]
+    assert host.resolve_methods(["trades", "addon"]) == ["trades", "addon"]
 
 
 def test_two_attacks_and_unknown_plugins_are_refused():
     host = plugin_host()
     with pytest.raises(RobustDistillError, match="at and trades both run an attack"):
-        resolve_methods(host, ["at", "trades"])
+        host.resolve_methods(["at", "trades"])
     with pytest.raises(RobustDistillError, match="unknown plugin 'igdn'; known plugins: adaad, ard, at, edgereg, gradnorm, igam, igdm, natural, pag, rrm, rslad, trades"):
-        resolve_methods(host, ["igdn"])
+        host.resolve_methods(["igdn"])
 
 
 def test_loss_collects_named_weighted_terms_and_order_does_not_matter():
@@ -79,7 +79,7 @@ def test_loss_collects_named_weighted_terms_and_order_does_not_matter():
         torch.manual_seed(0)
         ctx = step_context(host, methods, seed=1)
         ctx.x_adv = ctx.hooks.attack(ctx)
-        terms = ctx.hooks.loss(ctx)
+        terms = loss_terms(ctx)
         assert sorted((t.name, t.weight) for t in terms) == [("addon", 0.5), ("ce_adv", 1.0)]
         results.append(sum(t.weight * t.value for t in terms).item())
     assert results[0] == pytest.approx(results[1])
@@ -101,7 +101,7 @@ def test_student_forward_is_shared_between_composed_plugins():
     ctx.student.register_forward_hook(lambda *_: calls.append(1))
     ctx.x_adv = ctx.hooks.attack(ctx)
     calls.clear()
-    ctx.hooks.loss(ctx)
+    loss_terms(ctx)
     assert len(calls) == 1, "S(x_adv) computed once for both plugins"
 
 
@@ -118,8 +118,9 @@ class Faulty:
 def test_a_plugin_raising_in_a_hook_is_named():
     host = plugin_host(Faulty())
     ctx = step_context(host, ["faulty"])
-    with pytest.raises(PluginError, match="plugin 'Faulty' failed in hook 'loss': ZeroDivisionError: boom"):
-        ctx.hooks.loss(ctx)
+    with pytest.raises(PluginError, match="plugin 'faulty' failed in hook 'loss': ZeroDivisionError: boom") as info:
+        loss_terms(ctx)
+    assert isinstance(info.value.__cause__, ZeroDivisionError), "the original traceback is kept"
 
 
 class Replacement:
@@ -159,7 +160,8 @@ def test_input_gradient_default_is_exact_and_differentiable():
 def test_plugin_options_reach_the_config_and_help():
     host = plugin_host(AddOn())
     config = train_config(host, "--addon-weight", "1/4", "--trades-beta", "3")
-    assert config.addon_weight == 0.25 and config.trades_beta == 3.0
+    assert config.addon.weight == 0.25 and config.trades.beta == 3.0
+    assert config.options_of("addon") is config.addon
 
 
 # -- third-party plugins installed with pip -----------------------------------------------------------
@@ -180,11 +182,11 @@ def register_options(register):
 @hookimpl
 def loss(ctx):
     return LossTerm("scaled_ce", F.cross_entropy(ctx.student_out("clean", ctx.x), ctx.y),
-                    weight=ctx.config.scaled_ce_factor)
+                    weight=ctx.config.scaled_ce.factor)
 '''
 
 
-def _make_package(root, dist, module, source):
+def _make_package(root, dist, module, source, entry=None):
     pkg = root / dist
     pkg.mkdir()
     (pkg / f"{module}.py").write_text(textwrap.dedent(source))
@@ -196,7 +198,7 @@ def _make_package(root, dist, module, source):
         name = "{dist}"
         version = "1.2.3"
         [project.entry-points.robustdistill]
-        {module.replace("_", "-")} = "{module}"
+        {entry or module.replace("_", "-")} = "{module}"
         [tool.setuptools]
         py-modules = ["{module}"]
     '''))
@@ -208,15 +210,29 @@ def site(tmp_path_factory):
     """Two third-party plugins pip-installed into a private directory: one good, one broken."""
     root = tmp_path_factory.mktemp("thirdparty")
     target = root / "site"
-    good = _make_package(root, "rd-scaled-ce", "rd_scaled_ce", GOOD_PLUGIN)
+    good = _make_package(root, "rd-scaled-ce", "rd_scaled_ce", GOOD_PLUGIN, entry="scaled-ce")
     broken = _make_package(root, "rd-broken", "rd_broken", "import not_a_module_anywhere\n")
+    clash = _make_package(root, "rd-clash", "rd_clash", CLASHING_PLUGIN)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(good), str(broken)], check=True)
+                    "--no-index", "--target", str(target), str(good), str(broken), str(clash)], check=True)
     return target
 
 
-def _cli(site, *args, disable=False, tmp_path=None):
-    env = {**os.environ, "PYTHONPATH": str(site)}
+CLASHING_PLUGIN = '''
+from robustdistill import Method, Option, hookimpl
+
+@hookimpl
+def register_methods(register):
+    register(Method("rd-clash", "a method whose option clashes"))
+
+@hookimpl
+def register_options(register):
+    register(Option("--eps", 0.5, "clashes with the core --eps"))
+'''
+
+
+def _cli(site, *args, disable=False, tmp_path=None, env=None):
+    env = {**os.environ, "PYTHONPATH": str(site), **(env or {})}
     env.pop(DISABLE_AUTOLOAD_ENV, None)
     if disable:
         env[DISABLE_AUTOLOAD_ENV] = "1"
@@ -224,32 +240,51 @@ def _cli(site, *args, disable=False, tmp_path=None):
                           text=True, cwd=tmp_path)
 
 
-def test_third_party_plugin_is_listed_and_broken_one_only_warns(site):
+def test_third_party_plugin_is_listed_and_broken_ones_only_warn(site):
     result = _cli(site, "plugins", "--json")
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert plugins["rd-scaled-ce"]["source"] == "third-party"
-    assert plugins["rd-scaled-ce"]["version"] == "1.2.3"
-    assert plugins["rd-scaled-ce"]["methods"] == ["scaled-ce"]
-    assert "loss" in plugins["rd-scaled-ce"]["hooks"]
-    assert "rd-broken" not in plugins
-    warnings = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(warnings) == 1 and "rd-broken" in warnings[0] and "not_a_module_anywhere" in warnings[0]
+    assert plugins["scaled-ce"]["source"] == "third-party"
+    assert plugins["scaled-ce"]["version"] == "1.2.3"
+    assert plugins["scaled-ce"]["methods"] == ["scaled-ce"]
+    assert "loss" in plugins["scaled-ce"]["hooks"]
+    assert "rd-broken" not in plugins and "rd-clash" not in plugins
+    warnings = sorted(line for line in result.stderr.splitlines() if line.strip())
+    assert len(warnings) == 2, warnings
+    assert "rd-broken" in warnings[0] and "not_a_module_anywhere" in warnings[0]
+    assert "rd-clash" in warnings[1] and "--eps clashes with the core options" in warnings[1]
     table = _cli(site, "plugins")
-    assert table.returncode == 0 and "rd-scaled-ce" in table.stdout and "third-party" in table.stdout
+    assert table.returncode == 0 and "scaled-ce" in table.stdout and "third-party" in table.stdout
+
+
+def test_a_skipped_plugin_is_named_when_selected(site, tmp_path):
+    result = _cli(site, "train", "--plugin", "rd-clash", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "plugin 'rd-clash' is installed but was not loaded: register_options raised ValueError: option --eps " \
+           "clashes with the core options" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_installed_plugin_can_be_blocked(site, tmp_path):
+    result = _cli(site, "plugins", "--json", env={BLOCK_ENV: "scaled-ce, rd-broken"})
+    names = {p["name"] for p in json.loads(result.stdout)}
+    assert "scaled-ce" not in names and "rd-broken" not in result.stderr
+    result = _cli(site, "train", "--plugin", "scaled-ce", env={BLOCK_ENV: "scaled-ce"})
+    assert result.returncode == 2 and f"plugin 'scaled-ce' is blocked by ${BLOCK_ENV}" in result.stderr
 
 
 def test_third_party_plugin_options_show_in_train_help(site):
     result = _cli(site, "train", "--help")
     assert result.returncode == 0
-    assert "--scaled-ce-factor" in result.stdout and "plugin rd-scaled-ce" in result.stdout
+    assert "--scaled-ce-factor" in result.stdout and "plugin scaled-ce" in result.stdout
+    assert result.stdout.count("(default: 2.0)") >= 1 and "(default: 2.0) (default" not in result.stdout
 
 
 def test_autoload_can_be_disabled(site):
     result = _cli(site, "plugins", "--json", disable=True)
     assert result.returncode == 0 and result.stderr == ""
     names = {p["name"] for p in json.loads(result.stdout)}
-    assert "rd-scaled-ce" not in names and {"core", "at"} <= names
+    assert "scaled-ce" not in names and {"core", "at"} <= names
 
 
 def test_third_party_method_is_usable(site, monkeypatch):
@@ -257,3 +292,102 @@ def test_third_party_method_is_usable(site, monkeypatch):
     host = load_plugins(autoload=True)
     terms = run_step(host, ["scaled-ce"])
     assert [(t.name, t.weight) for t in terms] == [("scaled_ce", 2.0)]
+
+
+# -- isolation and the configuration -------------------------------------------------------------------
+
+class Unprefixed:
+    @hookimpl
+    def register_options(self, register):
+        register(Option("--weight", 1.0, "an option without its plugin's prefix"))
+
+
+class RaisingRegistration:
+    @hookimpl
+    def register_methods(self, register):
+        raise KeyError("no")
+
+
+def test_badly_registering_plugins_are_skipped_with_one_warning():
+    with pytest.warns(UserWarning) as caught:
+        host = plugin_host(Unprefixed(), RaisingRegistration(), AddOn())
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert "'raisingregistration': register_methods raised KeyError" in messages[0]
+    assert "'unprefixed': " in messages[1] and "must start with --unprefixed-" in messages[1]
+    assert "unprefixed" not in host.registry.options and "addon" in host.registry.methods
+    with pytest.raises(RobustDistillError, match="'unprefixed' is installed but was not loaded"):
+        host.resolve_methods(["unprefixed"])
+
+
+def test_the_configuration_is_immutable_and_grouped_per_plugin():
+    import dataclasses
+    host = plugin_host(AddOn())
+    config = train_config(host, "--addon-weight", "3", "--igdm-clip-minus")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.eps = 0.3
+    with pytest.raises(TypeError):
+        config.igdm.values["alpha"] = 1.0
+    assert config.igdm.clip_minus is True and train_config(host).igdm.clip_minus is False
+    data = config.to_dict()
+    assert data["plugins"]["addon"] == {"weight": 3.0} and "addon_weight" not in data
+    assert type(config).from_dict(data).to_dict() == data
+
+
+def test_boolean_plugin_options_are_flags():
+    host = plugin_host()
+    assert train_config(host, "--igdm-clip-minus").igdm.clip_minus is True
+    assert train_config(host, "--igdm-clip-minus", "--no-igdm-clip-minus").igdm.clip_minus is False
+    with pytest.raises(RobustDistillError, match="ignored explicit argument|expected"):
+        train_config(host, "--igdm-clip-minus=maybe")
+
+
+def test_debug_prints_a_plugin_traceback(tmp_path, capsys, monkeypatch):
+    from robustdistill import cli
+    monkeypatch.setattr(cli, "load_plugins", lambda: plugin_host(Faulty()))
+    args = ["train", "--dataset", "synthetic", "--plugin", "faulty", "--val-size", "0"]
+    assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "failed in hook 'loss'" in err and "--debug" in err
+    assert cli.main(["--debug", *args, "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err
+
+
+class DeclaresAdv:
+    @hookimpl
+    def register_methods(self, register):
+        register(Method("declares-adv", "declares S(x_adv) and reads another tensor under its name",
+                        default_base="at"))
+
+    @hookimpl
+    def student_inputs(self, ctx):
+        return {"adv": ctx.x_adv}
+
+    @hookimpl
+    def loss(self, ctx):
+        return LossTerm("drift", ctx.student_out("adv", ctx.x).sum())
+
+
+def test_a_declared_input_cannot_drift_from_what_the_loss_reads():
+    host = plugin_host(DeclaresAdv())
+    ctx = step_context(host, ["declares-adv"])
+    ctx.x_adv = ctx.hooks.attack(ctx)
+    with pytest.raises(RobustDistillError, match="declared in student_inputs as another tensor"):
+        loss_terms(ctx)
+
+
+def test_the_whole_lifecycle_runs_in_order_on_the_synthetic_dataset(tmp_path):
+    recorder = HookRecorder()
+    host = plugin_host(recorder, names=["recorder"])
+    run = train_run(host, ["at"], tmp_path / "run", "--epochs", "2")
+    names = recorder.names()
+    steps = run.view.steps_per_epoch
+    assert names[0] == "train_start" and names[-1] == "train_end"
+    assert names.count("epoch_start") == 2 and names.count("epoch_end") == 2
+    assert names.count("student_inputs") == names.count("loss") == names.count("step_end") == 2 * steps
+    first_epoch = names[1:names.index("epoch_end")]
+    assert first_epoch[0] == "epoch_start" and first_epoch[1:4] == ["student_inputs", "loss", "step_end"]
+    assert names[names.index("epoch_end") + 1] == "checkpoint_saved"
+    assert [m["epoch"] for m in run.view.history] == [1, 2] and "val_pgd" in run.view.history[0]
+    assert ("step_end", (0, ("ce_adv",))) in recorder.calls

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from robustdistill import LossTerm, Method, RobustDistillError, hookimpl
 from robustdistill.checkpoint import load_checkpoint, save_checkpoint
 from robustdistill.cli import main
-from robustdistill.engine import train
+from robustdistill.loop import train
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist
@@ -55,13 +56,49 @@ def straight(tmp_path_factory):
     return out
 
 
-def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exact(straight, tmp_path):
-    out = tmp_path / "killed"
+KILL_AFTER_WRITES = """
+import os, signal, sys
+import robustdistill.checkpoint as checkpoint
+limit, written, write = int(os.environ["RD_KILL_AFTER_WRITES"]), [], checkpoint._atomic_write
+def counted(path, payload):
+    write(path, payload)
+    written.append(path)
+    if len(written) == limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint._atomic_write = counted
+from robustdistill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def assert_records_never_ahead(out):
+    """What a kill leaves: a loadable last.pt, and records that hold nothing the checkpoint does not."""
+    if not (out / "last.pt").exists():
+        return
+    ckpt = load_checkpoint(out / "last.pt")
+    if (out / "metrics.jsonl").exists():
+        epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [m["epoch"] for m in ckpt["history"]][:len(epochs)], "metrics.jsonl ahead of last.pt"
+    assert json.loads((out / "config.json").read_text()) == ckpt["config"]
+
+
+@pytest.mark.slow
+def test_one_command_relaunched_after_kills_at_each_write_and_at_random_moments_finishes_exactly(straight, tmp_path):
+    out = tmp_path / "relaunched"
+    command = [*RUN, "--checkpoint-every", "1", "--resume", "--out", str(out)]
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(KILL_AFTER_WRITES)
+    # kill right after the k-th file write of a launch: the start's config.json, environment.json and
+    # metrics.jsonl, then the first checkpoint's last.pt, config.json and metrics.jsonl, then the next last.pt
+    for k in range(1, 8):
+        proc = subprocess.run([sys.executable, str(launcher), *command], env={**ENV, "RD_KILL_AFTER_WRITES": str(k)},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert_records_never_ahead(out)
     rng = random.Random(0)
     kills = 0
     for attempt in range(40):
-        resume = ["--resume"] if (out / "last.pt").exists() else []
-        proc = cli(*RUN, "--checkpoint-every", "1", "--out", str(out), *resume)
+        proc = cli(*command)
         before = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else 0
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:  # wait for a new checkpoint, then kill soon after
@@ -76,14 +113,75 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exa
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        load_checkpoint(out / "last.pt")  # every left checkpoint loads
+        assert_records_never_ahead(out)
     else:
         pytest.fail("the run never finished")
     assert kills >= 3, f"only {kills} kills landed during training"
-    if proc.returncode is None or not (out / "metrics.jsonl").exists():
-        pytest.fail("the run did not complete")
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     assert_same_run(straight, out)
+
+
+def test_a_finished_run_repairs_records_a_kill_left_behind(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "synthetic", "--plugin", "at", "--epochs", "2", "--val-size", "16", "--out", str(out)]
+    assert main(args) == 0
+    full = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text(full.splitlines(keepends=True)[0])  # a kill between last.pt and this file
+    (out / "config.json").unlink()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "metrics.jsonl").read_text() == full
+    assert json.loads((out / "config.json").read_text()) == load_checkpoint(out / "last.pt")["config"]
+
+
+def test_resume_refuses_every_option_that_changes_the_run_and_nothing_else(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "synthetic", "--epochs", "1", "--val-size", "16", "--out", str(out)]
+    assert main([*args, "--plugin", "at"]) == 0
+    config, ckpt = (out / "config.json").read_text(), (out / "last.pt").read_bytes()
+    changes = {("--lr", "0.05"): "--lr 0.1 → 0.05", ("--eps", "0.2"): "--eps 0.1 → 0.2",
+               ("--model", "smallcnn"): "--model 'cnn' → 'smallcnn'", ("--seed", "1"): "--seed 0 → 1",
+               ("--at-init", "normal"): "--at-init 'uniform' → 'normal'",
+               ("--batch-student-forwards",): "--batch-student-forwards False → True",
+               ("--weight-decay", "2e-4"): "--weight-decay 0.0005 → 0.0002",
+               ("--subset", "100"): "--subset unset → 100"}
+    for change, shown in changes.items():
+        err = error(capsys, *args, "--plugin", "at", "--resume", *change)
+        assert "--resume with options that change the run" in err and shown in err, err
+        assert (out / "config.json").read_text() == config and (out / "last.pt").read_bytes() == ckpt
+    err = error(capsys, *args, "--plugin", "trades", "--resume")
+    assert "--plugin ['at'] → ['trades']" in err
+    # what may change: epochs (to extend), device, validation, checkpoints, logging; and a value equal to the
+    # one the run resolved is no change
+    assert main([*args, "--plugin", "at", "--resume", "--epochs", "2", "--device", "cpu", "--val-size", "8",
+                 "--checkpoint-every", "3", "--checkpoint-minutes", "1", "--progress-interval", "5",
+                 "--eps", "0.1", "--tensorboard"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["val_size"] == 8 and saved == load_checkpoint(out / "last.pt")["config"]
+
+
+def test_time_based_checkpoints_within_an_epoch(tmp_path):
+    from robustdistill.testing import HookRecorder, train_run
+
+    counts = {}
+    for minutes in ("0.000001", "0"):
+        recorder = HookRecorder()
+        host = plugin_host(recorder, names=["recorder"])
+        train_run(host, ["natural"], tmp_path / minutes, "--batch-size", "32", "--checkpoint-minutes", minutes)
+        counts[minutes] = recorder.names().count("checkpoint_saved")
+    assert counts == {"0.000001": 8, "0": 1}, "every step but the last is due after 60 µs; with 0, the epoch end only"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_follow_the_umask(tmp_path, umask, mode):
+    from robustdistill.testing import train_run
+
+    old = os.umask(umask)
+    try:
+        train_run(plugin_host(), ["natural"], tmp_path / "run")
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "config.json", "metrics.jsonl", "environment.json"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == mode, name
 
 
 def test_checkpoint_every_steps_records_the_data_position(tmp_path):
@@ -219,13 +317,21 @@ def torchrun(nproc, *args):
                            "-m", "robustdistill", *args], env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def test_two_gloo_processes_agree_with_one_process_on_the_same_global_batch(straight, tmp_path):
-    """Tolerance: per-epoch training loss within 10% and validation accuracies within 0.1 of the 1-process
-    run. The runs differ only by BatchNorm statistics (per process: half the global batch) and attack noise."""
-    out = tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def ddp_straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
     result = torchrun(2, *RUN, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 2/2") == 1, "only rank 0 logs"
+    return out
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_agree_with_one_process_on_the_same_global_batch(straight, ddp_straight, tmp_path):
+    """Tolerance: per-epoch training loss within 10% and validation accuracies within 0.1 of the 1-process
+    run. The runs differ only by BatchNorm statistics (per process: half the global batch) and attack noise."""
+    out = tmp_path / "ddp"
+    shutil.copytree(ddp_straight, out)
     one, two = metrics_without_timing(straight), metrics_without_timing(out)
     assert [m["epoch"] for m in two] == [1, 2]
     for a, b in zip(one, two):
@@ -240,3 +346,28 @@ def test_two_gloo_processes_agree_with_one_process_on_the_same_global_batch(stra
     one_process = subprocess.run([sys.executable, "-m", "robustdistill", *RUN, "--epochs", "4", "--resume",
                                   "--out", str(out)], env=ENV, capture_output=True, text=True)
     assert one_process.returncode == 2 and "trained on 2 processes and is resumed on 1" in one_process.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_relaunched_with_the_same_command_finishes_like_an_unbroken_one(ddp_straight,
+                                                                                             tmp_path):
+    out = tmp_path / "relaunched"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "-m", "robustdistill", *RUN, "--checkpoint-every", "4", "--resume",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # kill every process once a mid-epoch checkpoint is in
+        path = out / "last.pt"
+        if path.exists() and load_checkpoint(path)["progress"]["batch"] >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(out / "last.pt")["epoch"] < 2
+    command[command.index("--master-port") + 1] = str(free_port())
+    relaunched = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    assert_same_run(ddp_straight, out)

@@ -1,0 +1,47 @@
+"""Adversarial logit pairing (Kannan, Kurakin & Goodfellow, 2018) as a robustdistill add-on method.
+
+    L = L_base + λ · (1/B) Σᵢ ‖S(x′ᵢ) − S(xᵢ)‖²₂
+
+It adds one term to any base method's loss and reuses the base's adversarial batch x′; selected alone it
+composes on top of PGD-AT (``default_base="at"``). ``--logit-pairing-weight`` is λ (paper: 0.5).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
+
+
+@hookimpl
+def register_methods(register: Callable[[Method], None]) -> None:
+    register(Method("logit-pairing", "adversarial logit pairing: + λ·‖S(x′) − S(x)‖² on the base's x′",
+                    default_base="at"))
+
+
+@hookimpl
+def register_options(register: Callable[[Option], None]) -> None:
+    register(Option("--logit-pairing-weight", 0.5, "λ, the weight of the pairing term (paper: 0.5)"))
+
+
+@hookimpl
+def train_start(run: RunView) -> None:
+    if run.config.logit_pairing.weight < 0:
+        raise RobustDistillError(f"--logit-pairing-weight {run.config.logit_pairing.weight} must be at least 0")
+
+
+@hookimpl
+def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
+    return {"clean": ctx.x, "adv": ctx.x_adv}
+
+
+def pairing(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
+    """(1/B) Σᵢ ‖aᵢ − cᵢ‖²₂."""
+    return (adv_logits.float() - clean_logits.float()).pow(2).sum(dim=1).mean()
+
+
+@hookimpl
+def loss(ctx: StepContext) -> LossTerm:
+    return LossTerm("logit_pairing", pairing(ctx.student_out("adv"), ctx.student_out("clean")),
+                    weight=ctx.config.logit_pairing.weight)

@@ -1,0 +1,171 @@
+"""The training loop: epochs of steps (attack → student inputs → loss terms → optimiser step), checkpoints
+at epoch ends, every ``--checkpoint-every`` steps and every ``--checkpoint-minutes`` of training."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .api import LossTerm, StepContext
+from .checkpoint import atomic_write_text
+from .config import RunConfig
+from .data import BatchIterator
+from .plugin_manager import PluginHost
+from .registry import RobustDistillError
+from .run import Run, build_run, run_environment
+from .state import EpochProgress, restore_optimisation_state, restore_training_state, save_run, write_config_json
+
+
+def _autocast(run: Run) -> Any:
+    if run.config.amp == "bf16" and run.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[Tensor, list[LossTerm]]:
+    """One step: attack (firstresult) → declared student inputs → loss terms of every active plugin → optimiser."""
+    if run.config.channels_last == "on":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = StepContext(x=x, y=y, run=run.view, epoch=epoch, step=step, hooks=run.hooks, trainer=run.trainer)
+    run.student.train()
+    with _autocast(run):
+        ctx.x_adv = run.hooks.attack(ctx)
+        ctx.run_student_inputs(run.hooks.student_inputs(ctx), batched=run.config.batch_student_forwards)
+        terms = run.hooks.loss(ctx)
+    if not terms:
+        raise RobustDistillError(f"the selected plugins ({', '.join(run.view.methods)}) contributed no loss term")
+    total = sum(term.weight * term.value.float() for term in terms)
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    run.optimizer.step()
+    run.hooks.event("step_end", run=run.view, ctx=ctx, terms=terms)
+    return total.detach(), terms
+
+
+def check_finite(run: Run, epoch: int) -> None:
+    """Stop before anything is written when a loss term went NaN/Inf since the last checkpoint."""
+    progress = run.progress
+    sums = {"total": progress.loss_sum, **progress.term_sums}
+    bad = [name for name, value in sums.items() if not math.isfinite(float(value))]
+    if bad:
+        raise RobustDistillError(
+            f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad)}); training stopped and the last "
+            f"good checkpoint in {run.out} is kept. Lower --lr or check that term's plugin options")
+
+
+class CheckpointClock:
+    """Mid-epoch checkpoints: every ``--checkpoint-every`` steps and after ``--checkpoint-minutes`` of training.
+
+    The time-based decision is rank 0's clock, agreed by every process (checked every few steps).
+    """
+
+    AGREE_EVERY = 8  # steps between the processes' agreement on the clock in distributed runs
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.every = run.config.checkpoint_every
+        self.seconds = run.config.checkpoint_minutes * 60
+        self.last = time.monotonic()
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self, batch: int) -> bool:
+        if self.every and batch % self.every == 0:
+            return True
+        if not self.seconds:
+            return False
+        if self.run.dist.world > 1:
+            if batch % self.AGREE_EVERY:
+                return False
+            return self.run.dist.any(self.run.dist.is_main and time.monotonic() - self.last >= self.seconds)
+        return time.monotonic() - self.last >= self.seconds
+
+
+def train_epoch(run: Run, batches: BatchIterator, epoch: int, clock: CheckpointClock) -> dict[str, Any]:
+    """Train one epoch from ``run.progress`` (mid-epoch after a resume); returns the epoch's train metrics."""
+    progress = run.progress
+    started = time.perf_counter() - progress.seconds
+    for x, y in batches.batches(start=progress.batch):
+        x, y = run.dist.shard(x), run.dist.shard(y)
+        loss, terms = train_step(run, x, y, epoch, (epoch - 1) * len(batches) + progress.batch)
+        progress.add(loss, terms, len(y))
+        progress.batch += 1
+        progress.seconds = time.perf_counter() - started
+        if progress.batch < len(batches) and clock.due(progress.batch):
+            check_finite(run, epoch)
+            save_run(run)
+            clock.saved()
+    check_finite(run, epoch)
+    seen = run.dist.sum(float(progress.seen))
+    return {"loss": run.dist.sum(float(progress.loss_sum)) / max(seen, 1),
+            "terms": {name: run.dist.sum(float(v)) / max(seen, 1) for name, v in progress.term_sums.items()},
+            "weighted_terms": {name: run.dist.sum(float(v)) / max(seen, 1)
+                               for name, v in progress.weighted_sums.items()},
+            "train_seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
+
+
+def _out_of_memory(config: RunConfig) -> RobustDistillError:
+    smaller = max(1, config.batch_size // 2)
+    return RobustDistillError(f"out of GPU memory at --batch-size {config.batch_size}; try --batch-size {smaller} "
+                              "(and --resume to continue from the last checkpoint)")
+
+
+def train(config: RunConfig, host: PluginHost, resume: bool = False) -> Run:
+    """Train as configured (``resume``: continue the run in ``config.out``); returns the finished run."""
+    try:
+        return _train(config, host, resume)
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(config) from None
+
+
+def start(run: Run) -> None:
+    """Return to the checkpoint (if any), call ``train_start``, and write the run's records — in that order,
+    so that a plugin refusing the run in ``train_start`` leaves the directory untouched."""
+    ckpt = run.resume_from
+    if ckpt is not None:
+        restore_training_state(run, ckpt)
+    run.hooks.event("train_start", run=run.view)
+    if ckpt is not None:
+        restore_optimisation_state(run, ckpt)
+    if run.dist.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        for leftover in run.out.glob(".*.tmp"):  # a kill during a write leaves its temporary file
+            leftover.unlink(missing_ok=True)
+        write_config_json(run, ckpt["config"] if ckpt is not None else run.config.to_dict())
+        atomic_write_text(run.out / "environment.json", json.dumps(run_environment(run), indent=2) + "\n")
+
+
+def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
+    run = build_run(requested, host, resume)
+    config, view = run.config, run.view
+    if resume and run.resume_from is None:
+        run.dist.print(f"{run.out} holds no checkpoint yet: starting the run", flush=True)
+    start(run)
+    batches = BatchIterator(view.data.train_x, view.data.train_y, config.batch_size, shuffle=True, seed=config.seed,
+                            device=run.device, augment=view.dataset.augment)
+    clock = CheckpointClock(run)
+    while view.epoch < config.epochs:
+        epoch = view.epoch + 1
+        batches.set_epoch(epoch)
+        if run.progress.batch == 0:
+            run.hooks.event("epoch_start", run=view, epoch=epoch)
+        lr = run.optimizer.param_groups[0]["lr"]
+        metrics = {"epoch": epoch, "lr": lr, **train_epoch(run, batches, epoch, clock)}
+        run.scheduler.step()
+        ended = time.perf_counter()
+        run.hooks.event("epoch_end", run=view, epoch=epoch, metrics=metrics)
+        metrics["seconds"] = metrics["train_seconds"] + time.perf_counter() - ended
+        view.history.append(metrics)
+        view.epoch = epoch
+        run.progress = EpochProgress.start(run.device)
+        save_run(run)
+        clock.saved()
+    run.hooks.event("train_end", run=view)
+    run.dist.close()
+    return run

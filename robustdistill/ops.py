@@ -211,12 +211,13 @@ def _device_words(key: str) -> str:
 
 def _self_check_inputs(device: torch.device) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 2, 4, 4, generator=gen)
-    x_adv = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.1).clamp(0, 1)
-    grad = torch.randn(x.shape, generator=gen)
+    f32 = torch.float32
+    x = torch.rand(3, 2, 4, 4, generator=gen, dtype=f32)
+    x_adv = (x + (torch.rand(x.shape, generator=gen, dtype=f32) * 2 - 1) * 0.1).clamp(0, 1)
+    grad = torch.randn(x.shape, generator=gen, dtype=f32)
     grad[0, 0, 0] = 0
-    logits = [torch.randn(4, 10, generator=gen) * 3 for _ in range(4)]
-    values = {"x": x, "x_adv": x_adv, "grad": grad, "eps": torch.tensor([0.02, 0.05, 0.1]),
+    logits = [torch.randn(4, 10, generator=gen, dtype=f32) * 3 for _ in range(4)]
+    values = {"x": x, "x_adv": x_adv, "grad": grad, "eps": torch.tensor([0.02, 0.05, 0.1], dtype=f32),
               **{name: t for name, t in zip(("s_plus", "s_minus", "t_plus", "t_minus"), logits)}}
     return {name: t.to(device) for name, t in values.items()}
 
@@ -259,7 +260,9 @@ def _self_check(device: torch.device) -> tuple[bool, str]:
         with _self_check_lock:
             if key not in _self_checks:
                 try:
-                    with torch.no_grad(), torch.autocast(torch.device(key).type, enabled=False):
+                    # whatever the caller's modes: no inference mode (the fd_align check differentiates)
+                    with torch.inference_mode(False), torch.no_grad(), \
+                            torch.autocast(torch.device(key).type, enabled=False):
                         failure = _run_self_check(torch.device(key))
                 except Exception as exc:  # noqa: BLE001 - any failure means "do not use the kernels here"
                     failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -548,8 +551,10 @@ def doctor_lines() -> list[str]:
     else:
         lines.append(f"extension: unavailable — {ext['error']}")
     for key, status in report["devices"].items():
-        where = key + (f" ({status['name']}, {status['capability']}"
-                       + (f", runs {status['runs']}" if status.get("runs") else "") + ")" if "name" in status else "")
+        where = key
+        if "name" in status:
+            runs = "" if "runs" not in status else f", runs {status['runs']}" if status["runs"] else ", no code for it"
+            where += f" ({status['name']}, {status['capability']}{runs})"
         lines.append(f"self-check on {where}: {status['self_check']}")
     for op, per_device in report["ops"].items():
         for dev, choice in per_device.items():

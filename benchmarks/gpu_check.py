@@ -18,10 +18,12 @@ one are skipped (and listed), and the others run on the CPU with sizes that fit 
   ``torch.compile(backend="aot_eager", fullgraph=True)``).
 - ``train-step`` (GPU): ``benchmarks/train_step.py``, the RSLAD+IGDM engine step against the
   reference step at batch 128 and 512 (images/s, ratio, MFU).
-- ``amp`` (GPU): PGD-AT on Fashion-MNIST with ``--amp off`` and ``--amp bf16`` (same seed), then
-  ``robustdistill eval`` (clean, PGD-20): the PGD-20 accuracies must agree to 5 points.
-- ``kernel-bench``: ``benchmarks/test_ops_bench.py`` (fused vs eager vs ``torch.compile``; on the CPU a
-  CIFAR-size subset without ``torch.compile``).
+- ``amp`` (GPU): PGD-AT of the ``cnn`` on the first 10,000 Fashion-MNIST training images for 2 epochs
+  with ``--amp off`` and with ``--amp bf16`` (same seed), then ``robustdistill eval`` on 1,000 test
+  images (clean, PGD-20): the PGD-20 accuracies must agree to 5 points.
+- ``kernel-bench``: ``benchmarks/test_ops_bench.py`` (fused vs eager vs ``torch.compile``, the latter
+  at CIFAR size and for ``fd_align``, and dropped when less than 150 s are left; on the CPU the small
+  cases at one thread, without ``torch.compile``).
 
 Time: at most 8 minutes on an H100/H200 (the build included), 3 minutes on the CPU
 (``--budget`` changes it). Fashion-MNIST comes from ``$ROBUSTDISTILL_DATA`` (``gpu_check.sh`` points
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_BUDGET_S = 480.0
+GPU_BUDGET_S = 470.0  # 8 minutes with the shell script's start
 CPU_BUDGET_S = 180.0
 AMP_MAX_GAP = 0.05
 
@@ -407,6 +409,11 @@ def run_child_stage(name: str, result_path: Path, out_dir: Path) -> int:
         status = "passed"
     except Failure as exc:
         details, status = {"summary": str(exc)}, "failed"
+    except Exception as exc:  # noqa: BLE001 - any error fails the stage; the traceback goes to its log
+        import traceback
+
+        traceback.print_exc()
+        details, status = {"summary": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}, "failed"
     result_path.write_text(json.dumps({"status": status, "details": details}, indent=2, default=str) + "\n")
     print(details.get("summary", ""))
     return 0 if status == "passed" else 1
@@ -606,7 +613,7 @@ class Runner:
             run_dir = self.out / f"amp-{amp}"
             shutil.rmtree(run_dir, ignore_errors=True)
             train = [self.python, "-m", "robustdistill", "train", "--plugin", "at", "--dataset", "fashion-mnist",
-                     "--model", "cnn", "--subset", "20000", "--epochs", "3", "--val-size", "200", "--seed", "0",
+                     "--model", "cnn", "--subset", "10000", "--epochs", "2", "--val-size", "200", "--seed", "0",
                      "--device", "cuda", "--amp", amp, "--out", str(run_dir)]
             proc = self.command(result, train, 120)
             if proc is None or proc.returncode != 0:
@@ -630,9 +637,12 @@ class Runner:
     def kernel_bench(self, result: StageResult) -> None:
         path = self.out / "kernel_bench.json"
         select = "cuda and not (imagenet and compiled)" if self.has_cuda else "cpu and not imagenet and not compiled"
+        if self.has_cuda and self.remaining() < 150:  # torch.compile's compilations take most of the time
+            select = "cuda and not compiled"
+        env = self.env if self.has_cuda else dict(self.env, RD_BENCH_THREADS="1")  # steadier on a shared CPU
         proc = self.command(result, [self.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                     "benchmarks/test_ops_bench.py", "-k", select, "--benchmark-max-time=0.2",
-                                     "--benchmark-min-rounds=5", f"--benchmark-json={path}"], 200)
+                                     "benchmarks/test_ops_bench.py", "-k", select, "--benchmark-max-time=0.1",
+                                     "--benchmark-min-rounds=5", f"--benchmark-json={path}"], 200, env=env)
         table = _bench_table(self.logs / "kernel-bench.log")
         result.details = {"selection": select, "table": table}
         if proc is None or proc.returncode != 0:

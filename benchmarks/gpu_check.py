@@ -682,7 +682,7 @@ def write_summary(runner: Runner, argv: list[str]) -> bool:
     ok = all(r.status != "failed" for r in runner.results)
     summary = {"passed": ok, "command": argv, "device": "cuda" if runner.has_cuda else "cpu",
                "budget_s": runner.budget_s, "seconds": sum(r.seconds for r in runner.results),
-               "host": platform.node(), "stages": [asdict(r) for r in runner.results]}
+               "platform": platform.platform(), "stages": [asdict(r) for r in runner.results]}
     (runner.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     md = [f"# gpu_check: {'passed' if ok else 'FAILED'}", "",
           f"`{' '.join(argv)}` on {'a CUDA GPU' if runner.has_cuda else 'the CPU (no CUDA device)'}; "

@@ -2,8 +2,10 @@
 
 ``robustdistill._C`` is compiled from ``csrc/`` when PyTorch and a C++ compiler are available at
 build time (install with ``pip install --no-build-isolation -e .`` so the build sees the installed
-torch): with CUDA kernels when ``nvcc`` is found (``$CUDA_HOME``, else ``nvcc`` on ``PATH``) for
-``TORCH_CUDA_ARCH_LIST`` (default ``8.0;9.0``), else CPU kernels only. When the build is impossible
+torch): with CUDA kernels when ``nvcc`` is found (``$CUDA_HOME``, else ``nvcc`` on ``PATH``), else CPU
+kernels only. The CUDA kernels are compiled for ``TORCH_CUDA_ARCH_LIST`` when set, else for the
+visible GPUs, else for a default list of architectures plus PTX for newer GPUs
+(``robustdistill/_build.py``, :func:`cuda_targets`). When the build is impossible
 the package still installs as pure Python and the kernels are built just in time on first use,
 else the pure-PyTorch reference runs.
 
@@ -26,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 def _load_build_config():
     spec = importlib.util.spec_from_file_location("_robustdistill_build", HERE / "robustdistill" / "_build.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -86,9 +89,9 @@ def extension_options() -> dict:
     with_cuda = (not build.env_flag(build.NO_CUDA_ENV) and torch.version.cuda is not None
                  and build.nvcc_path(cuda_home) is not None)
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build.DEFAULT_CUDA_ARCH_LIST)
-        _say(f"building CPU and CUDA kernels (CUDA_HOME={cuda_home}, "
-             f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
+        targets = build.cuda_targets()
+        _say(f"building CPU and CUDA kernels (CUDA_HOME={cuda_home}) for {', '.join(targets.codes)} "
+             f"(from {targets.source})")
         extension_cls = cpp_extension.CUDAExtension
     else:
         why = (f"{build.NO_CUDA_ENV} set" if build.env_flag(build.NO_CUDA_ENV)

@@ -53,19 +53,19 @@ RD_ALWAYS_INLINE void linf_inplace_impl(T* __restrict xo, const T* __restrict g,
 
 template <typename T, typename A>
 RD_ALWAYS_INLINE void l2_impl(const T* __restrict xa, const T* __restrict g, const T* __restrict x,
-                              T* __restrict out, int64_t m, A alpha, A g_div, bool has_dir, A factor, A lo, A hi) {
+                              T* __restrict out, int64_t m, A alpha, L2Dir<A> d, A factor, A lo, A hi) {
   for (int64_t i = 0; i < m; ++i) {
     out[i] = static_cast<T>(rd_l2_elem<A>(static_cast<A>(xa[i]), static_cast<A>(g[i]), static_cast<A>(x[i]), alpha,
-                                          g_div, has_dir, factor, lo, hi));
+                                          d, factor, lo, hi));
   }
 }
 
 template <typename T, typename A>
 RD_ALWAYS_INLINE void l2_inplace_impl(T* __restrict xo, const T* __restrict g, const T* __restrict x, int64_t m,
-                                      A alpha, A g_div, bool has_dir, A factor, A lo, A hi) {
+                                      A alpha, L2Dir<A> d, A factor, A lo, A hi) {
   for (int64_t i = 0; i < m; ++i) {
     xo[i] = static_cast<T>(rd_l2_elem<A>(static_cast<A>(xo[i]), static_cast<A>(g[i]), static_cast<A>(x[i]), alpha,
-                                         g_div, has_dir, factor, lo, hi));
+                                         d, factor, lo, hi));
   }
 }
 
@@ -105,12 +105,11 @@ RD_MULTIVERSION(linf_inplace_span, linf_inplace_impl,
                 (T* xo, const T* g, const T* x, int64_t m, A eps, A alpha, A lo, A hi),
                 (xo, g, x, m, eps, alpha, lo, hi))
 RD_MULTIVERSION(l2_span, l2_impl,
-                (const T* xa, const T* g, const T* x, T* out, int64_t m, A alpha, A g_div, bool has_dir, A factor,
-                 A lo, A hi),
-                (xa, g, x, out, m, alpha, g_div, has_dir, factor, lo, hi))
+                (const T* xa, const T* g, const T* x, T* out, int64_t m, A alpha, L2Dir<A> d, A factor, A lo, A hi),
+                (xa, g, x, out, m, alpha, d, factor, lo, hi))
 RD_MULTIVERSION(l2_inplace_span, l2_inplace_impl,
-                (T* xo, const T* g, const T* x, int64_t m, A alpha, A g_div, bool has_dir, A factor, A lo, A hi),
-                (xo, g, x, m, alpha, g_div, has_dir, factor, lo, hi))
+                (T* xo, const T* g, const T* x, int64_t m, A alpha, L2Dir<A> d, A factor, A lo, A hi),
+                (xo, g, x, m, alpha, d, factor, lo, hi))
 
 // Calls f(sample, begin, end) for the pieces of [begin, end) that lie in one sample each.
 template <typename F>
@@ -124,45 +123,52 @@ void for_each_sample_piece(int64_t begin, int64_t end, int64_t per_sample, const
   }
 }
 
-// Sums of g*g, u*u and u*g (u = x_adv - x) over n elements: float lanes flushed into doubles.
-template <typename T, typename A>
-RD_ALWAYS_INLINE void l2_sums_impl(const T* __restrict xa, const T* __restrict g, const T* __restrict x, int64_t n,
-                                   double* sums) {
-  constexpr int kLanes = 16;
-  double tot_gg = 0.0, tot_uu = 0.0, tot_ug = 0.0;
-  for (int64_t s = 0; s < n; s += 1024) {
-    const int64_t m = std::min<int64_t>(1024, n - s);
-    A gg[kLanes] = {}, uu[kLanes] = {}, ug[kLanes] = {};
+// sum over n elements of f(i)^2, f vectorisable: kLanes float lanes of at most kSumFlush terms each,
+// flushed into a double (kSumFlush * kLanes elements per flush).
+constexpr int kSumLanes = 16;
+
+template <typename A, typename F>
+RD_ALWAYS_INLINE double sum_of_squares(int64_t n, const F& f) {
+  constexpr int64_t kSpan = static_cast<int64_t>(kSumFlush) * kSumLanes;
+  double total = 0.0;
+  for (int64_t s = 0; s < n; s += kSpan) {
+    const int64_t m = std::min<int64_t>(kSpan, n - s);
+    A acc[kSumLanes] = {};
     int64_t i = 0;
-    for (; i + kLanes <= m; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        const A gi = static_cast<A>(g[s + i + j]);
-        const A ui = static_cast<A>(xa[s + i + j]) - static_cast<A>(x[s + i + j]);
-        gg[j] += gi * gi;
-        uu[j] += ui * ui;
-        ug[j] += ui * gi;
+    for (; i + kSumLanes <= m; i += kSumLanes) {
+      for (int j = 0; j < kSumLanes; ++j) {
+        const A v = f(s + i + j);
+        acc[j] += v * v;
       }
     }
     for (; i < m; ++i) {
-      const A gi = static_cast<A>(g[s + i]);
-      const A ui = static_cast<A>(xa[s + i]) - static_cast<A>(x[s + i]);
-      gg[0] += gi * gi;
-      uu[0] += ui * ui;
-      ug[0] += ui * gi;
+      const A v = f(s + i);
+      acc[i % kSumLanes] += v * v;
     }
-    for (int j = 0; j < kLanes; ++j) {
-      tot_gg += gg[j];
-      tot_uu += uu[j];
-      tot_ug += ug[j];
-    }
+    for (int j = 0; j < kSumLanes; ++j) total += acc[j];
   }
-  sums[0] = tot_gg;
-  sums[1] = tot_uu;
-  sums[2] = tot_ug;
+  return total;
 }
 
-RD_MULTIVERSION(l2_sums, l2_sums_impl, (const T* xa, const T* g, const T* x, int64_t n, double* sums),
-                (xa, g, x, n, sums))
+// Pass 1 of the L2 step: sum of g*g over n elements.
+template <typename T, typename A>
+RD_ALWAYS_INLINE void l2_grad_sum_impl(const T* __restrict g, int64_t n, double* sum) {
+  *sum = sum_of_squares<A>(n, [&](int64_t i) { return static_cast<A>(g[i]); });
+}
+
+// Pass 2: sum of delta*delta over n elements, delta exactly as pass 3 computes it.
+template <typename T, typename A>
+RD_ALWAYS_INLINE void l2_delta_sum_impl(const T* __restrict xa, const T* __restrict g, const T* __restrict x,
+                                        int64_t n, A alpha, L2Dir<A> d, double* sum) {
+  *sum = sum_of_squares<A>(n, [&](int64_t i) {
+    return rd_l2_delta<A>(static_cast<A>(xa[i]), static_cast<A>(g[i]), static_cast<A>(x[i]), alpha, d);
+  });
+}
+
+RD_MULTIVERSION(l2_grad_sum, l2_grad_sum_impl, (const T* g, int64_t n, double* sum), (g, n, sum))
+RD_MULTIVERSION(l2_delta_sum, l2_delta_sum_impl,
+                (const T* xa, const T* g, const T* x, int64_t n, A alpha, L2Dir<A> d, double* sum),
+                (xa, g, x, n, alpha, d, sum))
 
 template <typename T>
 void pgd_step_typed(const PgdArgs& a) {
@@ -204,42 +210,52 @@ void pgd_step_typed(const PgdArgs& a) {
     return;
   }
 
-  // L2: per-sample partial sums in fixed chunks (deterministic for any thread count), then
-  // per-sample coefficients, then one element-wise pass.
+  // L2: per-sample sums in fixed chunks (deterministic for any thread count), combined per sample in
+  // chunk order: sum of g*g -> direction, sum of delta*delta -> projection factor, then the
+  // element-wise pass.
   const int64_t batch = a.batch;
   const int64_t chunks = (per + kReduceChunk - 1) / kReduceChunk;
-  std::vector<double> partial(static_cast<size_t>(batch * chunks * 3));
-  at::parallel_for(0, batch * chunks, std::max<int64_t>(1, kGrain / kReduceChunk), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t sample = task / chunks, chunk = task % chunks;
-      const int64_t i0 = sample * per + chunk * kReduceChunk;
-      const int64_t n = std::min(kReduceChunk, per - chunk * kReduceChunk);
-      l2_sums<T, A>(xa + i0, g + i0, x + i0, n, partial.data() + task * 3);
+  const int64_t tasks_grain = std::max<int64_t>(1, kGrain / kReduceChunk);
+  std::vector<double> partial(static_cast<size_t>(batch * chunks));
+  auto per_sample_sums = [&](const auto& chunk_sum) {
+    at::parallel_for(0, batch * chunks, tasks_grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t sample = task / chunks, chunk = task % chunks;
+        const int64_t i0 = sample * per + chunk * kReduceChunk;
+        chunk_sum(sample, i0, std::min(kReduceChunk, per - chunk * kReduceChunk), partial.data() + task);
+      }
+    });
+    std::vector<double> sums(static_cast<size_t>(batch), 0.0);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t c = 0; c < chunks; ++c) sums[b] += partial[b * chunks + c];
     }
+    return sums;
+  };
+  const std::vector<double> sum_gg = per_sample_sums([&](int64_t, int64_t i0, int64_t n, double* out_sum) {
+    l2_grad_sum<T, A>(g + i0, n, out_sum);
   });
-  std::vector<L2Coef<A>> coef(static_cast<size_t>(batch));
-  for (int64_t b = 0; b < batch; ++b) {
-    double s[3] = {0.0, 0.0, 0.0};
-    for (int64_t c = 0; c < chunks; ++c) {
-      for (int k = 0; k < 3; ++k) s[k] += partial[(b * chunks + c) * 3 + k];
-    }
-    const A eps = eps_ps ? eps_ps[b] : eps_s;
-    const A alpha = alpha_ps ? alpha_ps[b] : alpha_s;
-    coef[b] = rd_l2_coef<A>(s[0], s[1], s[2], alpha, eps);
-  }
+  std::vector<L2Dir<A>> dir(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) dir[b] = rd_l2_dir<A>(sum_gg[b]);
+  const std::vector<double> sum_dd = per_sample_sums([&](int64_t sample, int64_t i0, int64_t n, double* out_sum) {
+    const A alpha = alpha_ps ? alpha_ps[sample] : alpha_s;
+    l2_delta_sum<T, A>(xa + i0, g + i0, x + i0, n, alpha, dir[sample], out_sum);
+  });
+  std::vector<A> factor(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) factor[b] = rd_l2_factor<A>(sum_dd[b], eps_ps ? eps_ps[b] : eps_s);
   at::parallel_for(0, a.numel, kGrain, [&](int64_t begin, int64_t end) {
     for_each_sample_piece(begin, end, per, [&](int64_t sample, int64_t i0, int64_t i1) {
       const A alpha = alpha_ps ? alpha_ps[sample] : alpha_s;
-      const L2Coef<A> c = coef[sample];
+      const L2Dir<A> d = dir[sample];
+      const A f = factor[sample];
       if (a.aliasing == PgdAliasing::kNone) {
-        l2_span<T, A>(xa + i0, g + i0, x + i0, out + i0, i1 - i0, alpha, c.g_div, c.has_dir, c.factor, lo, hi);
+        l2_span<T, A>(xa + i0, g + i0, x + i0, out + i0, i1 - i0, alpha, d, f, lo, hi);
       } else if (a.aliasing == PgdAliasing::kInPlace) {
-        l2_inplace_span<T, A>(out + i0, g + i0, x + i0, i1 - i0, alpha, c.g_div, c.has_dir, c.factor, lo, hi);
+        l2_inplace_span<T, A>(out + i0, g + i0, x + i0, i1 - i0, alpha, d, f, lo, hi);
       } else {
         T buf[kBlock];
         for (int64_t s = i0; s < i1; s += kBlock) {
           const int64_t m = std::min(kBlock, i1 - s);
-          l2_span<T, A>(xa + s, g + s, x + s, buf, m, alpha, c.g_div, c.has_dir, c.factor, lo, hi);
+          l2_span<T, A>(xa + s, g + s, x + s, buf, m, alpha, d, f, lo, hi);
           std::copy(buf, buf + m, out + s);
         }
       }

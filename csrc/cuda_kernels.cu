@@ -73,80 +73,107 @@ __global__ void linf_flat_kernel(const T* xa, const T* g, const T* x, T* out, in
   }
 }
 
-// Per-sample sums of g*g, u*u, u*g (u = x_adv - x): grid (chunks, samples), one partial per block.
-template <typename T, typename A>
-__global__ void l2_reduce_kernel(const T* xa, const T* g, const T* x, int64_t batch, int64_t per,
-                                 double* partial) {
-  __shared__ double shared[3][kThreads / kWarp];
+// Sum over the block of one double per thread, in a fixed order (deterministic); every thread gets it.
+// All threads of the block must call it.
+__device__ double block_sum(double v) {
+  __shared__ double warp_sums[kThreads / kWarp];
+  __shared__ double result;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(kFullMask, v, off);
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < kThreads / kWarp; ++w) t += warp_sums[w];
+    result = t;
+  }
+  __syncthreads();
+  const double out = result;
+  __syncthreads();  // `result` and `warp_sums` may be reused by the next call
+  return out;
+}
+
+// Sum of the `chunks` partial sums of one sample (the whole block cooperates; fixed order).
+__device__ double sum_partials(const double* partial, int64_t chunks) {
+  double t = 0.0;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) t += partial[c];
+  return block_sum(t);
+}
+
+// Float terms summed in float for at most kSumFlush terms, then flushed into a double (rd_ops.h).
+template <typename A>
+struct FlushedSum {
+  double total = 0.0;
+  A part = A(0);
+  int terms = 0;
+  __device__ void add_square(A v) {
+    part += v * v;
+    if (++terms == kSumFlush) {
+      total += static_cast<double>(part);
+      part = A(0);
+      terms = 0;
+    }
+  }
+  __device__ double value() const { return total + static_cast<double>(part); }
+};
+
+// L2 pass 1: partial sums of g*g, one per (chunk, sample) block: partial_gg[b * chunks + chunk].
+template <typename T, typename A>
+__global__ void l2_grad_sum_kernel(const T* g, int64_t batch, int64_t per, double* partial_gg) {
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const int64_t base = b * per;
-    A gg = 0, uu = 0, ug = 0;
+    FlushedSum<A> sum;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const A gi = static_cast<A>(g[base + i]);
-      const A ui = static_cast<A>(xa[base + i]) - static_cast<A>(x[base + i]);
-      gg += gi * gi;
-      uu += ui * ui;
-      ug += ui * gi;
+      sum.add_square(static_cast<A>(g[base + i]));
     }
-    double v[3] = {static_cast<double>(gg), static_cast<double>(uu), static_cast<double>(ug)};
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      for (int off = kWarp / 2; off > 0; off >>= 1) v[k] += __shfl_down_sync(kFullMask, v[k], off);
-    }
-    if (lane == 0) {
-      for (int k = 0; k < 3; ++k) shared[k][warp] = v[k];
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      double* dst = partial + (b * gridDim.x + blockIdx.x) * 3;
-      for (int k = 0; k < 3; ++k) {
-        double t = 0.0;
-        for (int w = 0; w < kThreads / kWarp; ++w) t += shared[k][w];
-        dst[k] = t;
-      }
-    }
-    __syncthreads();
+    const double total = block_sum(sum.value());
+    if (threadIdx.x == 0) partial_gg[b * gridDim.x + blockIdx.x] = total;
   }
 }
 
-// Per-sample element-wise pass: L-inf with per-sample eps / step, or the L2 step (coefficients
-// from the partial sums of l2_reduce_kernel). Grid (chunks, samples).
+// L2 pass 2: partial sums of delta*delta, delta = rd_l2_delta(...) exactly as pass 3 computes it.
+template <typename T, typename A>
+__global__ void l2_delta_sum_kernel(const T* xa, const T* g, const T* x, int64_t batch, int64_t per,
+                                    const A* alpha_ps, A alpha_s, const double* partial_gg, double* partial_dd) {
+  const int64_t chunks = gridDim.x;
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    const L2Dir<A> d = rd_l2_dir<A>(sum_partials(partial_gg + b * chunks, chunks));
+    const A alpha = alpha_ps ? alpha_ps[b] : alpha_s;
+    const int64_t base = b * per;
+    FlushedSum<A> sum;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t k = base + i;
+      sum.add_square(rd_l2_delta<A>(static_cast<A>(xa[k]), static_cast<A>(g[k]), static_cast<A>(x[k]), alpha, d));
+    }
+    const double total = block_sum(sum.value());
+    if (threadIdx.x == 0) partial_dd[b * chunks + blockIdx.x] = total;
+  }
+}
+
+// Per-sample element-wise pass: L-inf with per-sample eps / step, or L2 pass 3 (direction and
+// projection factor from the partial sums of passes 1 and 2). Grid (chunks, samples).
 template <typename T, typename A, bool L2>
 __global__ void per_sample_kernel(const T* xa, const T* g, const T* x, T* out, int64_t batch, int64_t per,
                                   const A* eps_ps, const A* alpha_ps, A eps_s, A alpha_s, A lo, A hi,
-                                  const double* partial, int64_t chunks) {
-  __shared__ A s_gdiv, s_factor;
-  __shared__ bool s_dir;
+                                  const double* partial_gg, const double* partial_dd) {
+  const int64_t chunks = gridDim.x;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const A eps = eps_ps ? eps_ps[b] : eps_s;
     const A alpha = alpha_ps ? alpha_ps[b] : alpha_s;
-    A gdiv = 1, factor = 1;
-    bool dir = false;
+    L2Dir<A> d{A(1), false};
+    A factor = A(1);
     if (L2) {
-      if (threadIdx.x == 0) {
-        double s[3] = {0.0, 0.0, 0.0};
-        for (int64_t c = 0; c < chunks; ++c) {
-          for (int k = 0; k < 3; ++k) s[k] += partial[(b * chunks + c) * 3 + k];
-        }
-        const L2Coef<A> co = rd_l2_coef<A>(s[0], s[1], s[2], alpha, eps);
-        s_gdiv = co.g_div;
-        s_dir = co.has_dir;
-        s_factor = co.factor;
-      }
-      __syncthreads();
-      gdiv = s_gdiv;
-      dir = s_dir;
-      factor = s_factor;
-      __syncthreads();
+      d = rd_l2_dir<A>(sum_partials(partial_gg + b * chunks, chunks));
+      factor = rd_l2_factor<A>(sum_partials(partial_dd + b * chunks, chunks), eps);
     }
     const int64_t base = b * per;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t k = base + i;
       const A xai = static_cast<A>(xa[k]), gi = static_cast<A>(g[k]), xi = static_cast<A>(x[k]);
-      const A r = L2 ? rd_l2_elem<A>(xai, gi, xi, alpha, gdiv, dir, factor, lo, hi)
+      const A r = L2 ? rd_l2_elem<A>(xai, gi, xi, alpha, d, factor, lo, hi)
                      : rd_linf_elem<A>(xai, gi, xi, eps, alpha, lo, hi);
       out[k] = static_cast<T>(r);
     }
@@ -154,6 +181,14 @@ __global__ void per_sample_kernel(const T* xa, const T* g, const T* x, T* out, i
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Blocks per sample for the per-sample passes: enough blocks in all to fill the device (also for a
+// batch of one), at least kThreads * 4 elements per block, at most kMaxChunks partial sums per sample.
+constexpr int64_t kMaxChunks = 512;
+int64_t chunks_per_sample(int64_t batch, int64_t per) {
+  const int64_t fill = ceil_div(max_blocks(), std::min(batch, kMaxGridY));
+  return std::max<int64_t>(1, std::min({ceil_div(per, kThreads * 4), fill, kMaxChunks}));
+}
 
 template <typename T>
 void pgd_step_typed(const PgdArgs& a) {
@@ -183,27 +218,29 @@ void pgd_step_typed(const PgdArgs& a) {
   }
 
   const int64_t per = a.per_sample;
-  const int64_t grid_y = std::min(a.batch, kMaxGridY);
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(per, kThreads * 4), 1024));
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(grid_y));
+  const int64_t chunks = chunks_per_sample(a.batch, per);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min(a.batch, kMaxGridY)));
   if (!a.l2) {
     per_sample_kernel<T, A, false><<<grid, kThreads, 0, stream>>>(xa, g, x, out, a.batch, per, eps_ps, alpha_ps,
-                                                                  eps, alpha, lo, hi, nullptr, 0);
+                                                                  eps, alpha, lo, hi, nullptr, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const int64_t red_chunks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(per, kThreads * 8), 64));
-  at::Tensor partial = at::empty({a.batch * red_chunks * 3},
+  // Partial sums: [2][batch][chunks] doubles, g*g then delta*delta. Released to the caching
+  // allocator at the end of this function, which reuses the memory only after the work queued on
+  // this stream.
+  at::Tensor partial = at::empty({2 * a.batch * chunks},
                                  at::TensorOptions().dtype(at::kDouble).device(at::kCUDA, c10::cuda::current_device()));
-  double* partial_ptr = partial.data_ptr<double>();
-  const dim3 red_grid(static_cast<unsigned>(red_chunks), static_cast<unsigned>(grid_y));
-  l2_reduce_kernel<T, A><<<red_grid, kThreads, 0, stream>>>(xa, g, x, a.batch, per, partial_ptr);
+  double* partial_gg = partial.data_ptr<double>();
+  double* partial_dd = partial_gg + a.batch * chunks;
+  l2_grad_sum_kernel<T, A><<<grid, kThreads, 0, stream>>>(g, a.batch, per, partial_gg);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  l2_delta_sum_kernel<T, A><<<grid, kThreads, 0, stream>>>(xa, g, x, a.batch, per, alpha_ps, alpha, partial_gg,
+                                                           partial_dd);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   per_sample_kernel<T, A, true><<<grid, kThreads, 0, stream>>>(xa, g, x, out, a.batch, per, eps_ps, alpha_ps, eps,
-                                                               alpha, lo, hi, partial_ptr, red_chunks);
+                                                               alpha, lo, hi, partial_gg, partial_dd);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // `partial` is released to the caching allocator, which reuses it only after the work queued
-  // on this stream.
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ struct PgdArgs {
   double lo = 0.0;
   double hi = 1.0;
   // Per-sample eps / step size, `batch` values of the op-math type (float, or double for
-  // double inputs) on the inputs' device; nullptr means "use the scalar".
+  // double inputs) on the inputs' device; nullptr means "use the scalar". Scalars and per-sample
+  // values alike are rounded to the input dtype first (ops.cpp), as the reference's casts do.
   const void* eps_per_sample = nullptr;
   const void* alpha_per_sample = nullptr;
 };
@@ -98,6 +99,11 @@ void pgd_step_cuda(const PgdArgs& args);
 void fd_align_forward_cuda(const FdArgs& args);
 void fd_align_backward_cuda(const FdArgs& args);
 #endif
+
+// Sums over many elements (the L2 norms) add float terms in float for at most this many terms,
+// then flush into a double: CPU lanes and CUDA threads alike, so both devices keep the same
+// precision whatever the size of a sample.
+constexpr int kSumFlush = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise arithmetic shared by the CPU and CUDA kernels.
@@ -174,44 +180,46 @@ RD_HD A rd_linf_elem(A xa, A g, A x, A eps, A alpha, A lo, A hi) {
   return rd_clamp(rd_add(x, delta), lo, hi);
 }
 
-// One L2 element given the sample's gradient divisor (max(||g||, 1e-12)), whether the gradient
-// is non-zero, and the projection factor min(eps / max(||delta||, 1e-12), 1).
+// The L2 step of one sample, in three passes that both devices share:
+//   1. sum_gg = sum of g*g                       -> rd_l2_dir: the divisor max(||g||, 1e-12), or no step
+//   2. sum_dd = sum of delta*delta, delta = rd_l2_delta(...) element by element -> rd_l2_factor
+//   3. out = rd_l2_elem(...) = clamp(x + delta * factor, lo, hi)
+// delta is computed element by element exactly as the reference does (x_adv + alpha*dir - x), in
+// passes 2 and 3 alike, so ||delta|| is the norm of the vector that is projected, also when x_adv + alpha*dir
+// nearly cancels x (expanding ||u + alpha*dir||^2 from sums over u = x_adv - x would lose all digits there).
 template <typename A>
-RD_HD A rd_l2_elem(A xa, A g, A x, A alpha, A g_div, bool has_dir, A factor, A lo, A hi) {
-  A dir = has_dir ? g / g_div : A(0);
-  A delta = rd_sub(rd_add(xa, rd_mul(alpha, dir)), x);
-  delta = rd_mul(delta, factor);
-  return rd_clamp(rd_add(x, delta), lo, hi);
-}
-
-// Per-sample L2 coefficients from the sums over the sample of g*g, u*u and u*g, u = x_adv - x.
-// ||delta||^2 = ||u + alpha*g/g_div||^2 is expanded so one reduction pass suffices. When the
-// projection is active (||delta|| >= eps) the expansion loses at most a few ulps.
-template <typename A>
-struct L2Coef {
-  A g_div;
-  bool has_dir;
-  A factor;
+struct L2Dir {
+  A g_div;       // max(||g||, 1e-12) rounded to A, as the reference's g_norm.clamp_min(1e-12)
+  bool has_dir;  // ||g|| > 0 (false for NaN, as torch.where(g_norm > 0, ...))
 };
 
 template <typename A>
-RD_HD L2Coef<A> rd_l2_coef(double sum_gg, double sum_uu, double sum_ug, A alpha, A eps) {
-  L2Coef<A> c;
-  double g_norm = ::sqrt(sum_gg);
-  A g_norm_a = static_cast<A>(g_norm);
-  c.has_dir = g_norm_a > A(0);  // false for NaN, as torch.where(g_norm > 0, ...)
-  c.g_div = g_norm_a < A(1e-12) ? A(1e-12) : g_norm_a;
-  double d2 = sum_uu;
-  if (c.has_dir) {
-    double a = static_cast<double>(alpha);
-    double gd = static_cast<double>(c.g_div);
-    d2 = sum_uu + 2.0 * a * sum_ug / gd + a * a * (sum_gg / (gd * gd));
-  }
-  d2 = d2 < 0.0 ? 0.0 : d2;
-  A d_norm = static_cast<A>(::sqrt(d2));  // NaN stays NaN
-  A ratio = eps / (d_norm < A(1e-12) ? A(1e-12) : d_norm);
-  c.factor = ratio > A(1) ? A(1) : ratio;  // NaN stays NaN
-  return c;
+RD_HD L2Dir<A> rd_l2_dir(double sum_gg) {
+  const A g_norm = static_cast<A>(::sqrt(sum_gg));
+  L2Dir<A> d;
+  d.has_dir = g_norm > A(0);
+  d.g_div = g_norm < A(1e-12) ? A(1e-12) : g_norm;
+  return d;
+}
+
+// x_adv + alpha * dir - x with dir = g / g_div (or 0 without a direction), one rounding per op.
+template <typename A>
+RD_HD A rd_l2_delta(A xa, A g, A x, A alpha, L2Dir<A> d) {
+  const A dir = d.has_dir ? g / d.g_div : A(0);
+  return rd_sub(rd_add(xa, rd_mul(alpha, dir)), x);
+}
+
+// min(eps / max(||delta||, 1e-12), 1); NaN stays NaN.
+template <typename A>
+RD_HD A rd_l2_factor(double sum_dd, A eps) {
+  const A d_norm = static_cast<A>(::sqrt(sum_dd));
+  const A ratio = eps / (d_norm < A(1e-12) ? A(1e-12) : d_norm);
+  return ratio > A(1) ? A(1) : ratio;
+}
+
+template <typename A>
+RD_HD A rd_l2_elem(A xa, A g, A x, A alpha, L2Dir<A> d, A factor, A lo, A hi) {
+  return rd_clamp(rd_add(x, rd_mul(rd_l2_delta(xa, g, x, alpha, d), factor)), lo, hi);
 }
 
 }  // namespace robustdistill

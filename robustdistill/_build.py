@@ -10,18 +10,24 @@ Environment variables:
   ``setup.py``), and the tests of the fused kernels fail instead of skipping. ``.ci/run`` sets it;
   a set ``CI`` counts as this unless ``ROBUSTDISTILL_REQUIRE_EXT`` is ``0``.
 - ``ROBUSTDISTILL_NO_CUDA=1`` — build the CPU kernels only even when ``nvcc`` is found.
-- ``TORCH_CUDA_ARCH_LIST`` — GPU architectures of the ahead-of-time build (default ``8.0;9.0``);
-  the just-in-time build targets the visible GPUs.
+- ``TORCH_CUDA_ARCH_LIST`` — GPU architectures to compile for (PyTorch's syntax: ``8.0;9.0+PTX``).
+  Unset, both builds target the visible GPUs as PyTorch detects them (machine code for each, PTX
+  of the newest), and without a visible GPU :data:`DEFAULT_CUDA_ARCHS` (machine code for the GPUs
+  of the last generations) plus PTX of the newest architecture ``nvcc`` supports, which the
+  driver compiles for GPUs newer than the list. See :func:`cuda_targets`.
 - ``CUDA_HOME`` — the CUDA toolkit root; when unset, derived from ``nvcc`` on ``PATH`` with
   symlinks resolved.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +35,13 @@ CSRC = ROOT / "csrc"
 CPP_SOURCES = ("ops.cpp", "cpu_kernels.cpp")
 CUDA_SOURCES = ("cuda_kernels.cu",)
 HEADERS = ("rd_ops.h",)
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"
+# Compute capabilities compiled to machine code when no GPU is visible at build time. Machine code
+# for X.Y also runs on X.Z with Z > Y, so this covers Turing (T4, RTX 20), Ampere (A100; RTX 30,
+# A10, A40 and Jetson Orin), Ada (L4, L40, RTX 40), Hopper (H100, H200), Blackwell (B200, GB200,
+# B300; Jetson Thor; RTX 50, RTX PRO, DGX Spark). Entries nvcc does not know are dropped; PTX of
+# the newest architecture nvcc supports is added for GPUs newer than all of them.
+DEFAULT_CUDA_ARCHS = ("7.5", "8.0", "8.6", "9.0", "10.0", "11.0", "12.0")
+ARCH_LIST_ENV = "TORCH_CUDA_ARCH_LIST"
 
 NO_BUILD_ENV = "ROBUSTDISTILL_NO_EXT_BUILD"
 REQUIRE_ENV = "ROBUSTDISTILL_REQUIRE_EXT"
@@ -92,6 +104,103 @@ def nvcc_path(cuda_home: str | None) -> str | None:
     return shutil.which("nvcc")
 
 
+@dataclass(frozen=True)
+class CudaTargets:
+    """The GPU code a CUDA build produces: ``codes`` such as ``("sm_80", "sm_90", "compute_90")``
+    (``sm_XY``: machine code for compute capability X.Y; ``compute_XY``: PTX), the ``nvcc`` flags
+    that produce them, and where the choice came from."""
+
+    codes: tuple[str, ...]
+    flags: tuple[str, ...]
+    source: str
+
+
+def _gencode(arch: str, code: str) -> str:
+    return f"-gencode=arch={arch},code={code}"
+
+
+def _codes_of(flags: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    codes = set()
+    for flag in flags:
+        for value in re.findall(r"code=\[?([\w,]+)", flag):
+            codes.update(c for c in value.split(",") if re.fullmatch(r"(sm|compute)_\d+[a-z]?", c))
+    return tuple(sorted(codes, key=lambda c: (int(re.sub(r"\D", "", c)), c.startswith("compute"))))
+
+
+def nvcc_archs(nvcc: str | None) -> list[tuple[int, int]]:
+    """The compute capabilities ``nvcc --list-gpu-arch`` reports, ascending ([] when it cannot say)."""
+    if not nvcc:
+        return []
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    numbers = {int(m) for m in re.findall(r"^compute_(\d+)$", out.stdout, flags=re.M)}
+    return sorted((n // 10, n % 10) for n in numbers)
+
+
+def _torch_arch_flags() -> list[str]:
+    """PyTorch's own choice (``$TORCH_CUDA_ARCH_LIST``, else the visible GPUs): its gencode flags."""
+    from torch.utils import cpp_extension
+
+    return list(cpp_extension._get_cuda_arch_flags())
+
+
+def _visible_capabilities() -> list[tuple[int, int]]:
+    try:
+        import torch
+
+        return sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime: no visible GPU
+        return []
+
+
+def default_targets(nvcc: str | None) -> CudaTargets:
+    """:data:`DEFAULT_CUDA_ARCHS` that ``nvcc`` supports, plus PTX of the newest one it supports."""
+    known = nvcc_archs(nvcc)
+    wanted = [tuple(int(v) for v in arch.split(".")) for arch in DEFAULT_CUDA_ARCHS]
+    archs = [a for a in wanted if not known or a in known] or wanted
+    newest = known[-1] if known else archs[-1]
+    flags = [_gencode(f"compute_{a[0]}{a[1]}", f"sm_{a[0]}{a[1]}") for a in archs]
+    flags.append(_gencode(f"compute_{newest[0]}{newest[1]}", f"compute_{newest[0]}{newest[1]}"))
+    return CudaTargets(_codes_of(flags), tuple(flags), f"default list {';'.join(DEFAULT_CUDA_ARCHS)} + PTX of "
+                                                      f"the newest architecture nvcc supports")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_targets(arch_list: str | None, capabilities: tuple[tuple[int, int], ...], nvcc: str | None) -> CudaTargets:
+    if arch_list or capabilities:
+        flags = _torch_arch_flags()
+        source = (f"{ARCH_LIST_ENV}={arch_list}" if arch_list else
+                  "the visible GPUs (" + ", ".join(f"sm_{a}{b}" for a, b in capabilities) + ")")
+        return CudaTargets(_codes_of(flags), tuple(flags), source)
+    return default_targets(nvcc)
+
+
+def cuda_targets() -> CudaTargets:
+    """What a CUDA build compiles for: ``$TORCH_CUDA_ARCH_LIST`` when set; else the visible GPUs, as
+    PyTorch detects them; else :func:`default_targets`."""
+    arch_list = os.environ.get(ARCH_LIST_ENV, "").strip() or None
+    capabilities = () if arch_list else tuple(_visible_capabilities())
+    return _cuda_targets(arch_list, capabilities, nvcc_path(find_cuda_home()))
+
+
+def parse_capability(code: str) -> tuple[int, int]:
+    digits = re.sub(r"\D", "", code)
+    return int(digits[:-1]), int(digits[-1])
+
+
+def runs_on(codes: tuple[str, ...] | list[str], capability: tuple[int, int]) -> str | None:
+    """The code among ``codes`` that a GPU of ``capability`` runs (machine code for the same major
+    version and an equal or lower minor one, else PTX for an equal or lower capability), or None."""
+    machine = [c for c in codes if c.startswith("sm_") and parse_capability(c)[0] == capability[0]
+               and parse_capability(c) <= capability]
+    if machine:
+        return max(machine, key=parse_capability)
+    ptx = [c for c in codes if c.startswith("compute_") and parse_capability(c) <= capability]
+    return max(ptx, key=parse_capability) if ptx else None
+
+
 def cxx_flags(with_cuda: bool) -> list[str]:
     if os.name == "nt":
         flags = ["/O2", "/std:c++17", "/fp:precise"]
@@ -100,12 +209,13 @@ def cxx_flags(with_cuda: bool) -> list[str]:
         # are unchanged), which lets the compiler vectorise loops with selects
         flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
     if with_cuda:
-        flags.append("-DROBUSTDISTILL_WITH_CUDA")
+        flags += ["-DROBUSTDISTILL_WITH_CUDA", f"-DROBUSTDISTILL_CUDA_ARCHS={','.join(cuda_targets().codes)}"]
     return flags
 
 
 def nvcc_flags() -> list[str]:
-    return ["-O3", "-DROBUSTDISTILL_WITH_CUDA", "--expt-relaxed-constexpr"]
+    """nvcc flags, the gencode flags of :func:`cuda_targets` included (so PyTorch adds none)."""
+    return ["-O3", "-DROBUSTDISTILL_WITH_CUDA", "--expt-relaxed-constexpr", *cuda_targets().flags]
 
 
 def sources(with_cuda: bool) -> list[str]:

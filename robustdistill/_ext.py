@@ -48,12 +48,14 @@ class ExtStatus:
     origin: str | None = None  # "aot" (robustdistill._C), "jit" or "external" (loaded by someone else)
     path: str | None = None
     devices: tuple[str, ...] = ()  # dispatch keys with kernels, lower case: ("cpu",) or ("cpu", "cuda")
+    cuda_archs: tuple[str, ...] = ()  # GPU code of the CUDA kernels: sm_XY machine code, compute_XY PTX
     error: str | None = None  # why nothing was loaded, or why the just-in-time build failed
     notes: list[str] = field(default_factory=list)  # what was tried, in order
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["devices"] = list(self.devices)
+        out["cuda_archs"] = list(self.cuda_archs)
         return out
 
 
@@ -115,8 +117,25 @@ def _load() -> ExtStatus:
             _try_jit(st)
     if st.loaded:
         st.devices = _kernel_devices()
+        if "cuda" in st.devices:
+            st.cuda_archs = _library_cuda_archs(st.path)
         register_python_side()
     return st
+
+
+def _library_cuda_archs(path: str | None) -> tuple[str, ...]:
+    """The GPU code the library's CUDA kernels were compiled to, as it records it (() if unknown)."""
+    if not path:
+        return ()
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(path).robustdistill_cuda_archs
+        fn.restype = ctypes.c_char_p
+        text = (fn() or b"").decode()
+    except (OSError, AttributeError):
+        return ()
+    return tuple(code for code in text.split(",") if code)
 
 
 def _try_aot(st: ExtStatus) -> None:
@@ -170,8 +189,10 @@ def _jit_wants_cuda() -> bool:
 
 
 def jit_name(with_cuda: bool) -> str:
+    """The cache name of a just-in-time build: a hash of the sources, flags, toolchain, torch and,
+    with CUDA, the GPU code it compiles to (:func:`robustdistill._build.cuda_targets`)."""
     key = "|".join([_build.source_hash(with_cuda), torch.__version__, str(torch.version.cuda), str(with_cuda),
-                    os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""])
+                    ",".join(_build.cuda_targets().codes) if with_cuda else ""])
     return f"robustdistill_ops_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -292,15 +313,26 @@ def _check_pgd_args(op: str, x_adv, grad, x) -> None:
                  lambda: f"robustdistill::{op}: x_adv, grad and x must share one dtype")
 
 
+def _check_per_sample_device(op: str, name: str, value, x) -> None:
+    if value is not None:
+        torch._check(value.device == x.device or (value.device.type == "cpu" and value.dim() == 0),
+                     lambda: f"robustdistill::{op}: {name} is on {value.device} but x_adv, grad and x are on "
+                             f"{x.device}; create it on {x.device}")
+
+
 def _fake_pgd_step(x_adv, grad, x, eps, step_size, eps_per_sample=None, step_per_sample=None, norm="linf",
                    lo=0.0, hi=1.0):
     _check_pgd_args("pgd_step", x_adv, grad, x)
+    _check_per_sample_device("pgd_step", "eps_per_sample", eps_per_sample, x)
+    _check_per_sample_device("pgd_step", "step_per_sample", step_per_sample, x)
     return torch.empty_like(x_adv)
 
 
 def _fake_pgd_step_(x_adv, grad, x, eps, step_size, eps_per_sample=None, step_per_sample=None, norm="linf",
                     lo=0.0, hi=1.0):
     _check_pgd_args("pgd_step_", x_adv, grad, x)
+    _check_per_sample_device("pgd_step_", "eps_per_sample", eps_per_sample, x)
+    _check_per_sample_device("pgd_step_", "step_per_sample", step_per_sample, x)
 
 
 def _fd_result_dtype(*logits: torch.Tensor) -> torch.dtype:

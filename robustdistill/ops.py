@@ -5,12 +5,25 @@ must match them, and they are the fallback. :func:`pgd_step`, :func:`pgd_step_` 
 :func:`fd_align` dispatch to the compiled kernels (``torch.ops.robustdistill.*``, see ``csrc/``
 and :mod:`robustdistill._ext`) or to the reference according to the backend:
 
-- ``auto`` (default): the kernels when the extension has them for the tensors' device, else the
-  reference (with one warning per process saying why). Calls the kernels do not cover — mixed
-  dtypes or shapes that need broadcasting, integer tensors, ``pgd_step`` on inputs that require
-  grad under grad mode — also take the reference.
+- ``auto`` (default): the kernels when the extension has them for the tensors' device and they
+  pass the device's self-check, else the reference (with one warning per process saying why).
+  Calls the kernels do not cover — mixed dtypes or shapes that need broadcasting, integer tensors,
+  ``pgd_step`` on inputs that require grad under grad mode — also take the reference.
 - ``ext``: the kernels, or a :class:`ExtensionUnavailableError` saying why not.
 - ``ref``: always the reference (the extension is never loaded).
+
+Self-check: the first time the kernels would run on a device (``cpu``, ``cuda:0``, ...), a tiny
+``pgd_step`` (L∞ and L2) and ``fd_align`` (forward and backward) run there and are compared with the
+reference; a failure or an exception (e.g. a GPU the kernels were not compiled for) makes ``auto``
+use the reference on that device, with one warning naming the reason. :func:`kernel_status` reports
+it per device. The self-check cannot run inside CUDA-graph capture: call the ops once before
+capturing (warm-up), as CUDA graphs require anyway.
+
+Per-sample ``eps`` / ``step_size`` tensors must be on the inputs' device (a 0-dim CPU tensor, which
+PyTorch treats as a number, is also accepted and read on the host): copying a tensor from another
+device on every step would synchronise with the host and break CUDA-graph capture, so it is an
+error. fp16/bf16 inputs round ``eps`` and ``step_size`` to their dtype, scalars and per-sample
+values alike.
 
 Choose with :func:`set_backend` or the environment variable ``ROBUSTDISTILL_OPS_BACKEND``
 (:func:`set_backend` wins). :func:`backend_report` says per op and device which backend runs and
@@ -27,6 +40,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import threading
 import warnings
 
 import torch
@@ -155,20 +169,136 @@ def _warn_once(reason: str) -> None:
 
 
 @torch.compiler.assume_constant_result
-def _kernels_for(device_type: str) -> bool:
-    """Whether the selected backend runs the kernels on this device type (warns or raises otherwise)."""
+def _kernels_for(device: torch.device) -> bool:
+    """Whether the selected backend runs the kernels on this device (warns or raises otherwise)."""
     backend, source = _requested()
     if backend == "ref":
         return False
-    from . import _ext
-
-    ok, reason = _ext.available(device_type)
+    ok, reason = _kernels_usable(device)
     if ok:
         return True
     if backend == "ext":
         raise ExtensionUnavailableError(f"ops backend 'ext' requested ({source}) but {reason}")
     _warn_once(reason)
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-check: the kernels against the reference on each device, once
+
+
+_self_checks: dict[str, str | None] = {}  # device ("cpu", "cuda:0") -> None when passed, else why not
+_self_check_lock = threading.Lock()
+
+
+def _device_key(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return device.type if device.index is None else str(device)
+
+
+def _device_words(key: str) -> str:
+    """``cuda:0 (NVIDIA H100, sm_90)`` or ``cpu``."""
+    if not key.startswith("cuda"):
+        return key
+    try:
+        major, minor = torch.cuda.get_device_capability(key)
+        return f"{key} ({torch.cuda.get_device_name(key)}, sm_{major}{minor})"
+    except Exception:  # noqa: BLE001 - only decoration of a message
+        return key
+
+
+def _self_check_inputs(device: torch.device) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    f32 = torch.float32
+    x = torch.rand(3, 2, 4, 4, generator=gen, dtype=f32)
+    x_adv = (x + (torch.rand(x.shape, generator=gen, dtype=f32) * 2 - 1) * 0.1).clamp(0, 1)
+    grad = torch.randn(x.shape, generator=gen, dtype=f32)
+    grad[0, 0, 0] = 0
+    logits = [torch.randn(4, 10, generator=gen, dtype=f32) * 3 for _ in range(4)]
+    values = {"x": x, "x_adv": x_adv, "grad": grad, "eps": torch.tensor([0.02, 0.05, 0.1], dtype=f32),
+              **{name: t for name, t in zip(("s_plus", "s_minus", "t_plus", "t_minus"), logits)}}
+    return {name: t.to(device) for name, t in values.items()}
+
+
+def _run_self_check(device: torch.device) -> str | None:
+    """Tiny calls of each kernel on ``device`` against the reference: None when all agree, else why not."""
+    kernels = torch.ops.robustdistill
+    v = _self_check_inputs(device)
+    x_adv, grad, x, eps = v["x_adv"], v["grad"], v["x"], v["eps"]
+    got = kernels.pgd_step(x_adv, grad, x, 0.0, 0.02, eps, None, "linf", 0.0, 1.0)
+    if not torch.equal(got, pgd_step_ref(x_adv, grad, x, eps, 0.02, "linf")):
+        return "pgd_step (L∞) differs from the reference"
+    got = kernels.pgd_step(x_adv, grad, x, 0.1, 0.05, None, None, "l2", 0.0, 1.0)
+    if not torch.allclose(got, pgd_step_ref(x_adv, grad, x, 0.1, 0.05, "l2"), rtol=0, atol=1e-6):
+        return "pgd_step (L2) differs from the reference"
+    logits = [v[name] for name in ("s_plus", "s_minus", "t_plus", "t_minus")]
+    with torch.enable_grad():
+        students = [t.clone().requires_grad_(True) for t in logits[:2]]
+        got = kernels.fd_align(*students, *logits[2:], "kl")
+        got_grads = torch.autograd.grad(got * 1.5, students)
+        refs = [t.clone().requires_grad_(True) for t in logits[:2]]
+        want = fd_align_ref(*refs, *logits[2:], "kl")
+        want_grads = torch.autograd.grad(want * 1.5, refs)
+    if not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+        return "fd_align differs from the reference"
+    if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(got_grads, want_grads)):
+        return "the gradient of fd_align differs from the reference"
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # an asynchronous launch error surfaces here
+    return None
+
+
+def _self_check(device: torch.device) -> tuple[bool, str]:
+    """The device's self-check (run on first use): whether the kernels may run there, and why (not)."""
+    key = _device_key(device)
+    if key not in _self_checks:
+        if key.startswith("cuda") and torch.cuda.is_current_stream_capturing():
+            return False, (f"the first use of the fused kernels on {key} is inside CUDA-graph capture, where their "
+                           "self-check cannot run; call the op once before capturing")
+        with _self_check_lock:
+            if key not in _self_checks:
+                try:
+                    # whatever the caller's modes: no inference mode (the fd_align check differentiates)
+                    with torch.inference_mode(False), torch.no_grad(), \
+                            torch.autocast(torch.device(key).type, enabled=False):
+                        failure = _run_self_check(torch.device(key))
+                except Exception as exc:  # noqa: BLE001 - any failure means "do not use the kernels here"
+                    failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                _self_checks[key] = failure
+    failure = _self_checks[key]
+    if failure is None:
+        return True, f"self-check passed on {key}"
+    return False, f"self-check of the fused kernels on {_device_words(key)} failed: {failure}{_built_for(key)}"
+
+
+def _built_for(key: str) -> str:
+    """``; the CUDA kernels were compiled for ...`` for a CUDA device, else nothing."""
+    if not key.startswith("cuda"):
+        return ""
+    from . import _ext
+
+    codes = _ext.status().cuda_archs
+    return f"; the CUDA kernels were compiled for {_build_codes_words(codes)}" if codes else ""
+
+
+def _build_codes_words(codes) -> str:
+    machine = [c for c in codes if c.startswith("sm_")]
+    ptx = [c for c in codes if c.startswith("compute_")]
+    words = ", ".join(machine) or "no machine code"
+    return words + (f" + PTX {', '.join(ptx)}" if ptx else " (no PTX)")
+
+
+def _kernels_usable(device: torch.device) -> tuple[bool, str]:
+    """Whether the kernels exist for the device type and pass the device's self-check, with the reason."""
+    from . import _ext
+
+    ok, reason = _ext.available(device.type)
+    if not ok:
+        return False, reason
+    ok, check = _self_check(device)
+    return ok, (f"{reason}; {check}" if ok else check)
 
 
 def _unsupported(backend_reason: str) -> bool:
@@ -180,8 +310,18 @@ def _unsupported(backend_reason: str) -> bool:
 
 def _split_per_sample(value: float | Tensor, x: Tensor) -> tuple[float, Tensor | None]:
     if isinstance(value, Tensor):
-        return 0.0, value.reshape(-1).to(x.device)
+        return 0.0, value
     return float(value), None
+
+
+def _check_per_sample_devices(x: Tensor, **values: float | Tensor) -> None:
+    """Per-sample tensors live on the inputs' device (or are 0-dim CPU tensors, i.e. numbers)."""
+    for name, value in values.items():
+        if (isinstance(value, Tensor) and value.device != x.device
+                and not (value.device.type == "cpu" and value.dim() == 0)):
+            raise ValueError(f"pgd_step: {name} is a tensor on {value.device} but the inputs are on {x.device}; "
+                             f"create it on {x.device} once, outside the attack loop (a copy on every step "
+                             "would synchronise with the host and cannot be captured in a CUDA graph)")
 
 
 def _pgd_kernel_ok(x_adv: Tensor, grad: Tensor, x: Tensor, eps, step_size) -> bool:
@@ -217,7 +357,8 @@ def pgd_step(
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
-    if _kernels_for(x.device.type) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
+    _check_per_sample_devices(x, eps=eps, step_size=step_size)
+    if _kernels_for(x.device) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
         eps_f, eps_t = _split_per_sample(eps, x)
         step_f, step_t = _split_per_sample(step_size, x)
         return torch.ops.robustdistill.pgd_step(x_adv, grad, x, eps_f, step_f, eps_t, step_t, norm, float(lo),
@@ -238,7 +379,8 @@ def pgd_step_(
     """In-place :func:`pgd_step`: writes the step into ``x_adv`` (any layout) and returns nothing."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
-    if _kernels_for(x.device.type) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
+    _check_per_sample_devices(x, eps=eps, step_size=step_size)
+    if _kernels_for(x.device) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
         eps_f, eps_t = _split_per_sample(eps, x)
         step_f, step_t = _split_per_sample(step_size, x)
         torch.ops.robustdistill.pgd_step_(x_adv, grad, x, eps_f, step_f, eps_t, step_t, norm, float(lo), float(hi))
@@ -266,7 +408,7 @@ def fd_align(s_plus: Tensor, s_minus: Tensor, t_plus: Tensor, t_minus: Tensor, d
     """
     if distance not in FD_DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; choose one of {FD_DISTANCES}")
-    if _kernels_for(s_plus.device.type) and _fd_kernel_ok(s_plus, s_minus, t_plus, t_minus):
+    if _kernels_for(s_plus.device) and _fd_kernel_ok(s_plus, s_minus, t_plus, t_minus):
         return torch.ops.robustdistill.fd_align(s_plus, s_minus, t_plus, t_minus, distance)
     return fd_align_ref(s_plus, s_minus, t_plus, t_minus, distance)
 
@@ -279,43 +421,98 @@ def select_backend(name: str | None, device: torch.device) -> dict[str, str]:
     """Apply a requested backend (``None`` keeps the current choice) for a run on ``device``.
 
     Returns what each op will use there, e.g. ``{"requested": "auto", "pgd_step": "ext", ...}``,
-    and fails now, not mid-run, when ``ext`` is requested and the kernels cannot run on ``device``.
+    and fails now, not mid-run, when ``ext`` is requested and the kernels cannot run on ``device``
+    (not built for it, or its self-check fails).
     """
     if name is not None:
         set_backend(name)
     requested, _ = _requested()
     if requested == "ref":
         return {"requested": requested, **{op: "ref" for op in OPS}}
-    from . import _ext
-
-    ok, reason = _ext.available(device.type)
+    ok, reason = _kernels_usable(torch.device(device))
     if not ok and requested == "ext":
         raise ExtensionUnavailableError(f"--ops-backend ext: {reason}. Build the kernels with `pip install "
                                         "--no-build-isolation -e .` (see `robustdistill doctor`) or use auto")
     return {"requested": requested, **{op: "ext" if ok else "ref" for op in OPS}}
 
 
-def backend_report() -> dict:
-    """Which backend each op uses per device type, and why; JSON-serialisable (for run metadata)."""
+def kernel_status(device: torch.device | str) -> dict:
+    """The fused kernels on one device, JSON-serialisable (``robustdistill doctor``, run metadata).
+
+    ``{"device": "cuda:0", "name": ..., "backend": "ext" | "ref" | "error", "reason": ...,
+    "self_check": "passed" | "failed: ..." | "not run: ...", "cuda_archs": [...], "runs": ...}``:
+    the backend the ops use there and why, the device's self-check (run now if it has not run yet),
+    for a CUDA device its compute capability, the GPU code the kernels were compiled to
+    (``sm_XY`` machine code, ``compute_XY`` PTX) and the one this GPU runs.
+    """
+    device = torch.device(device)
+    key = _device_key(device)
+    status: dict = {"device": key}
+    if device.type == "cuda":
+        try:
+            major, minor = torch.cuda.get_device_capability(key)
+            status.update(name=torch.cuda.get_device_name(key), capability=f"sm_{major}{minor}")
+        except Exception as exc:  # noqa: BLE001 - no such device: say so, do not fail a report
+            status.update(backend="ref", reason=f"no usable CUDA device {key}: {exc}",
+                          self_check=f"not run: no usable CUDA device {key}")
+            return status
     backend, source = _requested()
-    report: dict = {"requested": backend, "requested_by": source, "extension": None, "ops": {}}
+    if backend == "ref":
+        status.update(backend="ref", reason=f"'ref' requested ({source})", self_check="not run: 'ref' requested")
+        return status
+    from . import _build, _ext
+
+    ok, reason = _ext.available(device.type)
+    if ok:
+        ok, reason = _self_check(device)
+        failure = _self_checks.get(key)
+        status["self_check"] = "passed" if ok else (f"failed: {failure}" if failure else f"not run: {reason}")
+    else:
+        status["self_check"] = f"not run: {reason}"
+    status["backend"] = "ext" if ok else ("error" if backend == "ext" else "ref")
+    status["reason"] = reason if ok or backend != "ext" else f"'ext' requested ({source}) but {reason}"
+    if device.type == "cuda":
+        codes = list(_ext.status().cuda_archs)
+        status["cuda_archs"] = codes
+        if codes:
+            status["runs"] = _build.runs_on(codes, _build.parse_capability(status["capability"]))
+    return status
+
+
+def backend_report() -> dict:
+    """Which backend each op uses per device type, and why; JSON-serialisable (for run metadata).
+
+    ``devices`` holds :func:`kernel_status` of the CPU and of each visible GPU (running their
+    self-checks if they have not run yet).
+    """
+    backend, source = _requested()
+    report: dict = {"requested": backend, "requested_by": source, "extension": None, "ops": {}, "devices": {}}
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     if backend == "ref":
         choice = {"backend": "ref", "reason": f"'ref' requested ({source})"}
         report["ops"] = {op: {dev: dict(choice) for dev in ("cpu", "cuda")} for op in OPS}
+        report["devices"] = {dev: kernel_status(dev) for dev in devices}
         return report
     from . import _ext
 
     report["extension"] = _ext.status().as_dict()
+    report["devices"] = {dev: kernel_status(dev) for dev in devices}
     per_device = {}
     for dev in ("cpu", "cuda"):
+        if dev == "cuda" and torch.cuda.is_available():
+            status = report["devices"][_device_key("cuda")]
+            per_device[dev] = {"backend": status["backend"], "reason": status["reason"]}
+            continue
         ok, reason = _ext.available(dev)
+        if ok and dev == "cpu":
+            ok, reason = _kernels_usable(torch.device("cpu"))
         if ok:
             per_device[dev] = {"backend": "ext", "reason": reason}
         elif backend == "ext":
             per_device[dev] = {"backend": "error", "reason": f"'ext' requested ({source}) but {reason}"}
         else:
             per_device[dev] = {"backend": "ref", "reason": reason}
-        if dev == "cuda" and not torch.cuda.is_available():
+        if dev == "cuda":
             per_device[dev]["reason"] += " (no CUDA device visible now)"
     report["ops"] = {op: {dev: dict(v) for dev, v in per_device.items()} for op in OPS}
     return report
@@ -348,8 +545,17 @@ def doctor_lines() -> list[str]:
     elif ext["loaded"]:
         lines.append(f"extension: loaded ({ext['origin']}) from {ext['path']}; kernels for "
                      f"{', '.join(ext['devices']) or 'no device'}")
+        if "cuda" in ext["devices"]:
+            lines.append("CUDA kernels compiled for: " + (_build_codes_words(ext["cuda_archs"]) if ext["cuda_archs"]
+                                                           else "unknown (the library does not say)"))
     else:
         lines.append(f"extension: unavailable — {ext['error']}")
+    for key, status in report["devices"].items():
+        where = key
+        if "name" in status:
+            runs = "" if "runs" not in status else f", runs {status['runs']}" if status["runs"] else ", no code for it"
+            where += f" ({status['name']}, {status['capability']}{runs})"
+        lines.append(f"self-check on {where}: {status['self_check']}")
     for op, per_device in report["ops"].items():
         for dev, choice in per_device.items():
             lines.append(f"  {op} on {dev}: {choice['backend']} — {choice['reason']}")

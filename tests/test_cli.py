@@ -206,7 +206,8 @@ def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypat
                    "--out", str(out))[0] == 0
     env = json.loads((out / "environment.json").read_text())
     assert env["ops_backend"] == {"requested": "ref", "pgd_step": "ref", "fd_align": "ref"}
-    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["torch"] == torch.__version__
+    assert env["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu"), "--device auto"
 
 
 @needs_fashion_mnist

@@ -470,6 +470,7 @@ def test_augment_crop_is_a_shifted_window():
     assert len(shifts) > 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_augment_on_cuda():
     x = torch.rand(8, 3, 8, 8, device="cuda")
@@ -591,6 +592,7 @@ def test_batch_iterator_rejects_bad_input():
         D.BatchIterator(x, y, 0, shuffle=True, seed=0, device="cpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batch_iterator_on_cuda():
     x, y = _ids()

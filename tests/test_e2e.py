@@ -62,9 +62,12 @@ def test_adversarial_training_is_robust_where_natural_training_collapses(runs):
     assert at["pgd20"] > natural["pgd20"] + 0.25 and at["pgd20"] > 0.4, "PGD-AT is clearly more robust"
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
+def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
+    # bitwise on a GPU too: cuDNN must not pick its convolution algorithms by timing (--cudnn-benchmark
+    # on), and must pick deterministic ones
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     args = ["train", "--plugin", "at", "--dataset", "fashion-mnist", "--subset", "256", "--val-size", "64",
-            "--lr-schedule", "constant", "--attack-steps", "3", "--batch-size", "64"]
+            "--lr-schedule", "constant", "--attack-steps", "3", "--batch-size", "64", "--cudnn-benchmark", "off"]
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
     assert main([*args, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
     assert main([*args, "--epochs", "2", "--resume", "--out", str(tmp_path / "split")]) == 0

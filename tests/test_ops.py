@@ -7,6 +7,7 @@ CI) is set: then they fail, so a kernel that does not build cannot hide.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -126,14 +127,66 @@ def test_pgd_low_precision(device, dtype, norm, shape):
     for eps, step in [(eps_value, eps_value / 4), (torch.linspace(0, 2 * eps_value, shape[0], device=device), 0.01)]:
         out = fused(x_adv, grad, x, eps, step, norm)
         assert out.dtype == dtype
-        # the kernels (like the reference) cast per-sample values to the input dtype first
-        eps32 = eps.to(dtype).float() if isinstance(eps, torch.Tensor) else eps
-        ref32 = ops.pgd_step_ref(x_adv.float(), grad.float(), x.float(), eps32, step, norm).to(dtype)
+        # the kernels round eps and the step to the input dtype first, scalars and per-sample values alike
+        ref32 = ops.pgd_step_ref(x_adv.float(), grad.float(), x.float(), rounded(eps, dtype), rounded(step, dtype),
+                                 norm).to(dtype)
         if norm == "linf":
             assert torch.equal(out, ref32)
         else:
             torch.testing.assert_close(out, ref32, rtol=0, atol=ulp)
         torch.testing.assert_close(out, ops.pgd_step_ref(x_adv, grad, x, eps, step, norm), rtol=0, atol=2 * ulp)
+
+
+def rounded(value, dtype):
+    """A scalar or per-sample value rounded to dtype, as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype).float()
+    return torch.tensor(value, dtype=torch.float32).to(dtype).item()
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_scalar_and_per_sample_values_round_alike(device, dtype, norm):
+    """A scalar eps / step and the same values per sample give the same fp16/bf16 result."""
+    eps, step = (8 / 255, 2 / 255) if norm == "linf" else (0.3, 0.1)
+    x_adv, grad, x = pgd_inputs((6, 256), device, dtype, eps=eps, norm=norm)
+    scalar = fused(x_adv, grad, x, eps, step, norm)
+    for eps_t, step_t in [(torch.full((6,), eps, device=device), torch.full((6,), step, device=device)),
+                          (torch.tensor(eps, device=device), step),
+                          (eps, torch.full((6,), step, dtype=torch.float64, device=device))]:
+        assert torch.equal(fused(x_adv, grad, x, eps_t, step_t, norm), scalar)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pgd_l2_projection_is_exact_under_cancellation(device, seed):
+    """x_adv + α·g/‖g‖ nearly cancels x: ‖δ‖ = 1e-4 from terms of 0.4. The projected step must still
+    have norm ε (fp32 rounding of outputs near 0.5 alone moves this case by up to about 1 %)."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, 3072, generator=gen, dtype=torch.float64)
+    v /= v.norm()
+    x = torch.full((1, 3072), 0.5, device=device)
+    x_adv = (0.5 + 0.4 * v).float().to(device)
+    grad = (-v).float().to(device)
+    eps = 5e-5
+    out = fused(x_adv, grad, x, eps, 0.4 - 1e-4, "l2")
+    norm = (out.double() - x.double()).norm().item()
+    assert abs(norm - eps) <= 0.01 * eps, f"‖δ‖ = {norm:.3e} for ε = {eps:.1e}"
+    torch.testing.assert_close(out, ops.pgd_step_ref(x_adv, grad, x, eps, 0.4 - 1e-4, "l2"), rtol=0, atol=1e-6)
+
+
+def test_pgd_l2_norms_of_large_samples_are_precise(device):
+    """The L2 norms of a 16M-element sample sum float terms in float at most 64 at a time (then in
+    double), on the CPU and on CUDA: a pure projection of identical elements lands on the ε-sphere
+    to 2e-6 (a float sum of 1024 such terms is off by 1.4e-5, which moves the norm by 7e-6)."""
+    n = 1 << 24
+    x = torch.full((1, n), 0.25, device=device)
+    x_adv = torch.full((1, n), 0.35, device=device)
+    u = float(torch.tensor(0.35) - torch.tensor(0.25))  # x_adv - x in float32
+    eps = 0.5 * u * n ** 0.5
+    out = fused(x_adv, torch.zeros_like(x), x, eps, 0.1, "l2")
+    assert torch.equal(out, out[:, :1].expand_as(out)), "identical elements stay identical"
+    norm = (out[0, 0].double() - 0.25).item() * n ** 0.5
+    assert abs(norm / eps - 1) < 2e-6, f"‖δ‖/ε - 1 = {norm / eps - 1:.2e}"
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -231,6 +284,77 @@ def test_pgd_rejects_what_it_cannot_do(device):
         fused(x_adv, grad, x, 0.1, 0.01, "l3")
     with pytest.raises(RuntimeError, match="float32, float64, float16 and bfloat16"):
         fused(x_adv.int(), grad.int(), x.int(), 0.1, 0.01)
+
+
+def on_cpu_kernel(op, *args):
+    """Call the CPU kernel of a robustdistill op whatever the devices of its arguments."""
+    return op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+
+
+def test_kernels_reject_tensors_on_another_device():
+    """The dispatcher picks a kernel from every tensor argument, an optional one included: a kernel
+    given a tensor of another device says so instead of reading memory it cannot (here the CPU kernel
+    with a tensor on the meta device; the CUDA kernel runs the same checks, see the cuda tests)."""
+    need_kernels("cpu")
+    x_adv, grad, x = pgd_inputs((3, 4))
+    meta = torch.full((3,), 0.1, device="meta")
+    with pytest.raises(RuntimeError, match="eps_per_sample is on meta but x_adv, grad and x are on cpu"):
+        on_cpu_kernel(torch.ops.robustdistill.pgd_step, x_adv, grad, x, 0.0, 0.01, meta, None, "linf", 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="step_per_sample is on meta"):
+        on_cpu_kernel(torch.ops.robustdistill.pgd_step_, x_adv, grad, x, 0.1, 0.0, None, meta, "l2", 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="x_adv, grad and x are on meta but another argument is on cpu"):
+        on_cpu_kernel(torch.ops.robustdistill.pgd_step, *(t.to("meta") for t in (x_adv, grad, x)), 0.1, 0.01,
+                      None, None, "linf", 0.0, 1.0)
+    logits = fd_inputs(2, 5, requires_grad=False)
+    with pytest.raises(RuntimeError, match="grad is on meta but the logits are on cpu"):
+        on_cpu_kernel(torch.ops.robustdistill.fd_align_backward, torch.tensor(1.0, device="meta"), *logits, "kl")
+    with pytest.raises(RuntimeError, match="the logits are on meta but another argument is on cpu"):
+        on_cpu_kernel(torch.ops.robustdistill.fd_align, *(t.to("meta") for t in logits), "kl")
+
+
+def test_front_rejects_per_sample_values_on_another_device():
+    """Whatever the backend: a per-sample tensor is created on the inputs' device once, not copied
+    on every step (a 0-dim CPU tensor is a number and is accepted)."""
+    x_adv, grad, x = pgd_inputs((3, 4))
+    for backend in ("ref", "auto"):
+        ops.set_backend(backend)
+        with pytest.raises(ValueError, match="eps is a tensor on meta but the inputs are on cpu"):
+            ops.pgd_step(x_adv, grad, x, torch.full((3,), 0.1, device="meta"), 0.01)
+        with pytest.raises(ValueError, match="step_size is a tensor on meta"):
+            ops.pgd_step_(x_adv.clone(), grad, x, 0.1, torch.tensor(0.01, device="meta"))
+        assert torch.equal(ops.pgd_step(x_adv, grad, x, torch.tensor(0.1), 0.01), ops.pgd_step_ref(x_adv, grad, x, 0.1, 0.01))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_kernels_reject_host_memory_and_never_copy_per_sample_values():
+    need_kernels("cuda")
+    x_adv, grad, x = pgd_inputs((3, 4), "cuda")
+    eps_cpu = torch.full((3,), 0.1)
+    # CPU inputs with a CUDA per-sample tensor: the dispatcher picks the CUDA kernel, which refuses them
+    with pytest.raises(RuntimeError, match="x_adv, grad and x are on cpu but another argument is on cuda"):
+        torch.ops.robustdistill.pgd_step(x_adv.cpu(), grad.cpu(), x.cpu(), 0.0, 0.01, eps_cpu.cuda(), None, "linf",
+                                         0.0, 1.0)
+    # CUDA inputs with a CPU per-sample tensor: an error, not a host synchronisation on every call
+    with pytest.raises(RuntimeError, match="eps_per_sample is on cpu but x_adv, grad and x are on cuda"):
+        torch.ops.robustdistill.pgd_step(x_adv, grad, x, 0.0, 0.01, eps_cpu, None, "linf", 0.0, 1.0)
+    with pytest.raises(ValueError, match="eps is a tensor on cpu but the inputs are on cuda"):
+        ops.pgd_step(x_adv, grad, x, eps_cpu, 0.01)
+    # a 0-dim CPU tensor is a number: read on the host, also inside CUDA-graph capture
+    want = fused(x_adv, grad, x, 0.1, 0.01)
+    assert torch.equal(fused(x_adv, grad, x, torch.tensor(0.1), 0.01), want)
+    out = torch.empty_like(x)
+    fused(x_adv, grad, x, torch.tensor(0.1), 0.01)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(fused(x_adv, grad, x, torch.tensor(0.1), 0.01))
+    graph.replay()
+    assert torch.equal(out, want)
+    logits = fd_inputs(2, 5, "cuda", requires_grad=False)
+    with pytest.raises(RuntimeError, match="grad is on cpu but the logits are on cuda"):
+        torch.ops.robustdistill.fd_align_backward(torch.tensor(1.0), *logits, "kl")
+    with pytest.raises(RuntimeError, match="the logits are on cpu but another argument is on cuda"):
+        torch.ops.robustdistill.fd_align_backward(torch.tensor(1.0, device="cuda"), *(t.cpu() for t in logits), "kl")
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -430,6 +554,8 @@ def test_front_under_torch_compile(device):
 
 @pytest.fixture
 def counting_refs(monkeypatch):
+    if _ext.available("cpu")[0]:
+        ops.kernel_status("cpu")  # the self-check (which calls the references) has run
     calls = {"pgd_step": 0, "fd_align": 0}
     real_pgd, real_fd = ops.pgd_step_ref, ops.fd_align_ref
 
@@ -526,6 +652,94 @@ def test_fallback_when_extension_absent(monkeypatch, counting_refs):
     assert ops.backend_report()["ops"]["pgd_step"]["cpu"]["backend"] == "error"
 
 
+def test_self_check_passes_on_the_cpu():
+    need_kernels("cpu")
+    status = ops.kernel_status("cpu")
+    assert status["self_check"] == "passed" and status["backend"] == "ext", status
+    assert ops.select_backend("ext", torch.device("cpu"))["pgd_step"] == "ext"
+    assert "self-check on cpu: passed" in ops.doctor_lines()
+
+
+@pytest.fixture
+def fresh_self_checks(monkeypatch):
+    need_kernels("cpu")
+    monkeypatch.setattr(ops, "_self_checks", {})
+
+
+@pytest.mark.parametrize("failure", ["wrong result", "exception"])
+def test_failing_self_check_makes_auto_use_the_reference(monkeypatch, fresh_self_checks, failure):
+    """A kernel that computes something else, or raises (e.g. "no kernel image is available" on a GPU
+    it was not compiled for), fails the device's self-check: one warning naming the reason, then the
+    reference runs; 'ext' refuses; the report and doctor say why."""
+    def broken(x_adv, grad, x, *args):
+        if failure == "exception":
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+        return x_adv.clone()
+
+    monkeypatch.setattr(torch.ops.robustdistill, "pgd_step", broken)
+    reason = "no kernel image is available" if failure == "exception" else r"pgd_step \(L∞\) differs from the reference"
+    x_adv, grad, x = pgd_inputs((2, 3, 4, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [ops.pgd_step(x_adv, grad, x, 0.03, 0.01) for _ in range(3)]
+        ops.fd_align(*fd_inputs(3, 5))
+    relevant = [str(w.message) for w in caught if "fused kernels not used" in str(w.message)]
+    assert len(relevant) == 1 and "self-check of the fused kernels on cpu failed" in relevant[0], relevant
+    assert re.search(reason, relevant[0])
+    for out in outs:
+        assert torch.equal(out, ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
+    status = ops.kernel_status("cpu")
+    assert status["backend"] == "ref" and status["self_check"].startswith("failed: ")
+    assert ops.select_backend("auto", torch.device("cpu")) == {"requested": "auto", "pgd_step": "ref",
+                                                               "fd_align": "ref"}
+    assert any(line.startswith("self-check on cpu: failed") for line in ops.doctor_lines())
+    with pytest.raises(ops.ExtensionUnavailableError, match="self-check"):
+        ops.select_backend("ext", torch.device("cpu"))
+    with pytest.raises(ops.ExtensionUnavailableError, match="self-check"):
+        ops.pgd_step(x_adv, grad, x, 0.03, 0.01)
+
+
+def test_self_check_runs_once_per_device(monkeypatch, fresh_self_checks):
+    runs = []
+    real = ops._run_self_check
+    monkeypatch.setattr(ops, "_run_self_check", lambda device: runs.append(str(device)) or real(device))
+    x_adv, grad, x = pgd_inputs((2, 3))
+    for _ in range(3):
+        ops.pgd_step(x_adv, grad, x, 0.03, 0.01)
+        ops.fd_align(*fd_inputs(3, 5))
+    ops.kernel_status("cpu")
+    assert runs == ["cpu"]
+
+
+def test_self_check_under_torch_compile(fresh_self_checks):
+    """The first use may be while torch.compile traces the front: the self-check runs eagerly then."""
+    x_adv, grad, x = pgd_inputs((4, 3, 8, 8))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, g, b: ops.pgd_step(a, g, b, 0.03, 0.01), backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x_adv, grad, x), ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
+    assert ops._self_checks == {"cpu": None}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_self_check_and_capture(monkeypatch):
+    need_kernels("cuda")
+    status = ops.kernel_status("cuda")
+    assert status["self_check"] == "passed", status
+    assert status["runs"] in status["cuda_archs"], status
+    # a first use inside CUDA-graph capture cannot self-check: 'auto' takes the reference, with a warning
+    monkeypatch.setattr(ops, "_self_checks", {})
+    x_adv, grad, x = pgd_inputs((4, 3, 8, 8), "cuda")
+    graph, out = torch.cuda.CUDAGraph(), torch.empty_like(x)
+    with pytest.warns(RuntimeWarning, match="inside CUDA-graph capture"):
+        with torch.cuda.graph(graph):
+            out.copy_(ops.pgd_step(x_adv, grad, x, 0.03, 0.01))
+    graph.replay()
+    assert torch.equal(out, ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
+    assert "cuda:0" not in ops._self_checks
+    assert ops.kernel_status("cuda")["self_check"] == "passed"
+
+
 def test_cuda_tensors_without_cuda_kernels_take_the_reference(monkeypatch):
     monkeypatch.setattr(_ext, "_status", _ext.ExtStatus(loaded=True, origin="aot", path="x", devices=("cpu",)))
     ok, reason = _ext.available("cuda")
@@ -576,11 +790,74 @@ def test_extension_required_switch(monkeypatch):
     assert _build.extension_required()
 
 
-def test_jit_cache_name_is_keyed_by_the_sources(monkeypatch, tmp_path):
+def test_jit_cache_name_is_keyed_by_the_sources_and_architectures(monkeypatch, tmp_path):
+    monkeypatch.delenv(_build.ARCH_LIST_ENV, raising=False)
     name = _ext.jit_name(False)
     assert name == _ext.jit_name(False) and name != _ext.jit_name(True)
+    monkeypatch.setenv(_build.ARCH_LIST_ENV, "8.0")
+    sm80 = _ext.jit_name(True)
+    monkeypatch.setenv(_build.ARCH_LIST_ENV, "8.0;9.0+PTX")
+    assert _ext.jit_name(True) != sm80 and _ext.jit_name(False) == name
     monkeypatch.setattr(_build, "CSRC", tmp_path)
     assert _ext.jit_name(False) != name
+
+
+NVCC_13_0 = [(7, 5), (8, 0), (8, 6), (8, 7), (8, 8), (8, 9), (9, 0), (10, 0), (10, 3), (11, 0), (12, 0), (12, 1)]
+NVCC_11_8 = [(3, 5), (3, 7), (5, 0), (5, 2), (5, 3), (6, 0), (6, 1), (6, 2), (7, 0), (7, 2), (7, 5), (8, 0), (8, 6),
+             (8, 7), (8, 9), (9, 0)]
+
+
+@pytest.fixture
+def no_visible_gpu(monkeypatch):
+    monkeypatch.delenv(_build.ARCH_LIST_ENV, raising=False)
+    monkeypatch.setattr(_build, "_visible_capabilities", lambda: [])
+    _build._cuda_targets.cache_clear()
+    yield
+    _build._cuda_targets.cache_clear()
+
+
+def test_cuda_targets_without_a_visible_gpu_cover_current_gpus_and_newer_ones(monkeypatch, no_visible_gpu):
+    monkeypatch.setattr(_build, "nvcc_archs", lambda nvcc: NVCC_13_0)
+    targets = _build.cuda_targets()
+    assert targets.codes == ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_110", "sm_120", "compute_121")
+    assert "-gencode=arch=compute_121,code=compute_121" in targets.flags and "default list" in targets.source
+    runs = {cap: _build.runs_on(targets.codes, cap) for cap in
+            [(7, 5), (8, 0), (8, 6), (8, 7), (8, 9), (9, 0), (10, 0), (10, 3), (11, 0), (12, 0), (12, 1), (13, 0)]}
+    assert runs == {(7, 5): "sm_75", (8, 0): "sm_80", (8, 6): "sm_86", (8, 7): "sm_86", (8, 9): "sm_86",
+                    (9, 0): "sm_90", (10, 0): "sm_100", (10, 3): "sm_100", (11, 0): "sm_110", (12, 0): "sm_120",
+                    (12, 1): "sm_120", (13, 0): "compute_121"}
+    # an older nvcc: the architectures it knows, PTX of its newest
+    monkeypatch.setattr(_build, "nvcc_archs", lambda nvcc: NVCC_11_8)
+    _build._cuda_targets.cache_clear()
+    assert _build.cuda_targets().codes == ("sm_75", "sm_80", "sm_86", "sm_90", "compute_90")
+    assert _build.runs_on(_build.cuda_targets().codes, (12, 0)) == "compute_90"
+    assert _build.runs_on(_build.cuda_targets().codes, (7, 0)) is None
+
+
+def test_cuda_targets_follow_the_arch_list_and_torchs_gpu_detection(monkeypatch, no_visible_gpu):
+    """The old default (8.0;9.0, no PTX) ran on neither a T4 nor a Blackwell GPU."""
+    assert _build.runs_on(("sm_80", "sm_90"), (7, 5)) is None and _build.runs_on(("sm_80", "sm_90"), (12, 0)) is None
+    monkeypatch.setenv(_build.ARCH_LIST_ENV, "7.5;Hopper")
+    targets = _build.cuda_targets()
+    assert targets.codes == ("sm_75", "sm_90", "compute_90") and _build.ARCH_LIST_ENV in targets.source
+    # a visible T4: PyTorch's own detection, machine code and PTX for it
+    monkeypatch.delenv(_build.ARCH_LIST_ENV)
+    monkeypatch.setattr(_build, "_visible_capabilities", lambda: [(7, 5)])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90", "sm_120"])
+    targets = _build.cuda_targets()
+    assert targets.codes == ("sm_75", "compute_75") and "visible GPUs (sm_75)" in targets.source
+    assert f"-DROBUSTDISTILL_CUDA_ARCHS=sm_75,compute_75" in _build.cxx_flags(True)
+    assert set(targets.flags) <= set(_build.nvcc_flags())
+
+
+def test_built_library_records_its_gpu_code():
+    st = _ext.status()
+    if "cuda" not in st.devices:
+        pytest.skip("no CUDA kernels built")
+    assert st.cuda_archs and all(re.fullmatch(r"(sm|compute)_\d+", code) for code in st.cuda_archs), st.cuda_archs
+    assert any(line.startswith("CUDA kernels compiled for: ") for line in ops.doctor_lines())
 
 
 def test_ahead_of_time_build_is_not_stale():

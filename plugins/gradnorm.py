@@ -32,9 +32,10 @@ from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, RunConfig, RunView, StepContext, hookimpl
 
+from robustdistill.attacks import BN_MODES
+
 from ._gradients import epoch_progress, student_forward, student_gradient
 
-BN_MODES = ("train", "eval")
 RELU_NOTE = ("the paper finds that {method} fails with ReLU networks (Table 4: 16.94% clean / 6.82% AutoAttack "
              "against 60.34% / 30.00% with GELU); train with --activation gelu or silu")
 

@@ -46,10 +46,9 @@ import warnings
 import torch
 from torch import Tensor
 
+from .config import BACKEND_ENV, BACKENDS
 from .registry import RobustDistillError
 
-BACKENDS = ("auto", "ext", "ref")
-BACKEND_ENV = "ROBUSTDISTILL_OPS_BACKEND"
 OPS = ("pgd_step", "fd_align")
 NORMS = ("linf", "l2")
 FD_DISTANCES = ("kl", "l1", "l2")

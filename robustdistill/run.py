@@ -21,7 +21,7 @@ from .data import take_subset
 from .distributed import Distributed
 from .folding import fold_or_keep, folded_pairs
 from .models import build_model
-from .ops import select_backend
+from .ops import kernel_status, select_backend
 from .plugin_manager import PluginHost, StepHooks
 from .registry import DatasetInfo, ModelArch, RobustDistillError
 from .state import CHECKPOINT, EpochProgress, check_resumable, seed_everything
@@ -271,7 +271,7 @@ def run_environment(run: Run) -> dict[str, Any]:
     return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "command": sys.argv, "device": str(device),
             "device_name": device_name, "processes": run.dist.world, "cpu_threads": torch.get_num_threads(),
-            "ops_backend": run.ops_backend, "amp": run.config.amp, "channels_last": run.config.channels_last == "on",
+            "ops_backend": run.ops_backend, "kernels": kernel_status(device), "amp": run.config.amp, "channels_last": run.config.channels_last == "on",
             "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
             "folded_conv_bn": {"student": folded_pairs(run.view.attack_student),
                                "teacher": folded_pairs(run.view.teacher)}}

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import math
 import random
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -41,7 +44,9 @@ AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'r
 AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
-RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "settings", "seconds"})
+RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "weights_sha256", "settings",
+                                  "seconds", "pending"})
+"""Keys of an ``eval --json`` file that are not attack names."""
 
 
 @dataclass
@@ -135,14 +140,37 @@ def _preserved_global_state(device: torch.device) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+class _AutoAttackLog(logging.Handler):
+    """AutoAttack's log as ``AutoAttack: ...`` lines on stderr, flushed at once; its per-batch lines
+    (``apgd-t - 2/4 - ...``) get the time left in the running stage."""
+
+    BATCH = re.compile(r"^(\S+) - (\d+)/(\d+) - ")
+    STAGE = re.compile(r"^running (\S+)")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self.clock = clock
+        self.stage_started = clock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.STAGE.match(message):
+            self.stage_started = self.clock()
+        batch = self.BATCH.match(message)
+        if batch:
+            done, total = int(batch.group(2)), int(batch.group(3))
+            elapsed = self.clock() - self.stage_started
+            left = f", about {format_seconds(elapsed / done * (total - done))} left of it" if done < total else ""
+            message += f" ({format_seconds(elapsed)} in this stage{left})"
+        print(f"AutoAttack: {message}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _autoattack_logging(verbose: bool) -> Iterator[None]:
     """Route AutoAttack's log to stderr with a prefix: everything if verbose, else its warnings only."""
     logger = logging.getLogger("auto-attack")
     saved = (logger.level, logger.propagate, list(logger.handlers))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("AutoAttack: %(message)s"))
-    logger.handlers = [handler]
+    logger.handlers = [_AutoAttackLog()]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
     try:
@@ -271,6 +299,152 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# ---------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------
+
+FORWARD_COST = 1 / 3
+"""A forward pass counted in forward-and-backward passes, for the estimate of the time left."""
+
+
+def attack_cost(name: str, settings: EvalSettings) -> float | None:
+    """Forward-and-backward passes per image a built-in attack takes; None when unknown (AutoAttack's
+    length depends on how many images stay robust; a plugin's attack is not known)."""
+    forwards = FORWARD_COST * (1 + settings.restarts)  # the final count, plus picking the worst restart
+    costs = {"clean": FORWARD_COST, "fgsm": 1 + FORWARD_COST,
+             "pgd20": settings.pgd_steps * settings.restarts + forwards,
+             "cw": settings.cw_steps * settings.restarts + forwards}
+    return costs.get(name)
+
+
+def format_seconds(seconds: float) -> str:
+    """``4.2s``, ``3m05s`` or ``1h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class EvalProgress:
+    """Progress of an evaluation, written to a stream (stderr by default) so that it reads in a log file too.
+
+    One line when each attack starts and ends (accuracy, seconds, attacks left, time left in all), and
+    within an attack that runs batch by batch a line every ``every`` seconds with the accuracy so far
+    and the time left (on a terminal, a progress bar instead). The time left comes from the seconds
+    per forward-and-backward pass measured so far and each attack's passes per image
+    (:func:`attack_cost`); attacks of unknown length are named instead of estimated.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, every: float = 30.0, bar: bool | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._stream = stream
+        self.every = every
+        self.bar = self.stream.isatty() if bar is None else bar
+        self.clock = clock
+        self._plan: list[tuple[str, float | None]] = []
+        self._n = 0
+        self._finished: set[str] = set()
+        self._spent = 0.0  # seconds of the finished attacks of known cost
+        self._work = 0.0  # their passes times images
+        self._current: str | None = None
+        self._started = 0.0
+        self._last_line = 0.0
+        self._seen = 0
+        self._tqdm: Any = None
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def write(self, message: str) -> None:
+        """One line, flushed at once (above the bar on a terminal)."""
+        if self._tqdm is not None:
+            self._tqdm.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def plan(self, attacks: list[tuple[str, float | None]], n: int) -> None:
+        """The attacks about to run with their passes per image (:func:`attack_cost`), on ``n`` images."""
+        self._plan, self._n = list(attacks), n
+
+    def _rate(self) -> float | None:
+        """Seconds per pass and image, from the finished attacks and the running one."""
+        spent, work = self._spent, self._work
+        cost = dict(self._plan).get(self._current or "")
+        if self._current is not None and cost is not None and self._seen:
+            spent += self.clock() - self._started
+            work += cost * self._seen
+        return spent / work if work > 0 and spent > 0 else None
+
+    def _left(self, *, include_current: bool, current_seconds: float = 0.0) -> str:
+        """``about 3m05s``, ``about 3m05s + autoattack`` (attacks of unknown length are named),
+        ``unknown (autoattack)``, or ``''`` before anything has been timed."""
+        rate = self._rate()
+        seconds, unknown, timed = current_seconds, [], current_seconds > 0
+        for name, cost in self._plan:
+            if name in self._finished or (name == self._current and not include_current):
+                continue
+            if cost is None:
+                unknown.append(name)
+                continue
+            if rate is None:
+                return ""
+            todo = self._n - (self._seen if name == self._current else 0)
+            seconds, timed = seconds + rate * cost * todo, True
+        if not timed:
+            return f"unknown ({', '.join(unknown)})" if unknown else ""
+        return f"about {format_seconds(seconds)}" + "".join(f" + {name}" for name in unknown)
+
+    def attack_started(self, name: str) -> None:
+        self._current, self._seen = name, 0
+        self._started = self._last_line = self.clock()
+        names = [n for n, _ in self._plan]
+        place = f" [{names.index(name) + 1}/{len(names)}]" if name in names else ""
+        left = self._left(include_current=True)
+        self.write(f"eval{place}: {name} on {self._n} images started{'; time left: ' + left if left else ''}")
+
+    def batch_finished(self, done: int, total: int, correct: int, seen: int) -> None:
+        """After ``done`` of ``total`` batches: ``correct`` of the ``seen`` images still classified right."""
+        self._seen = seen
+        now = self.clock()
+        accuracy = 100 * correct / max(seen, 1)
+        if self.bar:
+            if self._tqdm is None:
+                from tqdm import tqdm
+
+                self._tqdm = tqdm(total=total, desc=self._current, unit="batch", leave=False, file=self.stream)
+            self._tqdm.set_postfix_str(f"accuracy {accuracy:.2f}%", refresh=False)
+            self._tqdm.update(done - self._tqdm.n)
+            return
+        if done == total or now - self._last_line < self.every:
+            return
+        self._last_line = now
+        elapsed = now - self._started
+        own = elapsed / done * (total - done)
+        left = self._left(include_current=False, current_seconds=own)
+        self.write(f"eval: {self._current} batch {done}/{total}, accuracy so far {accuracy:.2f}% ({seen} images), "
+                   f"{format_seconds(elapsed)}; {self._current} about {format_seconds(own)} left"
+                   f"{', in all ' + left if left else ''}")
+
+    def attack_finished(self, name: str, accuracy: float, seconds: float) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+        cost = dict(self._plan).get(name)
+        if cost is not None:
+            self._spent += seconds
+            self._work += cost * self._n
+        self._finished.add(name)
+        self._current = None
+        remaining = sum(1 for n, _ in self._plan if n not in self._finished)
+        tail = ""
+        if remaining:
+            left = self._left(include_current=False)
+            tail = f"; {remaining} attack{'s' if remaining > 1 else ''} left{', time left: ' + left if left else ''}"
+        self.write(f"eval: {name} done: {100 * accuracy:.2f}% in {format_seconds(seconds)}{tail}")
+
+
 def run_evaluation(
     model: nn.Module,
     x: Tensor,
@@ -280,9 +454,17 @@ def run_evaluation(
     *,
     batch_size: int = 256,
     device: torch.device | str | None = None,
-    progress: bool = False,
+    progress: bool | EvalProgress = False,
+    seed: int | None = None,
+    on_attack_end: Callable[[str, float, float], None] | None = None,
 ) -> EvalResult:
-    """Like :func:`evaluate`, also returning the seconds spent per attack."""
+    """Like :func:`evaluate`, also returning the seconds spent per attack.
+
+    Attacks run one after the other, in the given order. ``progress`` (True: an :class:`EvalProgress`
+    on stderr) reports them; with ``seed``, the torch RNG is seeded with it before each attack, so an
+    attack's result does not depend on which attacks ran before it. ``on_attack_end(name, accuracy,
+    seconds)`` is called as each attack finishes (to save results as they come).
+    """
     names = [a.name for a in attacks_to_run]
     if len(set(names)) != len(names):
         raise RobustDistillError(f"attack names must be unique; got {', '.join(names)}")
@@ -295,47 +477,53 @@ def run_evaluation(
     if model_device.type != device.type or (device.index is not None and model_device.index != device.index):
         raise RobustDistillError(f"the model is on {model_device} but evaluation runs on {device}; "
                                  "move it there first with model.to(device)")
+    reporter = (progress if isinstance(progress, EvalProgress) else EvalProgress()) if progress else None
     n = int(x.shape[0])
-    correct = {name: 0 for name in names}
-    seconds = {name: 0.0 for name in names}
-    per_batch = [a for a in attacks_to_run if not runs_on_whole_set(a)]
-    whole_set = [a for a in attacks_to_run if runs_on_whole_set(a)]
     y = y.long()
+    result = EvalResult(n=n)
+    if reporter is not None:
+        reporter.plan([(name, attack_cost(name, settings)) for name in names], n)
 
     def count_correct(x_adv: Tensor, labels: Tensor) -> int:
         with torch.no_grad():
             return int((model(x_adv).argmax(dim=1) == labels).sum())
 
     with attacks.model_mode(model, train=False), _frozen_parameters(model), torch.enable_grad():
-        if per_batch and n:
-            from tqdm.auto import tqdm
-
-            starts = range(0, n, batch_size)
-            for start in tqdm(starts, desc="eval", unit="batch", disable=not progress, leave=False):
-                xb = to_unit_float(x[start:start + batch_size].to(device, non_blocking=True))
-                yb = y[start:start + batch_size].to(device, non_blocking=True)
-                for attack in per_batch:
-                    _synchronize(device)
-                    began = time.perf_counter()
-                    x_adv = attack.run(model, xb, yb, settings)
-                    check_adversarial(attack.name, x_adv, xb, settings)
-                    correct[attack.name] += count_correct(x_adv, yb)
-                    seconds[attack.name] += time.perf_counter() - began
-        if whole_set and n:
-            x_all = to_unit_float(x.cpu())
-            y_all = y.cpu()
-            for attack in whole_set:
-                _synchronize(device)
-                began = time.perf_counter()
-                x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size, verbose=progress)
-                x_adv = x_adv.detach().cpu()
+        for attack in attacks_to_run:
+            if reporter is not None:
+                reporter.attack_started(attack.name)
+            if seed is not None:
+                torch.manual_seed(seed)
+            _synchronize(device)
+            began = time.perf_counter()
+            correct = 0
+            if n and runs_on_whole_set(attack):
+                x_all, y_all = to_unit_float(x.cpu()), y.cpu()
+                x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size,
+                                   verbose=reporter is not None).detach().cpu()
                 check_adversarial(attack.name, x_adv, x_all, settings)
                 for start in range(0, n, batch_size):
-                    correct[attack.name] += count_correct(x_adv[start:start + batch_size].to(device),
-                                                          y_all[start:start + batch_size].to(device))
-                seconds[attack.name] += time.perf_counter() - began
-    accuracy = {name: (correct[name] / n if n else float("nan")) for name in names}
-    return EvalResult(accuracy=accuracy, seconds=seconds, n=n)
+                    correct += count_correct(x_adv[start:start + batch_size].to(device),
+                                             y_all[start:start + batch_size].to(device))
+            elif n:
+                batches = math.ceil(n / batch_size)
+                for index, start in enumerate(range(0, n, batch_size), 1):
+                    xb = to_unit_float(x[start:start + batch_size].to(device, non_blocking=True))
+                    yb = y[start:start + batch_size].to(device, non_blocking=True)
+                    x_adv = attack.run(model, xb, yb, settings)
+                    check_adversarial(attack.name, x_adv, xb, settings)
+                    correct += count_correct(x_adv, yb)
+                    if reporter is not None:
+                        reporter.batch_finished(index, batches, correct, min(start + batch_size, n))
+            _synchronize(device)
+            seconds = time.perf_counter() - began
+            accuracy = correct / n if n else float("nan")
+            result.accuracy[attack.name], result.seconds[attack.name] = accuracy, seconds
+            if reporter is not None:
+                reporter.attack_finished(attack.name, accuracy, seconds)
+            if on_attack_end is not None:
+                on_attack_end(attack.name, accuracy, seconds)
+    return result
 
 
 def evaluate(
@@ -383,7 +571,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "registers (default: %(default)s)")
     parser.add_argument("--subset", type=_positive_int, default=None, metavar="N",
                         help="evaluate on the first N test images (default: the whole test set)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results to this JSON file")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="write the results to this JSON file, after each finished attack; when it exists, "
+                             "the attacks already in it are skipped (the settings must match)")
+    parser.add_argument("--redo", action="store_true",
+                        help="evaluate every attack again and start the --json file over")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="dataset to evaluate on (default: the checkpoint's training dataset)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
@@ -411,8 +603,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="architecture of a plain state_dict from another tool (e.g. wrn-34-10); "
                              "classes and input shape then come from --dataset")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar and AutoAttack's log (default: when stderr is a terminal)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="report on stderr each attack as it starts and ends, the progress within long "
+                             "attacks (AutoAttack's log, a line every 30 s, a bar on a terminal) and the time "
+                             "left (default: on)")
 
 
 def _format_eps(eps: float) -> str:
@@ -443,18 +637,96 @@ def _select_attacks(text: str, registry: Registry) -> list[EvalAttack]:
     return [registry.eval_attacks[name] for name in names]
 
 
-def _print_table(result: EvalResult) -> None:
-    width = max(len("attack"), *(len(name) for name in result.accuracy))
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state_dict (names, dtypes, shapes and bytes): the same weights, the same digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+SETTING_OPTIONS = {"eps": "--eps", "step_size": "--step-size", "norm": "--norm", "pgd_steps": "--pgd-steps",
+                   "cw_steps": "--cw-steps", "kappa": "--kappa", "restarts": "--restarts", "seed": "--seed"}
+"""The settings a results file must share with the command that continues it, and their options."""
+
+
+def _differences(previous: dict[str, Any], current: dict[str, Any], attack_names: list[str]) -> list[str]:
+    """What differs between the results file ``previous`` and the evaluation ``current`` would write."""
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        return bool(a == b)
+
+    found = []
+    if previous.get("weights_sha256") != current["weights_sha256"]:
+        found.append("the weights differ (another checkpoint, or this one was trained further)"
+                     if "weights_sha256" in previous else "the file does not record which weights it evaluated")
+    for key, what in (("arch", "architecture"), ("dataset", "--dataset"), ("n", "test images (--subset)")):
+        if not same(previous.get(key), current[key]):
+            found.append(f"{what} {previous.get(key)} in the file, {current[key]} now")
+    before, now = previous.get("settings") or {}, current["settings"]
+    for key, option in SETTING_OPTIONS.items():
+        if not same(before.get(key), now[key]):
+            found.append(f"{option} {before.get(key)} in the file, {now[key]} now")
+    for name in attack_names:
+        old = (before.get("attacks") or {}).get(name)
+        if name in previous and old is not None and old != now["attacks"][name]:
+            found.append(f"{name}'s parameters {old} in the file, {now['attacks'][name]} now")
+    return found
+
+
+def _finished_attacks(path: Path, current: dict[str, Any], attack_names: list[str]) -> dict[str, Any]:
+    """The results file at ``path`` if it holds results of the same evaluation; a clear error otherwise."""
+    how = "rerun with the same options, pass --redo to start it over, or write to another --json file"
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RobustDistillError(f"--json {str(path)!r} exists but cannot be read as results of "
+                                 f"`robustdistill eval` ({err}); pass --redo to overwrite it or choose another "
+                                 "file") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+        raise RobustDistillError(f"--json {str(path)!r} exists but is not a results file of `robustdistill eval`; "
+                                 "pass --redo to overwrite it or choose another file")
+    found = _differences(previous, current, attack_names)
+    if found:
+        raise RobustDistillError(f"--json {str(path)!r} holds results of another evaluation ({'; '.join(found)}); "
+                                 f"{how}")
+    return previous
+
+
+def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accuracy: dict[str, float],
+                  seconds: dict[str, float], pending: list[str]) -> dict[str, Any]:
+    """The JSON written after each attack: earlier results first, then this run's, then the metadata."""
+    earlier = {k: v for k, v in (previous or {}).items() if k not in RESULT_METADATA_KEYS and k not in accuracy}
+    earlier_seconds = {k: v for k, v in ((previous or {}).get("seconds") or {}).items() if k in earlier}
+    earlier_attacks = {k: v for k, v in (((previous or {}).get("settings") or {}).get("attacks") or {}).items()
+                       if k in earlier}
+    result: dict[str, Any] = {**earlier, **accuracy}
+    result.update({key: value for key, value in current.items() if key != "settings"})
+    result["settings"] = {**current["settings"], "attacks": {**earlier_attacks, **current["settings"]["attacks"]}}
+    result["seconds"] = {**earlier_seconds, **{name: round(value, 3) for name, value in seconds.items()}}
+    result["pending"] = pending
+    return result
+
+
+def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier: set[str]) -> None:
+    width = max(len("attack"), *(len(name) for name in accuracy))
     print(f"{'attack':<{width}}  {'accuracy':>9}  {'seconds':>8}")
-    for name, acc in result.accuracy.items():
-        print(f"{name:<{width}}  {100 * acc:>8.2f}%  {result.seconds[name]:>8.1f}")
+    for name, acc in accuracy.items():
+        note = "  (from the --json file)" if name in earlier else ""
+        print(f"{name:<{width}}  {100 * acc:>8.2f}%  {seconds.get(name, float('nan')):>8.1f}{note}")
 
 
 def eval_command(args: argparse.Namespace, registry: Registry) -> int:
-    """Run ``robustdistill eval``: print an accuracy table and optionally write JSON. Returns 0."""
+    """Run ``robustdistill eval``: print an accuracy table and optionally write JSON. Returns 0 (130 when
+    interrupted: the attacks finished by then are in the ``--json`` file, and a rerun continues)."""
     selected = _select_attacks(args.attacks, registry)
     if any(isinstance(a.run, _AutoAttackRun) for a in selected):
         _import_autoattack()  # fail before loading anything
+    if args.redo and not args.json:
+        raise RobustDistillError("--redo starts a --json file over; without --json every attack runs anyway")
     device = resolve_device(args.device)
     ops_backend = select_backend(args.ops_backend, device)
     path = str(args.checkpoint)
@@ -505,42 +777,63 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     n = n_total if args.subset is None else min(args.subset, n_total)
     if args.subset is not None and args.subset > n_total:
         print(f"note: --subset {args.subset} exceeds the {n_total} test images; using all of them")
-    progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+    current: dict[str, Any] = {
+        "eps": eps, "n": n, "dataset": info.name, "checkpoint": path, "arch": arch.name,
+        "weights_sha256": weights_fingerprint(model),
+        "settings": {**settings.to_dict(), "batch_size": args.batch_size, "seed": args.seed,
+                     "ops_backend": ops_backend,
+                     "attacks": {a.name: attack_details(a.name, settings) for a in selected}},
+    }
+    json_path = Path(args.json) if args.json else None
+    previous = None
+    if json_path is not None and json_path.exists() and not args.redo:
+        previous = _finished_attacks(json_path, current, [a.name for a in selected])
+    earlier = {a.name for a in selected if previous is not None and isinstance(previous.get(a.name), (int, float))}
+    to_run = [a for a in selected if a.name not in earlier]
 
     model.to(device).eval()
     if args.fold_bn == "on":
         model = fold_or_keep(model, live=False, what="evaluated model")
-    torch.manual_seed(args.seed)
+    current["settings"]["folded_conv_bn"] = folded_pairs(model)
     print(f"{path}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
-          f"step {_format_eps(step_size)}, device {device}")
-    result = run_evaluation(model, test_x[:n], test_y[:n], selected, settings, batch_size=args.batch_size,
-                            device=device, progress=progress)
-    _print_table(result)
+          f"step {_format_eps(step_size)}, device {device}", flush=True)
+    if earlier:
+        print(f"{', '.join(sorted(earlier, key=[a.name for a in selected].index))} already in {json_path}: "
+              f"skipped (--redo evaluates {'them' if len(earlier) > 1 else 'it'} again)", flush=True)
+    accuracy: dict[str, float] = {}
+    seconds: dict[str, float] = {}
 
-    if args.json:
-        report: dict[str, Any] = dict(result.accuracy)
-        report.update({
-            "eps": eps,
-            "n": n,
-            "dataset": info.name,
-            "checkpoint": path,
-            "arch": arch.name,
-            "settings": {
-                **settings.to_dict(),
-                "batch_size": args.batch_size,
-                "seed": args.seed,
-                "ops_backend": ops_backend,
-                "folded_conv_bn": folded_pairs(model),
-                "attacks": {a.name: attack_details(a.name, settings) for a in selected},
-            },
-            "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
-        })
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    def save(name: str, acc: float, secs: float) -> None:
+        accuracy[name], seconds[name] = acc, secs
+        if json_path is not None:
+            pending = [a.name for a in to_run if a.name not in accuracy]
+            atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending),
+                                                    indent=2) + "\n")
+
+    if json_path is not None and (to_run or previous is None):
+        atomic_write_text(json_path, json.dumps(_results_file(previous, current, {}, {}, [a.name for a in to_run]),
+                                                indent=2) + "\n")  # an unwritable path fails before any attack
+    progress = EvalProgress() if args.progress else False
+    try:
+        run_evaluation(model, test_x[:n], test_y[:n], to_run, settings, batch_size=args.batch_size,
+                       device=device, progress=progress, seed=args.seed, on_attack_end=save)
+    except KeyboardInterrupt:
+        kept = f"{len(accuracy)} finished attack(s) are in {json_path}; rerun the same command to continue" \
+            if json_path is not None else "nothing is kept without --json FILE"
+        print(f"robustdistill: interrupted; {kept}", file=sys.stderr)
+        return 130
+    table = {a.name: float(previous[a.name]) if a.name in earlier else accuracy[a.name]  # type: ignore[index]
+             for a in selected}
+    table_seconds = {**((previous or {}).get("seconds") or {}), **seconds}
+    _print_table(table, table_seconds, earlier)
+    if json_path is not None and to_run:
+        print(f"wrote {json_path}")
     return 0
 
 
 __all__ = [
-    "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalResult", "EvalSettings", "add_eval_arguments",
-    "attack_details", "check_adversarial", "eval_command", "evaluate", "run_evaluation", "runs_on_whole_set",
+    "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalProgress", "EvalResult", "EvalSettings", "add_eval_arguments",
+    "attack_cost", "attack_details", "check_adversarial", "eval_command", "evaluate", "format_seconds",
+    "run_evaluation", "runs_on_whole_set", "weights_fingerprint",
 ]

@@ -13,6 +13,7 @@ each row, so the table grows as rows finish and an interrupted comparison contin
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -116,8 +117,9 @@ class Comparison:
         self.run(command)
 
     def evaluate(self, run_dir: Path) -> None:
-        if (run_dir / "eval.json").exists():
-            return
+        results = run_dir / "eval.json"
+        if results.exists() and not json.loads(results.read_text()).get("pending"):
+            return  # finished; an interrupted evaluation is continued by eval itself
         command = ["eval", str(run_dir / "last.pt"), "--attacks", self.args.attacks, "--device", self.args.device,
                    "--json", str(run_dir / "eval.json")]
         if self.args.eval_subset:

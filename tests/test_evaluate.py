@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
+import logging
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,13 +23,19 @@ from robustdistill.checkpoint import FORMAT
 from robustdistill.evaluate import (
     AUTOATTACK_MISSING,
     BUILTIN_EVAL_ATTACKS,
+    EvalProgress,
     EvalSettings,
+    _AutoAttackLog,
     add_eval_arguments,
+    attack_cost,
     eval_command,
     evaluate,
+    format_seconds,
     run_evaluation,
+    weights_fingerprint,
 )
 from robustdistill.models import BUILTIN_MODELS, Classifier, build_model
+from conftest import needs_fashion_mnist
 from robustdistill.registry import (
     DatasetEntry,
     DatasetInfo,
@@ -335,7 +347,8 @@ def test_eval_command_fractions_and_dataset_defaults(trained, tmp_path, capsys):
     assert report["settings"]["step_size"] == pytest.approx(2 / 255)
 
     assert eval_command(parse([str(path), "--attacks", "pgd20", "--eps", "4/255", "--step-size", "1/255",
-                               "--json", str(out), "--subset", "1000", "--device", "cpu"]), make_registry()) == 0
+                               "--json", str(out), "--subset", "1000", "--device", "cpu", "--redo"]),
+                        make_registry()) == 0
     report = json.loads(out.read_text())
     assert report["eps"] == pytest.approx(4 / 255) and report["n"] == 60
     assert "4/255" in capsys.readouterr().out
@@ -412,3 +425,241 @@ def test_eval_command_folds_batchnorm_without_changing_the_result(tmp_path):
     assert reports["on"]["settings"]["folded_conv_bn"] == 3 and reports["off"]["settings"]["folded_conv_bn"] == 0
     for name in ("clean", "fgsm", "pgd20"):  # the same function: at most a rounding-level sign flip apart
         assert abs(reports["on"][name] - reports["off"][name]) <= 1 / 40, name
+
+
+# ------------------------------------------------------------------------------------ progress
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (4.24, 59.9, 185, 3720)] == ["4.2s", "59.9s", "3m05s", "1h02m"]
+
+
+def test_progress_lines_with_hand_computed_time_left():
+    clock, out = FakeClock(), io.StringIO()
+    s = settings(pgd_steps=20)  # pgd20 costs 20 + 2/3 passes per image, clean 1/3
+    progress = EvalProgress(out, every=30, bar=False, clock=clock)
+    progress.plan([("clean", attack_cost("clean", s)), ("pgd20", attack_cost("pgd20", s)),
+                   ("autoattack", attack_cost("autoattack", s))], n=300)
+    progress.attack_started("clean")  # nothing timed yet: no estimate
+    clock.now = 1.0
+    progress.attack_finished("clean", 0.9, 1.0)  # 1 s for 100 passes·images: 0.01 s each
+    progress.attack_started("pgd20")  # 0.01 · 62/3 · 300 = 62 s, plus autoattack of unknown length
+    clock.now = 11.0
+    progress.batch_finished(1, 3, 80, 100)  # 10 s < every: no line
+    clock.now = 31.0
+    progress.batch_finished(2, 3, 150, 200)  # 30 s for 2 of 3 batches: 15 s left of pgd20
+    clock.now = 46.5
+    progress.batch_finished(3, 3, 220, 300)  # the last batch: the end line says it
+    progress.attack_finished("pgd20", 220 / 300, 45.5)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "eval [1/3]: clean on 300 images started",
+        "eval: clean done: 90.00% in 1.0s; 2 attacks left, time left: about 1m02s + autoattack",
+        "eval [2/3]: pgd20 on 300 images started; time left: about 1m02s + autoattack",
+        "eval: pgd20 batch 2/3, accuracy so far 75.00% (200 images), 30.0s; pgd20 about 15.0s left, "
+        "in all about 15.0s + autoattack",
+        "eval: pgd20 done: 73.33% in 45.5s; 1 attack left, time left: unknown (autoattack)",
+    ]
+
+
+def test_autoattack_log_adds_the_time_left_in_the_stage(capsys):
+    clock = FakeClock()
+    handler = _AutoAttackLog(clock)
+    logger = logging.getLogger("test-autoattack-log")
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.DEBUG)
+    clock.now = 5.0
+    logger.debug("running apgd-t")
+    clock.now = 25.0
+    logger.debug("apgd-t - 1/4 - 3 out of 8 successfully perturbed")
+    logger.debug("robust accuracy after APGD-T: 40.00% (total time 25.0 s)")
+    assert capsys.readouterr().err.splitlines() == [
+        "AutoAttack: running apgd-t",
+        "AutoAttack: apgd-t - 1/4 - 3 out of 8 successfully perturbed (20.0s in this stage, about 1m00s left of it)",
+        "AutoAttack: robust accuracy after APGD-T: 40.00% (total time 25.0 s)",
+    ]
+
+
+def test_progress_reports_each_attack_of_an_evaluation(trained):
+    data = make_data()
+    out = io.StringIO()
+    chosen = [ATTACKS["clean"], ATTACKS["pgd20"]]
+    result = run_evaluation(trained, data.test_x, data.test_y, chosen, settings(), batch_size=16, device="cpu",
+                            progress=EvalProgress(out, every=0, bar=False))
+    lines = out.getvalue().splitlines()
+    # every = 0: a line after each batch but the last (4 batches of 16), then the end line says it
+    assert [line.split(",")[0].split(";")[0] for line in lines] == [
+        "eval [1/2]: clean on 60 images started",
+        *(f"eval: clean batch {i}/4" for i in (1, 2, 3)),
+        f"eval: clean done: {100 * result.accuracy['clean']:.2f}% in {result.seconds['clean']:.1f}s",
+        "eval [2/2]: pgd20 on 60 images started",
+        *(f"eval: pgd20 batch {i}/4" for i in (1, 2, 3)),
+        f"eval: pgd20 done: {100 * result.accuracy['pgd20']:.2f}% in {result.seconds['pgd20']:.1f}s",
+    ]
+    assert "time left: about " in lines[4] and "in all about " in lines[6]
+
+
+def test_each_attack_starts_from_the_seed(trained):
+    data = make_data()
+    draws: list[float] = []
+
+    def draw(model, x, y, s):
+        draws.append(float(torch.rand(())))
+        return x
+
+    def consume(model, x, y, s):
+        torch.rand(1000)
+        return x
+
+    drawing, consuming = EvalAttack("draw", draw, ""), EvalAttack("consume", consume, "")
+    run_evaluation(trained, data.test_x, data.test_y, [drawing], settings(), batch_size=64, device="cpu", seed=3)
+    run_evaluation(trained, data.test_x, data.test_y, [consuming, drawing], settings(), batch_size=64,
+                   device="cpu", seed=3)
+    assert len(draws) == 2 and draws[0] == draws[1]
+
+
+# ------------------------------------------------------------------------------------ eval --json: resume
+
+class Interrupting:
+    """A long attack that is interrupted (Ctrl-C) on its second batch."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def __call__(self, model, x, y, s):
+        self.batches += 1
+        if self.batches == 2:
+            raise KeyboardInterrupt
+        return x
+
+
+def eval_args(checkpoint, out, attacks="recorder,fgsm,slow", *extra):
+    return parse([str(checkpoint), "--attacks", attacks, "--json", str(out), "--batch-size", "8",
+                  "--device", "cpu", "--no-progress", *extra])
+
+
+def test_json_is_written_after_each_attack_and_a_rerun_continues(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rec, slow = Recorder(), Interrupting()
+    registry = make_registry(recorder=rec)
+    registry.eval_attacks["slow"] = EvalAttack("slow", slow, "interrupted")
+    assert eval_command(eval_args(checkpoint, out), registry) == 130
+    assert "2 finished attack(s) are in" in capsys.readouterr().err
+    kept = json.loads(out.read_text())
+    assert kept["recorder"] == pytest.approx(json.loads(out.read_text())["recorder"]) and 0 <= kept["fgsm"] <= 1
+    assert "slow" not in kept and kept["pending"] == ["slow"] and set(kept["seconds"]) == {"recorder", "fgsm"}
+    assert rec.seen == 60
+
+    # The rerun skips what is in the file and evaluates the rest.
+    registry.eval_attacks["slow"] = EvalAttack("slow", Recorder(), "now quick")
+    assert eval_command(eval_args(checkpoint, out), registry) == 0
+    assert rec.seen == 60  # not evaluated again
+    stdout = capsys.readouterr().out
+    assert "recorder, fgsm already in" in stdout and "(from the --json file)" in stdout
+    final = json.loads(out.read_text())
+    assert list(final)[:3] == ["recorder", "fgsm", "slow"] and final["pending"] == []
+    assert final["fgsm"] == kept["fgsm"] and final["seconds"]["fgsm"] == kept["seconds"]["fgsm"]
+    assert set(final["settings"]["attacks"]) == {"recorder", "fgsm", "slow"}
+
+    # Another attack later adds to the file; --redo starts it over.
+    assert eval_command(eval_args(checkpoint, out, "clean"), registry) == 0
+    assert list(json.loads(out.read_text()))[:4] == ["recorder", "fgsm", "slow", "clean"]
+    assert eval_command(eval_args(checkpoint, out, "recorder", "--redo"), registry) == 0
+    assert rec.seen == 120
+    redone = json.loads(out.read_text())
+    assert "fgsm" not in redone and "clean" not in redone and redone["pending"] == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eps", "0.07"], "--eps 0.05 in the file, 0.07 now"),
+    (["--subset", "30"], "test images (--subset) 60 in the file, 30 now"),
+    (["--pgd-steps", "7"], "--pgd-steps 20 in the file, 7 now"),
+    (["--seed", "1"], "--seed 0 in the file, 1 now"),
+])
+def test_a_rerun_with_other_settings_is_refused(checkpoint, tmp_path, extra, message):
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean"), make_registry()) == 0
+    before = out.read_text()
+    with pytest.raises(RobustDistillError) as err:
+        eval_command(eval_args(checkpoint, out, "clean,fgsm", *extra), make_registry())
+    assert message in str(err.value) and "--redo" in str(err.value)
+    assert out.read_text() == before  # untouched
+    assert eval_command(eval_args(checkpoint, out, "fgsm", *extra, "--redo"), make_registry()) == 0
+    assert "clean" not in json.loads(out.read_text())
+
+
+def test_a_rerun_on_other_weights_is_refused(trained, checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean"), make_registry()) == 0
+    other = tmp_path / "other.pt"
+    state = {k: v + 1e-3 if v.is_floating_point() else v for k, v in trained.state_dict().items()}
+    torch.save({**torch.load(checkpoint), "model": state}, other)
+    with pytest.raises(RobustDistillError, match="the weights differ"):
+        eval_command(eval_args(other, out, "clean"), make_registry())
+    copy = tmp_path / "copy.pt"  # the same weights under another path continue the file
+    copy.write_bytes(checkpoint.read_bytes())
+    assert eval_command(eval_args(copy, out, "clean,fgsm"), make_registry()) == 0
+
+
+def test_a_json_file_that_is_not_a_result_is_refused(checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    for text in ("not json", "[1, 2]", '{"clean": 0.5}'):
+        out.write_text(text)
+        with pytest.raises(RobustDistillError, match="--redo"):
+            eval_command(eval_args(checkpoint, out, "clean"), make_registry())
+    assert eval_command(eval_args(checkpoint, out, "clean", "--redo"), make_registry()) == 0
+    with pytest.raises(RobustDistillError, match="--redo starts a --json file over"):
+        eval_command(parse([str(checkpoint), "--redo"]), make_registry())
+
+
+def test_weights_fingerprint_follows_the_weights(trained):
+    first = weights_fingerprint(trained)
+    assert first == weights_fingerprint(train_tiny()) and len(first) == 64
+    changed = train_tiny()
+    with torch.no_grad():
+        changed.fc.weight[0, 0] += 1e-6
+    assert weights_fingerprint(changed) != first
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_eval_killed_keeps_the_finished_attacks(tmp_path):
+    """A real interruption: SIGKILL during a long PGD attack; the finished attacks survive in the file."""
+    arch = ModelArch(name="cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.286,), std=(0.353,))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"format": FORMAT, "arch": arch.to_dict(), "model": build_model(arch).state_dict(),
+                "config": {"dataset": "fashion-mnist", "eps": 0.1, "step_size": 0.01}}, checkpoint)
+    out = tmp_path / "eval.json"
+    command = [sys.executable, "-m", "robustdistill", "eval", str(checkpoint), "--subset", "256", "--device", "cpu",
+               "--pgd-steps", "5000", "--json", str(out)]
+    log = tmp_path / "log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen([*command, "--attacks", "clean,fgsm,pgd20"], stdout=stream,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if "pgd20 on 256 images started" in log.read_text():
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, log.read_text()
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    kept = json.loads(out.read_text())
+    assert set(kept) >= {"clean", "fgsm"} and kept["pending"] == ["pgd20"], kept
+    assert "eval [1/3]: clean on 256 images started" in log.read_text()  # progress reaches a log file
+    # The same options continue the file: the finished attacks are not run again.
+    rerun = subprocess.run([*command, "--attacks", "clean,fgsm"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "clean, fgsm already in" in rerun.stdout and "started" not in rerun.stderr
+    assert json.loads(out.read_text()) == kept

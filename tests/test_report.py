@@ -6,8 +6,24 @@ import pytest
 import torch
 from torch import nn
 
+from robustdistill.checkpoint import FORMAT
 from robustdistill.cli import main
-from robustdistill.report import RunRecord, input_gradients, load_run, results_table
+from robustdistill.evaluate import weights_fingerprint
+from robustdistill.models import BUILTIN_MODELS, build_model
+from robustdistill.registry import ModelArch, Registry
+from robustdistill.report import (
+    RunRecord,
+    _add_teacher_column,
+    curves_figure,
+    figure_captions,
+    gradients_figure,
+    input_gradients,
+    load_run,
+    loss_terms_figure,
+    loss_terms_table,
+    results_table,
+    robust_vs_eps_figure,
+)
 
 from conftest import needs_fashion_mnist
 
@@ -134,3 +150,166 @@ def test_results_table_accepts_plugin_attack_columns(tmp_path):
     run = RunRecord(tmp_path, {"plugin": ["at"]}, [], {"clean": 0.5, "my-attack": 0.25, "n": 10})
     table = results_table([run])
     assert "| clean | my-attack |" in table and "| 50.00 | 25.00 | 10 |" in table
+
+
+# ------------------------------------------------------------------------------------ figures
+
+def epoch_metrics(epoch, loss, terms, weighted=None, **extra):
+    line = {"epoch": epoch, "lr": 0.1, "loss": loss, "terms": terms, "val_clean": 0.7, "val_pgd": 0.4, **extra}
+    if weighted is not None:
+        line["weighted_terms"] = weighted
+    return line
+
+
+def record(tmp_path, name, plugins, history):
+    return RunRecord(tmp_path / name, {"plugin": plugins, "val_size": 100, "val_attack_steps": 20, "eps": 0.1},
+                     history, None, label=name)
+
+
+def close(fig):
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_curves_of_a_one_epoch_run_have_whole_epoch_ticks_and_labelled_axes(tmp_path):
+    run = record(tmp_path, "a", ["at"], [epoch_metrics(1, 1.5, {"ce_adv": 1.5})])
+    fig = curves_figure([run])
+    used = [ax for ax in fig.axes if ax.lines]
+    assert len(used) == 4  # loss, clean accuracy, PGD accuracy, learning rate
+    for ax in used:
+        assert list(ax.get_xticks()) == [1] and ax.get_xlabel() == "epoch" and ax.get_ylabel(), ax.get_title()
+    assert [ax.get_ylabel() for ax in used] == ["loss (mean over the epoch)", "accuracy (%)", "accuracy (%)",
+                                                "learning rate"]
+    assert used[2].get_title() == "accuracy under PGD-20, ε = 0.1 (first 100 test images)"
+    assert list(used[1].lines[0].get_ydata()) == pytest.approx([70.0])  # in percent
+    close(fig)
+
+
+def test_curves_give_each_objective_its_own_loss_panel(tmp_path):
+    runs = [record(tmp_path, "at", ["at"], [epoch_metrics(e, 2.0 / e, {}) for e in (1, 2, 3)]),
+            record(tmp_path, "rslad-a", ["rslad"], [epoch_metrics(e, 0.1 / e, {}) for e in (1, 2, 3)]),
+            record(tmp_path, "rslad-b", ["rslad"], [epoch_metrics(e, 0.2 / e, {}) for e in (1, 2, 3)])]
+    fig = curves_figure(runs)
+    loss_axes = [ax for ax in fig.axes if ax.get_title().startswith("training loss")]
+    assert [ax.get_title() for ax in loss_axes] == ["training loss: at", "training loss: rslad"]
+    assert [len(ax.lines) for ax in loss_axes] == [1, 2]
+    assert all(list(ax.get_xticks()) == [1, 2, 3] for ax in fig.axes if ax.lines)
+    close(fig)
+
+    many = [record(tmp_path, f"r{i}", [name], [epoch_metrics(e, (i + 1) / e, {}) for e in (1, 2)])
+            for i, name in enumerate(["at", "trades", "rslad", "ard"])]
+    fig = curves_figure(many)
+    loss_axes = [ax for ax in fig.axes if ax.get_title().startswith("training loss")]
+    assert len(loss_axes) == 1 and "relative to its first epoch" in loss_axes[0].get_title()
+    assert [list(line.get_ydata()) for line in loss_axes[0].lines] == [[1.0, 0.5]] * 4
+    close(fig)
+
+
+def test_loss_terms_figure_plots_weighted_contributions_and_unweighted_terms(tmp_path):
+    history = [epoch_metrics(e, 1.06 + 0.0139 * 30 * e, {"ce_adv": 1.06, "igdm": 0.0139},
+                             {"ce_adv": 1.06, "igdm": 0.0139 * 30 * e}) for e in (1, 2)]
+    old = record(tmp_path, "old", ["at"], [epoch_metrics(1, 1.2, {"ce_adv": 1.2})])
+    fig = loss_terms_figure([record(tmp_path, "new", ["igdm"], history), old])
+    titles = {ax.get_title(): ax for ax in fig.axes}
+    weighted = titles["new (igdm): contribution to the loss"]
+    raw = titles["new (igdm): terms before weighting"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in weighted.lines}
+    assert lines["igdm (× 30 → 60)"] == pytest.approx([0.417, 0.834])
+    assert lines["ce_adv (× 1)"] == pytest.approx([1.06, 1.06])
+    assert lines["loss (their sum)"] == pytest.approx([1.477, 1.894])
+    assert {line.get_label(): list(line.get_ydata()) for line in raw.lines}["igdm"] == pytest.approx([0.0139] * 2)
+    assert weighted.get_ylabel() == "weight × term" and raw.get_ylabel() == "term, unweighted"
+    assert "not logged" in titles["old (at): contribution to the loss"].texts[0].get_text()
+    assert list(titles["old (at): terms before weighting"].get_xticks()) == [1]  # its own epochs
+    close(fig)
+
+    fig = loss_terms_figure([old])  # no run logged weights: one row, the unweighted terms
+    assert [ax.get_title() for ax in fig.axes] == ["old (at): terms before weighting"]
+    close(fig)
+
+
+def test_loss_terms_table_with_hand_computed_shares(tmp_path):
+    runs = [record(tmp_path, "igdm", ["igdm"], [epoch_metrics(1, 1.8934, {"ce_adv": 1.06, "igdm": 0.0139},
+                                                              {"ce_adv": 1.06, "igdm": 0.834})]),
+            record(tmp_path, "old", ["at"], [epoch_metrics(1, 1.2, {"ce_adv": 1.2})])]
+    lines = loss_terms_table(runs).splitlines()
+    assert lines[0] == "| run | term | term, unweighted | weight | weight × term | share of the loss |"
+    assert lines[2] == "| igdm | ce_adv | 1.06 | 1 | 1.06 | 56.0% |"
+    assert lines[3] == "| igdm | igdm | 0.0139 | 60 | 0.834 | 44.0% |"  # 0.834 / 1.8934
+    assert lines[4] == "| old | ce_adv | 1.2 | — | — | — |"
+    assert "Weights not logged (runs written by an older version): old." in lines[-1]
+
+
+def test_robust_vs_eps_figure_has_labelled_axes():
+    fig = robust_vs_eps_figure({"a": {"eps": [0, 0.1], "accuracy": [0.8, 0.4], "steps": 20, "n": 500}},
+                               train_eps=0.1)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "ε, radius of the L∞ ball (pixel values in [0, 1])"
+    assert ax.get_ylabel() == "accuracy under PGD-20 (%)" and "first 500 test images" in ax.get_title()
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([80, 40])
+    assert ax.lines[1].get_label() == "training ε = 0.1"
+    close(fig)
+
+
+def test_gradients_figure_names_classes_and_explains_the_colours():
+    images = torch.rand(3, 1, 8, 8)
+    grads = torch.zeros(3, 1, 8, 8)
+    grads[:, 0, 0, 0], grads[:, 0, 1, 1] = 2.0, -0.5
+    fig = gradients_figure(images, torch.tensor([0, 9, 3]), [("teacher", grads), ("student", -grads)],
+                           dataset="fashion-mnist")
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [grid[i * 3].get_ylabel() for i in range(3)] == ["T-shirt/top", "Ankle boot", "Dress"]
+    assert [grid[j].get_title() for j in range(3)] == ["image\n(true class)", "teacher", "student"]
+    shown = grid[1].images[0].get_array()
+    assert (float(shown[0, 0]), float(shown[1, 1])) == (1.0, -0.25)  # scaled by the largest magnitude
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "∂ CE / ∂ pixel" in bars[0].get_ylabel()
+    assert "Red: brightening the pixel raises the cross-entropy" in fig._supxlabel.get_text()
+    close(fig)
+    fig = gradients_figure(images, torch.tensor([0, 1, 12]), [("m", grads)], dataset="imagefolder")
+    assert fig.axes[4].get_ylabel() == "class 12"  # rows of (image, map): the third row's image
+    close(fig)
+
+
+def test_teacher_is_shown_once(tmp_path):
+    arch = ModelArch(name="cnn", num_classes=10, in_channels=1, image_size=8, mean=(0.5,), std=(0.25,))
+    registry = Registry()
+    registry.models.extend(BUILTIN_MODELS)
+    torch.manual_seed(0)
+    teacher, other = build_model(arch), build_model(arch)
+    path = tmp_path / "teacher" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"format": FORMAT, "arch": arch.to_dict(), "model": teacher.state_dict(), "config": {}}, path)
+    images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    grads = torch.zeros(2, 1, 8, 8)
+    digests = {"teacher-run\n(at)": weights_fingerprint(teacher), "student\n(rslad)": weights_fingerprint(other)}
+
+    columns = [("student\n(rslad)", grads), ("teacher-run\n(at)", grads + 1)]
+    _add_teacher_column(path, registry, torch.device("cpu"), images, labels, columns, digests)
+    assert [title for title, _ in columns] == ["teacher\n(teacher-run)", "student\n(rslad)"]
+    assert torch.equal(columns[0][1], grads + 1)
+
+    columns = [("student\n(rslad)", grads)]  # the teacher is not a run: its own column, first
+    _add_teacher_column(path, registry, torch.device("cpu"), images, labels, columns,
+                        {"student\n(rslad)": digests["student\n(rslad)"]})
+    assert [title for title, _ in columns] == ["teacher\n(teacher)", "student\n(rslad)"]
+    assert torch.allclose(columns[0][1], input_gradients(teacher.eval(), images, labels), atol=1e-5)
+
+
+def test_report_writes_captions_and_defaults_under_runs(capsys, tmp_path, monkeypatch):
+    history = [epoch_metrics(1, 1.9, {"ce_adv": 1.06, "igdm": 0.014}, {"ce_adv": 1.06, "igdm": 0.84})]
+    a = write_run(tmp_path / "a", history, {"plugin": ["igdm"]}, {"clean": 0.8, "fgsm": 0.5, "n": 10,
+                                                                  "pending": ["autoattack"]})
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "report", str(a), "--no-models")
+    assert code == 0 and "to runs/report" in out
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    for name in ("curves.png", "loss_terms.png"):
+        assert f"![{name}]({name})" in text and f"**{name}** — " in text
+        assert (tmp_path / "runs" / "report" / name).read_bytes()[:8] == PNG_MAGIC
+    assert "gradients.png" not in text and "| a | igdm | 0.014 | 60 | 0.84 | 44.2% |" in text
+    assert "Evaluation not finished for: a (autoattack)" in text
+    assert "weight × term" in text.split("**loss_terms.png**")[1]
+    old = [RunRecord(tmp_path, {}, [{"epoch": 1, "loss": 1.0, "terms": {"ce": 1.0}}], None)]
+    assert "unweighted (these runs did not log the weights)" in figure_captions(old, ["loss_terms.png"])

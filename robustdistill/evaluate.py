@@ -35,10 +35,9 @@ from . import attacks
 from .checkpoint import FORMAT, atomic_write_text, is_state_dict, load_checkpoint, model_from_checkpoint
 from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number, resolve_device
 from .folding import fold_or_keep, folded_pairs
-from .ops import select_backend
+from .ops import NORMS, select_backend
 from .registry import EvalAttack, ModelArch, Registry, RobustDistillError
 
-NORMS = ("linf", "l2")
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
 AUTOATTACK_SEED = 0

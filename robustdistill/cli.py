@@ -14,6 +14,7 @@ from . import __version__
 from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number
 from .plugin_manager import PluginHost, PluginWarning, load_plugins
 from .registry import Option, RobustDistillError
+from .zoo import add_source_arguments
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 
@@ -51,15 +52,22 @@ def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> No
     g = parser.add_argument_group("method")
     g.add_argument("--plugin", action="append", default=None, metavar="NAME",
                    help=f"training method, repeatable to compose (default: natural). Known: {', '.join(sorted(reg.methods))}")
-    g.add_argument("--teacher", default=None, metavar="CKPT", help="teacher checkpoint for distillation methods")
+    g.add_argument("--teacher", default=None, metavar="SPEC",
+                   help="teacher for distillation methods: a checkpoint, a run directory (its last.pt), a plain "
+                        "state_dict with --teacher-arch, or robustbench:NAME (a RobustBench model for --dataset, "
+                        "Linf; pip install 'robustdistill[robustbench]')")
     g.add_argument("--teacher-arch", default=None, metavar="NAME",
-                   help="architecture of a --teacher that is a plain state_dict saved by another tool")
+                   help="architecture of a --teacher that is a plain state_dict saved by another tool: a model name "
+                        "(wrn-34-10, torchvision:resnet50, timm:resnet18), or official-wrn for a WideResNet from the "
+                        "TRADES, ARD, RSLAD or IGDM code (depth and width read from the weights, no normalisation)")
+    add_source_arguments(g)
     g.add_argument("--teacher-resize", action="store_true",
                    help="resize inputs inside a teacher trained at another image size (cross-resolution transfer)")
     g = parser.add_argument_group("data and model")
     g.add_argument("--dataset", default="fashion-mnist", help=f"one of: {', '.join(sorted(reg.datasets))}")
     g.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset files are (also $ROBUSTDISTILL_DATA)")
-    g.add_argument("--download", action="store_true", help="download the dataset if it is not found locally")
+    g.add_argument("--download", action="store_true",
+                   help="download the dataset, and robustbench:NAME weights, if they are not found locally")
     g.add_argument("--subset", type=int, default=None, metavar="N", help="use only the first N training images")
     g.add_argument("--model", default=None,
                    help="student architecture (default: cnn for 28×28 data, else resnet18). "

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .attacks import model_mode, pgd
-from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import resolve_device
 from .data import BatchIterator, take_subset
 from .folding import fold_or_keep, folded_pairs
@@ -34,6 +34,7 @@ from .ops import select_backend
 from .plugin_manager import PluginHost, StepHooks
 from .registry import ImageData, ModelArch, RobustDistillError
 from .step import LossTerm, StepContext
+from .zoo import check_teacher_fits, load_model_spec
 
 RESUME_MUST_MATCH = ("model", "activation", "dataset", "plugin", "subset", "batch_size", "seed", "teacher")
 
@@ -70,6 +71,7 @@ class Run:
     ops_backend: dict[str, str] = field(default_factory=dict)
     channels_last: bool = False
     attack_student: nn.Module | None = None
+    teacher_source: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.attack_student is None:
@@ -254,31 +256,21 @@ def config_to_dict(config: Namespace) -> dict[str, Any]:
 
 # -- building ---------------------------------------------------------------------------------------
 
-def _load_teacher(config: Namespace, host: PluginHost, data: ImageData, device: torch.device) -> nn.Module:
+def _load_teacher(config: Namespace, host: PluginHost, data: ImageData,
+                  device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen teacher ``--teacher`` names (checkpoint, run directory, state_dict or robustbench:NAME) and
+    what was loaded (spec, architecture, input normalisation) for environment.json."""
     info = data.info
-    fallback = None
-    if config.teacher_arch:
-        fallback = ModelArch(config.teacher_arch, info.num_classes, info.in_channels, info.image_size,
-                             config.activation, info.mean, info.std)
-    obj = load_checkpoint(config.teacher)
-    teacher, arch = model_from_checkpoint(obj, lambda a: build_model(a, host.registry.models), config.teacher,
-                                          fallback)
-    if arch.num_classes != info.num_classes:
-        raise RobustDistillError(f"teacher {config.teacher!r} has {arch.num_classes} classes but {info.name} has "
-                                 f"{info.num_classes}; use a teacher trained on {info.name}")
-    if arch.in_channels != info.in_channels:
-        raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.in_channels}-channel images but "
-                                 f"{info.name} has {info.in_channels} channels")
-    if arch.image_size != info.image_size:
-        if not config.teacher_resize:
-            raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.image_size}×{arch.image_size} images but "
-                                     f"{info.name} has {info.image_size}×{info.image_size}; pass --teacher-resize to "
-                                     "resize inputs inside the teacher")
-        teacher = ResizedTeacher(teacher, arch.image_size)
+    loaded = load_model_spec(config.teacher, info=info, models=host.registry.models, arch=config.teacher_arch,
+                             normalize=config.teacher_normalize, robustbench_dir=config.robustbench_dir,
+                             download=config.download, activation=config.activation)
+    teacher = loaded.model
+    if check_teacher_fits(loaded, info, resize=config.teacher_resize):
+        teacher = ResizedTeacher(teacher, loaded.arch.image_size)
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher
+    return teacher, loaded.describe()
 
 
 def _make_scheduler(config: Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -354,7 +346,7 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
     arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size,
                      config.activation, info.mean, info.std)
     student = build_model(arch, host.registry.models).to(device)
-    teacher = _load_teacher(config, host, data, device) if config.teacher else None
+    teacher, teacher_source = _load_teacher(config, host, data, device) if config.teacher else (None, None)
     channels_last = _use_channels_last(config, device)
     if channels_last:
         for model in (student, teacher):
@@ -378,7 +370,8 @@ def build_run(config: Namespace, host: PluginHost) -> Run:
             teacher = fold_or_keep(teacher, live=False, what="teacher", log=distributed.print)
     return Run(config, host, hooks, methods, data, arch, student, teacher, optimizer, scheduler, device, out, base,
                distributed, trainer, progress=EpochProgress.start(device), ops_backend=ops_backend,
-               channels_last=channels_last, attack_student=attack_student)
+               channels_last=channels_last, attack_student=attack_student,
+               teacher_source=teacher_source)
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -563,7 +556,8 @@ def run_environment(run: Run) -> dict[str, Any]:
             "amp": run.config.amp if run.device.type == "cuda" else "off", "channels_last": run.channels_last,
             "cudnn_benchmark": run.device.type == "cuda" and torch.backends.cudnn.benchmark,
             "folded_conv_bn": {"student": folded_pairs(run.attack_student),
-                               "teacher": folded_pairs(run.teacher)}}
+                               "teacher": folded_pairs(run.teacher)},
+            "teacher": run.teacher_source}
 
 
 def _summary_writer_class() -> Any:

@@ -29,8 +29,9 @@ from .config import parse_number, resolve_device
 from .evaluate import RESULT_METADATA_KEYS, EvalSettings, run_evaluation, to_unit_float
 from .folding import fold_or_keep
 from .models import build_model
-from .registry import ImageData, ModelArch, Registry, RobustDistillError
+from .registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
 from .step import exact_input_gradient
+from .zoo import ROBUSTBENCH, add_source_arguments, load_model_spec
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -283,6 +284,14 @@ def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return exact_input_gradient(x.detach(), lambda z: objective(z).sum(), create_graph=False)
 
 
+def _teacher_label(spec: str) -> str:
+    """``robustbench:NAME`` as is; a run directory or its ``last.pt`` by the run's name."""
+    if spec.startswith(ROBUSTBENCH):
+        return spec
+    path = Path(spec)
+    return (path.name if path.is_dir() else path.parent.name) or spec
+
+
 def _load_model(path: Path, registry: Registry, device: torch.device) -> tuple[nn.Module, ModelArch]:
     """The checkpoint's model on ``device`` in eval mode, BatchNorm folded (the same function, faster attacks)."""
     model, arch = model_from_checkpoint(load_checkpoint(path), lambda a: build_model(a, registry.models), str(path))
@@ -330,8 +339,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test images for the curve (default: %(default)s)")
     parser.add_argument("--grad-images", type=int, default=6, metavar="K",
                         help="test images in the gradient figure (default: %(default)s)")
-    parser.add_argument("--teacher", default=None, metavar="CKPT",
-                        help="teacher whose gradients are shown (default: the first run's --teacher)")
+    parser.add_argument("--teacher", default=None, metavar="SPEC",
+                        help="teacher whose gradients are shown: a checkpoint, a run directory or robustbench:NAME "
+                             "(default: the first run's --teacher, loaded with that run's options)")
+    parser.add_argument("--teacher-arch", default=None, metavar="NAME",
+                        help="architecture of a --teacher that is a plain state_dict (as for train)")
+    add_source_arguments(parser)
     parser.add_argument("--no-models", action="store_true",
                         help="skip the figures that load models (robust accuracy vs ε, gradients)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -388,7 +401,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
     gradient_columns: list[tuple[str, Tensor]] = []
     grad_images: Tensor | None = None
     grad_labels: Tensor | None = None
-    teacher_path = args.teacher or next((r.config["teacher"] for r in runs if r.config.get("teacher")), None)
+    grad_info: DatasetInfo | None = None
     for run in runs:
         if run.checkpoint is None:
             run.notes.append("no last.pt; skipped in the model figures")
@@ -407,7 +420,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
         if args.grad_images:
             k = min(args.grad_images, n)
             if grad_images is None:
-                grad_images, grad_labels = x[:k], y[:k]
+                grad_images, grad_labels, grad_info = x[:k], y[:k], data.info
             if grad_images.shape[1:] == x.shape[1:]:
                 grads = input_gradients(model, grad_images.to(device), grad_labels.to(device)).cpu()
                 gradient_columns.append((run.label, grads))
@@ -419,24 +432,49 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
         plot_robust_vs_eps(curves, out / "robust_vs_eps.png")
         written += ["robust_vs_eps.png", "robust_vs_eps.json"]
     if gradient_columns and grad_images is not None and grad_labels is not None:
-        if teacher_path:
-            teacher = _load_teacher_for_gradients(Path(teacher_path), registry, device, grad_images)
+        teacher_options = _teacher_options(args, runs)
+        if teacher_options is not None and grad_info is not None:
+            teacher = _load_teacher_for_gradients(teacher_options, grad_info, registry, device, grad_images)
             if teacher is not None:
                 grads = input_gradients(teacher, grad_images.to(device), grad_labels.to(device)).cpu()
-                gradient_columns.insert(0, (f"teacher {Path(teacher_path).parent.name or teacher_path}", grads))
+                gradient_columns.insert(0, (f"teacher {_teacher_label(teacher_options['spec'])}", grads))
         plot_gradients(grad_images, grad_labels, gradient_columns, out / "gradients.png")
         written.append("gradients.png")
     return written
 
 
-def _load_teacher_for_gradients(path: Path, registry: Registry, device: torch.device,
-                                images: Tensor) -> nn.Module | None:
-    if not path.is_file():
-        print(f"note: teacher {str(path)!r} not found; gradients.png shows the students only")
+def _teacher_options(args: argparse.Namespace, runs: list[RunRecord]) -> dict[str, Any] | None:
+    """The teacher of the gradient figure: ``--teacher`` with the report's teacher options, else the first run's
+    ``--teacher`` with that run's options (``--robustbench-dir`` given here overrides the run's)."""
+    if args.teacher:
+        return {"spec": args.teacher, "arch": args.teacher_arch, "normalize": args.teacher_normalize,
+                "robustbench_dir": args.robustbench_dir, "activation": "relu", "explicit": True}
+    config = next((r.config for r in runs if r.config.get("teacher")), None)
+    if config is None:
         return None
-    teacher, arch = _load_model(path, registry, device)
+    return {"spec": str(config["teacher"]), "arch": config.get("teacher_arch"),
+            "normalize": config.get("teacher_normalize"),
+            "robustbench_dir": args.robustbench_dir or config.get("robustbench_dir"),
+            "activation": config.get("activation", "relu"), "explicit": False}
+
+
+def _load_teacher_for_gradients(options: dict[str, Any], info: DatasetInfo, registry: Registry,
+                                device: torch.device, images: Tensor) -> nn.Module | None:
+    """The teacher on ``device``, or ``None`` with a note when it cannot be shown next to the students (a
+    teacher named by the runs' options that cannot be loaded here, or one for other images)."""
+    spec = options["spec"]
+    try:
+        loaded = load_model_spec(spec, info=info, models=registry.models, arch=options["arch"],
+                                 normalize=options["normalize"], robustbench_dir=options["robustbench_dir"],
+                                 activation=options["activation"])
+    except RobustDistillError as err:
+        if options["explicit"]:
+            raise
+        print(f"note: the runs' teacher {spec!r} is not loaded ({err}); gradients.png shows the students only")
+        return None
+    arch = loaded.arch
     if (arch.in_channels, arch.image_size) != (images.shape[1], images.shape[-1]):
-        print(f"note: teacher {str(path)!r} takes {arch.in_channels}×{arch.image_size}² images; "
+        print(f"note: teacher {spec!r} takes {arch.in_channels}×{arch.image_size}² images; "
               "gradients.png shows the students only")
         return None
-    return teacher
+    return fold_or_keep(loaded.model.to(device).eval(), live=False, what=f"teacher {spec}")

@@ -437,9 +437,13 @@ def import_robustbench() -> Any:
     if importlib.util.find_spec("pkg_resources") is None:
         raise RobustDistillError("robustbench imports pkg_resources, which setuptools 81 and later no longer ship: "
                                  "pip install 'setuptools<81' (pip install 'robustdistill[robustbench]' does)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notes of pkg_resources, torch.jit and timm
-        return importlib.import_module("robustbench")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation notes of pkg_resources, torch.jit and timm
+            return importlib.import_module("robustbench")
+    except ImportError as err:
+        raise RobustDistillError(f"robustbench does not import ({err}); reinstall it with "
+                                 "pip install 'robustdistill[robustbench]'") from None
 
 
 def robustbench_weight_files(name: str, dataset: str, threat: str, model_dir: str | Path) -> list[Path]:

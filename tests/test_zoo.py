@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +103,7 @@ def test_a_run_directory_stands_for_its_last_pt(tmp_path, cifar, capsys):
     student = tmp_path / "student"
     code, _, err = run_cli(capsys, "train", "--plugin", "ard", "--teacher", teacher_dir, "--dataset", "cifar10",
                            "--data-dir", cifar, "--model", "cnn", "--epochs", "1", "--batch-size", "10",
-                           "--attack-steps", "1", "--val-size", "4", "--out", student, "--device", "cpu")
+                           "--attack-steps", "1", "--val-size", "4", "--val-attack-steps", "1", "--out", student, "--device", "cpu")
     assert code == 0, err
     environment = json.loads((student / "environment.json").read_text())
     assert environment["teacher"]["spec"] == str(teacher_dir) and environment["teacher"]["arch"] == "cnn"
@@ -270,7 +271,7 @@ def test_official_wrn_evaluates_and_teaches_through_the_cli(tmp_path, cifar, cap
     assert result["normalization"].startswith("none: the model takes images in [0, 1]")
     code, _, err = run_cli(capsys, "train", "--plugin", "rslad", "--teacher", tmp_path / "rslad-teacher.pt",
                            "--teacher-arch", "official-wrn", "--dataset", "cifar10", "--data-dir", cifar, "--model",
-                           "cnn", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1", "--val-size", "4",
+                           "cnn", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1", "--val-size", "4", "--val-attack-steps", "1",
                            "--out", tmp_path / "student", "--device", "cpu")
     assert code == 0, err
 
@@ -360,7 +361,7 @@ def test_torchvision_student_trains_and_its_checkpoint_evaluates(tmp_path, cifar
     out = tmp_path / "tv"
     code, _, err = run_cli(capsys, "train", "--plugin", "at", "--dataset", "cifar10", "--data-dir", cifar, "--model",
                            "torchvision:resnet18", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1",
-                           "--val-size", "4", "--out", out, "--device", "cpu")
+                           "--val-size", "4", "--val-attack-steps", "1", "--out", out, "--device", "cpu")
     assert code == 0, err
     code, stdout, err = run_cli(capsys, "eval", out, "--attacks", "clean", "--subset", "8", "--device", "cpu")
     assert code == 0, err
@@ -413,7 +414,7 @@ def test_timm_student_rrm_matches_a_timm_teachers_features(tmp_path, cifar, caps
                                               "config": {}})
     code, _, err = run_cli(capsys, "train", "--plugin", "rrm", "--teacher", tmp_path / "teacher.pt", "--dataset",
                            "cifar10", "--data-dir", cifar, "--model", "timm:resnet18", "--epochs", "1",
-                           "--batch-size", "10", "--val-size", "4", "--out", tmp_path / "rrm", "--device", "cpu")
+                           "--batch-size", "10", "--val-size", "4", "--val-attack-steps", "1", "--out", tmp_path / "rrm", "--device", "cpu")
     assert code == 0, err
     history = [json.loads(line) for line in (tmp_path / "rrm" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(history[0]["terms"]["rrm_feat"])
@@ -488,7 +489,7 @@ def test_robustbench_teacher_teaches_a_student_and_gives_features(robustbench_se
     setup = robustbench_setup
     common = ["--teacher", f"robustbench:{RB_NAME}", "--robustbench-dir", setup["models"], "--dataset", "cifar10",
               "--data-dir", setup["data"], "--model", "cnn", "--epochs", "1", "--batch-size", "10",
-              "--val-size", "4", "--device", "cpu"]
+              "--val-size", "4", "--val-attack-steps", "1", "--device", "cpu"]
     out = tmp_path / "rslad"
     code, _, err = run_cli(capsys, "train", "--plugin", "rslad", "--attack-steps", "1", *common, "--out", out)
     assert code == 0, err
@@ -528,6 +529,10 @@ def test_robustbench_errors_name_the_fix(robustbench_setup, tmp_path, capsys):
     assert f"weights not found at {tmp_path / 'empty' / 'cifar10' / 'Linf' / 'Standard.pt'}; rerun with --download" \
         in err
     assert not (tmp_path / "empty").exists()  # nothing was downloaded or created
+    with pytest.raises(RobustDistillError, match="weights not found at .*cifar10/L2/Standard.pt"):
+        load("robustbench:Standard", norm="l2", robustbench_dir=str(tmp_path / "empty"))  # the threat model of --norm
+    ensemble = zoo.robustbench_weight_files("Chen2020Adversarial", "cifar10", "Linf", "m")
+    assert ensemble == [Path(f"m/cifar10/Linf/Chen2020Adversarial.pt_m{i}.pt") for i in range(3)]
     for spec, kwargs, message in (
         (f"robustbench:{RB_NAME}x", {}, f"no cifar10 Linf model '{RB_NAME}x'; did you mean {RB_NAME}"),
         (f"robustbench:{RB_NAME}", {"arch": "wrn-28-10"}, "--teacher-arch does not apply to robustbench:"),

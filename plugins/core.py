@@ -35,10 +35,11 @@ def register_eval_attacks(register: Callable) -> None:
 
 @hookimpl(trylast=True)
 def teacher_forward(ctx: StepContext, x: Tensor) -> TeacherOutput:
-    """The frozen teacher in eval mode, without gradient; features where the model exposes them."""
+    """The frozen teacher in eval mode, without gradient; features where the model exposes them (``None`` for a
+    RobustBench model without a final linear classifier, see :mod:`robustdistill.zoo`)."""
     with torch.no_grad():
         logits, features = ctx.teacher(x, return_features=True)
-    return TeacherOutput(logits=logits.float(), features=features.float())
+    return TeacherOutput(logits=logits.float(), features=features.float() if features is not None else None)
 
 
 @hookimpl(trylast=True)

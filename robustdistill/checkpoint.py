@@ -95,24 +95,14 @@ def model_from_checkpoint(
     obj: dict[str, Any],
     build: Callable[[ModelArch], nn.Module],
     source: str,
-    fallback_arch: ModelArch | None = None,
 ) -> tuple[nn.Module, ModelArch]:
-    """Rebuild the model a checkpoint describes, or a plain state_dict with ``fallback_arch``."""
-    if obj.get("format") == FORMAT:
-        arch = ModelArch.from_dict(obj["arch"])
-        state = obj["model"]
-    elif is_state_dict(obj) or isinstance(obj.get("state_dict"), dict) or isinstance(obj.get("model_state_dict"), dict):
-        if fallback_arch is None:
-            raise RobustDistillError(
-                f"{source!r} is a plain state_dict without an architecture; name it with --teacher-arch NAME "
-                "(e.g. --teacher-arch wrn-34-10)")
-        arch = fallback_arch
-        state = obj if is_state_dict(obj) else obj.get("state_dict", obj.get("model_state_dict"))
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    else:
-        raise RobustDistillError(f"{source!r} is neither a robustdistill checkpoint nor a state_dict")
+    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill.zoo`)."""
+    if obj.get("format") != FORMAT:
+        raise RobustDistillError(f"{source!r} is not a robustdistill checkpoint")
+    arch = ModelArch.from_dict(obj["arch"])
+    state = obj["model"]
     model = build(arch)
-    if not any(k in state for k in ("mean", "std")):
+    if not any(k in state for k in ("mean", "std")):  # the arch records them
         state = {**state, "mean": model.mean, "std": model.std}
     try:
         model.load_state_dict(state)
@@ -120,5 +110,6 @@ def model_from_checkpoint(
         first = str(err).splitlines()
         raise RobustDistillError(
             f"the weights in {source!r} do not fit architecture {arch.name!r} "
-            f"({arch.num_classes} classes, {arch.in_channels} channels): {' '.join(first[:2])[:300]}") from None
+            f"({arch.num_classes} classes, {arch.in_channels} channels) it records, so the file was edited or "
+            f"damaged; train or finetune it again with robustdistill ({' '.join(first[:2])[:300]})") from None
     return model, arch

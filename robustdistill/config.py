@@ -137,17 +137,28 @@ class RunConfig:
     plugin: tuple[str, ...] = _option(
         "--plugin", ("natural",), "training method; repeat it to compose methods (e.g. --plugin rslad --plugin igdm)",
         METHOD, metavar="NAME", repeat=True)
-    teacher: str | None = _option("--teacher", None, "teacher for distillation: a checkpoint or a run directory",
-                                  METHOD, metavar="CKPT")
-    teacher_arch: str | None = _option("--teacher-arch", None, "architecture of a --teacher that is a plain "
-                                       "state_dict saved by another tool", METHOD, metavar="NAME")
+    teacher: str | None = _option(
+        "--teacher", None, "teacher for distillation methods: a checkpoint, a run directory (its last.pt), a plain "
+        "state_dict with --teacher-arch, or robustbench:NAME (a RobustBench model for --dataset, Linf; pip install "
+        "'robustdistill[robustbench]')", METHOD, metavar="SPEC")
+    teacher_arch: str | None = _option(
+        "--teacher-arch", None, "architecture of a --teacher that is a plain state_dict saved by another tool: a model "
+        "name (wrn-34-10, torchvision:resnet50, timm:resnet18), or official-wrn for a WideResNet from the TRADES, ARD, "
+        "RSLAD or IGDM code (depth and width read from the weights, no normalisation)", METHOD, metavar="NAME")
+    teacher_normalize: str | None = _option(
+        "--teacher-normalize", None, "input normalisation of a --teacher that is a plain state_dict that does not "
+        "record it: none (images in [0, 1] as they are), dataset (the dataset's mean and std), or MEAN/STD, e.g. "
+        "0.4914,0.4822,0.4465/0.2471,0.2435,0.2616", METHOD, metavar="none|dataset|MEAN/STD")
+    robustbench_dir: str | None = _option(
+        "--robustbench-dir", None, "where robustbench:NAME weights are, in RobustBench's layout DIR/DATASET/THREAT/NAME.pt "
+        "(default: RobustBench's own ./models)", METHOD, metavar="DIR", fixed_on_resume=False)
     teacher_resize: bool = _option("--teacher-resize", False, "resize inputs inside a teacher trained at another "
                                    "image size (cross-resolution transfer)", METHOD)
     dataset: str = _option("--dataset", "fashion-mnist", "dataset to train on", DATA)
     data_dir: str | None = _option("--data-dir", None, "where the dataset files are (also $ROBUSTDISTILL_DATA)",
                                    DATA, metavar="DIR", fixed_on_resume=False)
-    download: bool = _option("--download", False, "download the dataset if it is not found locally", DATA,
-                             fixed_on_resume=False)
+    download: bool = _option("--download", False, "download the dataset, and robustbench:NAME weights, if they "
+                             "are not found locally", DATA, fixed_on_resume=False)
     subset: int | None = _option("--subset", None, "train on the first N training images only", DATA,
                                  type=parse_int, metavar="N")
     model: str | None = _option("--model", None, "student architecture (default: cnn for 28×28 data, else resnet18)",

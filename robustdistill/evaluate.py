@@ -32,19 +32,20 @@ import torch
 from torch import Tensor, nn
 
 from . import attacks
-from .checkpoint import FORMAT, atomic_write_text, is_state_dict, load_checkpoint, model_from_checkpoint
+from .checkpoint import atomic_write_text
 from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number, resolve_device
 from .folding import fold_or_keep, folded_pairs
 from .ops import NORMS, select_backend
-from .registry import EvalAttack, ModelArch, Registry, RobustDistillError
+from .registry import EvalAttack, Registry, RobustDistillError
+from .zoo import add_source_arguments, load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
 AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
-RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "weights_sha256", "settings",
-                                  "seconds", "pending"})
+RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
+                                  "settings", "seconds", "pending"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 
@@ -599,8 +600,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_ops_backend_argument(parser)
     add_fold_bn_argument(parser, "the evaluated model")
     parser.add_argument("--arch", default=None, metavar="NAME",
-                        help="architecture of a plain state_dict from another tool (e.g. wrn-34-10); "
-                             "classes and input shape then come from --dataset")
+                        help="architecture of a plain state_dict from another tool (e.g. wrn-34-10, "
+                             "torchvision:resnet50, or official-wrn for a WideResNet from the TRADES, ARD, RSLAD or "
+                             "IGDM code); classes and input shape then come from --dataset")
+    add_source_arguments(parser, prefix="", what="the model")
+    parser.add_argument("--download", action="store_true",
+                        help="download the dataset, and robustbench:NAME weights, if they are not found locally")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="report on stderr each attack as it starts and ends, the progress within long "
@@ -729,31 +734,20 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     device = resolve_device(args.device)
     ops_backend = select_backend(args.ops_backend, device)
     path = str(args.checkpoint)
-    obj = load_checkpoint(path, map_location="cpu")
-    is_native = obj.get("format") == FORMAT
-    config = obj.get("config") if is_native and isinstance(obj.get("config"), dict) else {}
+    source = open_source(path)
+    config = source.config
 
     dataset_name = args.dataset or config.get("dataset")
     if not dataset_name:
         raise RobustDistillError(f"{path!r} does not name its dataset; pass --dataset NAME "
                                  f"(known: {', '.join(sorted(registry.datasets))})")
     data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
-    data = registry.dataset(str(dataset_name)).load(data_dir, False)
+    data = registry.dataset(str(dataset_name)).load(data_dir, args.download)
     info = data.info
-
-    fallback: ModelArch | None = None
-    if not is_native:
-        if args.arch is None:
-            if is_state_dict(obj) or any(isinstance(obj.get(k), dict) for k in ("state_dict", "model_state_dict")):
-                raise RobustDistillError(f"{path!r} is a plain state_dict without an architecture; "
-                                         "name it with --arch NAME (e.g. --arch wrn-34-10) and --dataset NAME")
-        else:
-            fallback = ModelArch(name=args.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                                 image_size=info.image_size, mean=tuple(info.mean), std=tuple(info.std))
-    from .models import build_model
-
-    model, arch = model_from_checkpoint(obj, lambda a: build_model(a, registry.models), source=path,
-                                        fallback_arch=fallback)
+    loaded = load_model_spec(source, info=info, models=registry.models, arch=args.arch, normalize=args.normalize,
+                             robustbench_dir=args.robustbench_dir, download=args.download,
+                             norm=args.norm or "linf", flag_prefix="")
+    model, arch = loaded.model, loaded.arch
     test_x, test_y = data.test_x, data.test_y
     if arch.num_classes != info.num_classes:
         raise RobustDistillError(f"{path!r} is a {arch.num_classes}-class model but dataset {info.name!r} has "
@@ -779,7 +773,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 
     current: dict[str, Any] = {
         "eps": eps, "n": n, "dataset": info.name, "checkpoint": path, "arch": arch.name,
-        "weights_sha256": weights_fingerprint(model),
+        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model),
         "settings": {**settings.to_dict(), "batch_size": args.batch_size, "seed": args.seed,
                      "ops_backend": ops_backend,
                      "attacks": {a.name: attack_details(a.name, settings) for a in selected}},
@@ -796,7 +790,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
         model = fold_or_keep(model, live=False, what="evaluated model")
     current["settings"]["folded_conv_bn"] = folded_pairs(model)
     print(f"{path}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
-          f"step {_format_eps(step_size)}, device {device}", flush=True)
+          f"step {_format_eps(step_size)}, device {device}; input normalisation {loaded.normalization}", flush=True)
     if earlier:
         print(f"{', '.join(sorted(earlier, key=[a.name for a in selected].index))} already in {json_path}: "
               f"skipped (--redo evaluates {'them' if len(earlier) > 1 else 'it'} again)", flush=True)

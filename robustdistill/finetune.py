@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import parse_number, resolve_device
 from .data import BatchIterator, take_subset
 from .models import Classifier, build_model
 from .registry import ImageData, ModelArch, Registry, RobustDistillError
+from .zoo import load_model_spec, open_source
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="TEACHER_CKPT", help="teacher trained on another task (label set)")
+    parser.add_argument("checkpoint", metavar="TEACHER_CKPT",
+                        help="teacher trained on another task (label set): a checkpoint or a run directory")
     parser.add_argument("--dataset", required=True, help="the target dataset whose classes the new head predicts")
     parser.add_argument("--out", required=True, metavar="PATH", help="where to write the new teacher checkpoint")
     parser.add_argument("--epochs", type=int, default=5, help="epochs over the target training set (default: %(default)s)")
@@ -43,7 +46,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset files are")
     parser.add_argument("--download", action="store_true", help="download the dataset if it is not found locally")
     parser.add_argument("--arch", default=None, metavar="NAME",
-                        help="architecture of a teacher that is a plain state_dict from another tool")
+                        help="architecture of a teacher that is a plain state_dict from another tool (a model name, "
+                             "or official-wrn for a WideResNet from the TRADES, ARD, RSLAD or IGDM code)")
+    parser.add_argument("--normalize", default=None, metavar="none|dataset|MEAN/STD",
+                        help="input normalisation of such a state_dict when it does not record it")
     parser.add_argument("--source-classes", type=int, default=None, metavar="K",
                         help="classes of such a plain state_dict's head (default: the target's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -124,30 +130,33 @@ def finetune_command(args: argparse.Namespace, registry: Registry) -> int:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise RobustDistillError(f"{flag} {value} must be at least 1")
-    source = str(args.checkpoint)
+    source = open_source(args.checkpoint)
+    if source.path is None or source.checkpoint is None:
+        raise RobustDistillError(f"finetune-head writes a robustdistill checkpoint, which cannot rebuild {source.spec}; "
+                                 "pass a robustdistill checkpoint, a run directory or a plain state_dict with --arch")
     out = Path(args.out)
-    if out.resolve() == Path(source).resolve():
+    if out.resolve() == source.path.resolve():
         raise RobustDistillError("--out must differ from the teacher checkpoint it is made from")
-    obj = load_checkpoint(source)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     data = registry.dataset(args.dataset).load(args.data_dir, args.download)
     data = take_subset(data, train=args.subset)
     info = data.info
-    fallback = None
-    if obj.get("format") != FORMAT and args.arch:
-        fallback = ModelArch(args.arch, args.source_classes or info.num_classes, info.in_channels, info.image_size,
-                             "relu", info.mean, info.std)
-    teacher, arch = model_from_checkpoint(obj, lambda a: build_model(a, registry.models), source, fallback)
+    source_info = replace(info, num_classes=args.source_classes) if args.source_classes else info
+    loaded = load_model_spec(source, info=source_info, models=registry.models, arch=args.arch,
+                             normalize=args.normalize, flag_prefix="")
+    teacher, arch = loaded.model, loaded.arch
+    obj = source.checkpoint
     if arch.in_channels != info.in_channels:
-        raise RobustDistillError(f"teacher {source!r} takes {arch.in_channels}-channel images but {info.name} has "
-                                 f"{info.in_channels} channels")
+        raise RobustDistillError(f"teacher {source.spec!r} takes {arch.in_channels}-channel images but {info.name} has "
+                                 f"{info.in_channels}-channel images, and the new head keeps the teacher's body; "
+                                 f"finetune a teacher trained on {info.in_channels}-channel images")
     if arch.image_size != info.image_size:
         print(f"note: the teacher takes {arch.image_size}×{arch.image_size} images; {info.name} images are resized to "
               "it here, and students use the new teacher with --teacher-resize", flush=True)
     model = with_new_head(teacher, arch, info.num_classes, registry)
     source_config = obj.get("config", {}) if isinstance(obj.get("config"), dict) else {}
-    print(f"finetuning a new {info.num_classes}-class head on the frozen features of {source} "
+    print(f"finetuning a new {info.num_classes}-class head on the frozen features of {source.spec} "
           f"({arch.name}, {arch.num_classes} classes, {source_config.get('dataset', 'unknown dataset')}) "
           f"on {info.name} ({len(data.train_y)} images) · {device}", flush=True)
     history = finetune_head(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -159,7 +168,7 @@ def finetune_command(args: argparse.Namespace, registry: Registry) -> int:
         print(f"clean accuracy of the new teacher on {n_val} {info.name} test images: {acc:.3f}", flush=True)
     config = {key: source_config[key] for key in ("eps", "step_size", "norm") if key in source_config}
     config.update({"dataset": info.name, "data_dir": args.data_dir, "model": arch.name,
-                   "activation": arch.activation, "plugin": ["finetune-head"], "finetuned_from": source,
+                   "activation": arch.activation, "plugin": ["finetune-head"], "finetuned_from": source.spec,
                    "source_dataset": source_config.get("dataset"), "source_classes": arch.num_classes,
                    "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                    "weight_decay": args.weight_decay, "subset": args.subset, "seed": args.seed})

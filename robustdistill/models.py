@@ -1,4 +1,5 @@
-"""Built-in classifiers: a small CNN, ResNet-18, PreAct ResNet-18, WideResNets and MobileNetV2.
+"""Built-in classifiers: a small CNN, ResNet-18, PreAct ResNet-18, WideResNets and MobileNetV2, and
+torchvision and timm models (``torchvision:NAME``, ``timm:NAME``; see :mod:`robustdistill.zoo`).
 
 Every model takes images in ``[0, 1]`` and normalises them itself, so attacks work in pixel
 space. All networks use the CIFAR layouts (3x3 stride-1 stems, no max-pooling) and end in
@@ -44,7 +45,7 @@ class Classifier(nn.Module):
     images to ``[B, feature_dim]`` features.
     """
 
-    def __init__(self, arch: ModelArch, feature_dim: int) -> None:
+    def __init__(self, arch: ModelArch, feature_dim: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.arch = arch
         make_activation(arch.activation)  # fail early on an unknown name
@@ -54,7 +55,7 @@ class Classifier(nn.Module):
         self.register_buffer("mean", _channel_stats(arch.mean, arch.in_channels, "mean"))
         self.register_buffer("std", std)
         self.feature_dim = feature_dim
-        self.head = nn.Linear(feature_dim, arch.num_classes)
+        self.head = head if head is not None else nn.Linear(feature_dim, arch.num_classes)
 
     def act(self) -> nn.Module:
         """A new instance of this model's activation."""
@@ -326,7 +327,18 @@ BUILTIN_MODELS: list[ModelEntry] = [
         pattern=WRN_PATTERN,
     ),
     ModelEntry("mobilenetv2", MobileNetV2, "CIFAR MobileNetV2 (2.3M parameters)"),
+    ModelEntry("torchvision:NAME", lambda arch: _zoo().build_torchvision(arch),
+               "any torchvision classification model, random weights (e.g. torchvision:resnet50)",
+               pattern=r"torchvision:.+"),
+    ModelEntry("timm:NAME", lambda arch: _zoo().build_timm(arch),
+               "any timm model, random weights (e.g. timm:resnet18; pip install timm)", pattern=r"timm:.+"),
 ]
+
+
+def _zoo():
+    from robustdistill import zoo  # imports this module
+
+    return zoo
 
 
 def build_model(arch: ModelArch, entries: Sequence[ModelEntry] = BUILTIN_MODELS) -> Classifier:

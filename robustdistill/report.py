@@ -37,8 +37,9 @@ from .evaluate import (
 )
 from .folding import fold_or_keep
 from .models import build_model
-from .registry import ImageData, ModelArch, Registry, RobustDistillError
 from .api import exact_input_gradient
+from .registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
+from .zoo import ROBUSTBENCH, add_source_arguments, load_model_spec
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -532,8 +533,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test images for the curve (default: %(default)s)")
     parser.add_argument("--grad-images", type=int, default=6, metavar="K",
                         help="test images in the gradient figure (default: %(default)s)")
-    parser.add_argument("--teacher", default=None, metavar="CKPT",
-                        help="teacher whose gradients are shown (default: the first run's --teacher)")
+    parser.add_argument("--teacher", default=None, metavar="SPEC",
+                        help="teacher whose gradients are shown: a checkpoint, a run directory or robustbench:NAME "
+                             "(default: the first run's --teacher, loaded with that run's options)")
+    parser.add_argument("--teacher-arch", default=None, metavar="NAME",
+                        help="architecture of a --teacher that is a plain state_dict (as for train)")
+    add_source_arguments(parser)
     parser.add_argument("--no-models", action="store_true",
                         help="skip the figures that load models (robust accuracy vs ε, gradients)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -633,11 +638,6 @@ def report_command(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def _checkpoint_file(path: Path) -> Path:
-    """A run directory stands for its last.pt."""
-    return path / "last.pt" if path.is_dir() else path
-
-
 def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Registry, out: Path,
                    fixed_eps: list[float] | None) -> list[str]:
     device = resolve_device(args.device)
@@ -647,8 +647,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
     digests: dict[str, str] = {}
     grad_images: Tensor | None = None
     grad_labels: Tensor | None = None
-    dataset: str | None = None
-    teacher_path = args.teacher or next((r.config["teacher"] for r in runs if r.config.get("teacher")), None)
+    grad_info: DatasetInfo | None = None
     for run in runs:
         if run.checkpoint is None:
             run.notes.append("no last.pt; skipped in the model figures")
@@ -667,7 +666,7 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
         if args.grad_images:
             k = min(args.grad_images, n)
             if grad_images is None:
-                grad_images, grad_labels, dataset = x[:k], y[:k], data.info.name
+                grad_images, grad_labels, grad_info = x[:k], y[:k], data.info
             if grad_images.shape[1:] == x.shape[1:]:
                 grads = input_gradients(model, grad_images.to(device), grad_labels.to(device)).cpu()
                 title = f"{run.label}\n({run.methods})"
@@ -683,28 +682,65 @@ def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Re
                            train_eps=float(train_eps) if isinstance(train_eps, (int, float)) else None)
         written += ["robust_vs_eps.png", "robust_vs_eps.json"]
     if gradient_columns and grad_images is not None and grad_labels is not None:
-        if teacher_path:
-            _add_teacher_column(_checkpoint_file(Path(teacher_path)), registry, device, grad_images, grad_labels,
+        teacher_options = _teacher_options(args, runs)
+        if teacher_options is not None and grad_info is not None:
+            _add_teacher_column(teacher_options, grad_info, registry, device, grad_images, grad_labels,
                                 gradient_columns, digests)
-        plot_gradients(grad_images, grad_labels, gradient_columns, out / "gradients.png", dataset=dataset)
+        plot_gradients(grad_images, grad_labels, gradient_columns, out / "gradients.png",
+                       dataset=grad_info.name if grad_info is not None else None)
         written.append("gradients.png")
     return written
 
 
-def _add_teacher_column(path: Path, registry: Registry, device: torch.device, images: Tensor, labels: Tensor,
-                        columns: list[tuple[str, Tensor]], digests: dict[str, str]) -> None:
-    """Put the teacher's gradients first, once: a run with the teacher's weights becomes the teacher column."""
-    if not path.is_file():
-        print(f"note: teacher {str(path)!r} not found; gradients.png shows the runs only")
+def _teacher_label(spec: str) -> str:
+    """``robustbench:NAME`` as is; a run directory or its ``last.pt`` by the run's name."""
+    if spec.startswith(ROBUSTBENCH):
+        return spec
+    path = Path(spec)
+    return (path.name if path.is_dir() else path.parent.name) or spec
+
+
+def _teacher_options(args: argparse.Namespace, runs: list[RunRecord]) -> dict[str, Any] | None:
+    """The teacher of the gradient figure: ``--teacher`` with the report's teacher options, else the first run's
+    ``--teacher`` with that run's options (``--robustbench-dir`` given here overrides the run's)."""
+    if args.teacher:
+        return {"spec": args.teacher, "arch": args.teacher_arch, "normalize": args.teacher_normalize,
+                "robustbench_dir": args.robustbench_dir, "activation": "relu", "explicit": True}
+    config = next((r.config for r in runs if r.config.get("teacher")), None)
+    if config is None:
+        return None
+    return {"spec": str(config["teacher"]), "arch": config.get("teacher_arch"),
+            "normalize": config.get("teacher_normalize"),
+            "robustbench_dir": args.robustbench_dir or config.get("robustbench_dir"),
+            "activation": config.get("activation", "relu"), "explicit": False}
+
+
+def _add_teacher_column(options: dict[str, Any], info: DatasetInfo, registry: Registry, device: torch.device,
+                        images: Tensor, labels: Tensor, columns: list[tuple[str, Tensor]],
+                        digests: dict[str, str]) -> None:
+    """Put the teacher's gradients first, once: a run with the teacher's weights becomes the teacher column. A
+    teacher named by the runs' options that cannot be loaded here, or one for other images, is left out with
+    a note; an explicit ``--teacher`` that cannot be loaded is an error."""
+    spec = options["spec"]
+    try:
+        loaded = load_model_spec(spec, info=info, models=registry.models, arch=options["arch"],
+                                 normalize=options["normalize"], robustbench_dir=options["robustbench_dir"],
+                                 activation=options["activation"])
+    except RobustDistillError as err:
+        if options["explicit"]:
+            raise
+        print(f"note: the runs' teacher {spec!r} is not loaded ({err}); gradients.png shows the runs only")
         return
-    teacher, arch, digest = _load_model(path, registry, device)
+    digest = weights_fingerprint(loaded.model)
     for index, (title, grads) in enumerate(columns):
         if digests.get(title) == digest:
             columns.insert(0, (f"teacher\n({title.splitlines()[0]})", columns.pop(index)[1]))
             return
+    arch = loaded.arch
     if (arch.in_channels, arch.image_size) != (images.shape[1], images.shape[-1]):
-        print(f"note: teacher {str(path)!r} takes {arch.in_channels}×{arch.image_size}² images; "
+        print(f"note: teacher {spec!r} takes {arch.in_channels}×{arch.image_size}² images; "
               "gradients.png shows the runs only")
         return
+    teacher = fold_or_keep(loaded.model.to(device).eval(), live=False, what=f"teacher {spec}")
     grads = input_gradients(teacher, images.to(device), labels.to(device)).cpu()
-    columns.insert(0, (f"teacher\n({path.parent.name or path.name})", grads))
+    columns.insert(0, (f"teacher\n({_teacher_label(spec)})", grads))

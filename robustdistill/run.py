@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .api import RunView
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint
 from .config import RunConfig, resolve_device
 from .data import take_subset
 from .distributed import Distributed
@@ -25,6 +25,7 @@ from .ops import kernel_status, select_backend
 from .plugin_manager import PluginHost, StepHooks
 from .registry import DatasetInfo, ModelArch, RobustDistillError
 from .state import CHECKPOINT, EpochProgress, check_resumable, seed_everything
+from .zoo import check_teacher_fits, load_model_spec
 
 
 @dataclass(eq=False)
@@ -45,6 +46,7 @@ class Run:
     dist: Distributed
     trainer: nn.Module
     ops_backend: dict[str, str]
+    teacher_source: dict[str, Any] | None = None
     resume_from: dict[str, Any] | None = None
     progress: EpochProgress = field(default_factory=lambda: EpochProgress.start(torch.device("cpu")))
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
@@ -148,31 +150,20 @@ def resolve_core(config: RunConfig, info: DatasetInfo, device: torch.device, ops
 
 # -- models -----------------------------------------------------------------------------------------------
 
-def load_teacher(config: RunConfig, host: PluginHost, info: DatasetInfo, device: torch.device) -> nn.Module:
-    fallback = None
-    if config.teacher_arch:
-        fallback = ModelArch(config.teacher_arch, info.num_classes, info.in_channels, info.image_size,
-                             config.activation, info.mean, info.std)
-    obj = load_checkpoint(config.teacher)
-    teacher, arch = model_from_checkpoint(obj, lambda a: build_model(a, host.registry.models), config.teacher,
-                                          fallback)
-    if arch.num_classes != info.num_classes:
-        raise RobustDistillError(f"teacher {config.teacher!r} has {arch.num_classes} classes but {info.name} has "
-                                 f"{info.num_classes}; use a teacher trained on {info.name}")
-    if arch.in_channels != info.in_channels:
-        raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.in_channels}-channel images but "
-                                 f"{info.name} has {info.in_channels}; use a teacher trained on {info.in_channels}-"
-                                 f"channel images (e.g. on {info.name})")
-    if arch.image_size != info.image_size:
-        if not config.teacher_resize:
-            raise RobustDistillError(f"teacher {config.teacher!r} takes {arch.image_size}×{arch.image_size} images but "
-                                     f"{info.name} has {info.image_size}×{info.image_size}; pass --teacher-resize to "
-                                     "resize inputs inside the teacher")
-        teacher = ResizedTeacher(teacher, arch.image_size)
+def load_teacher(config: RunConfig, host: PluginHost, info: DatasetInfo,
+                 device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen teacher ``--teacher`` names (checkpoint, run directory, state_dict or robustbench:NAME) and
+    what was loaded (spec, architecture, input normalisation) for environment.json."""
+    loaded = load_model_spec(config.teacher, info=info, models=host.registry.models, arch=config.teacher_arch,
+                             normalize=config.teacher_normalize, robustbench_dir=config.robustbench_dir,
+                             download=config.download, activation=config.activation)
+    teacher = loaded.model
+    if check_teacher_fits(loaded, info, resize=config.teacher_resize):
+        teacher = ResizedTeacher(teacher, loaded.arch.image_size)
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher
+    return teacher, loaded.describe()
 
 
 def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -231,7 +222,7 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> R
     arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size,
                      config.activation, info.mean, info.std)
     student = build_model(arch, host.registry.models).to(device)
-    teacher = load_teacher(config, host, info, device) if config.teacher else None
+    teacher, teacher_source = load_teacher(config, host, info, device) if config.teacher else (None, None)
     if config.channels_last == "on":
         for model in (student, teacher):
             if model is not None:
@@ -255,7 +246,8 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> R
             teacher = fold_or_keep(teacher, live=False, what="teacher", log=distributed.print)
     steps_per_epoch = max(1, -(-len(data.train_y) // config.batch_size))
     run = Run(view=None, requested=requested, host=host, hooks=hooks, optimizer=optimizer,  # type: ignore[arg-type]
-              scheduler=scheduler, dist=distributed, trainer=trainer, ops_backend=ops_backend, resume_from=saved,
+              scheduler=scheduler, dist=distributed, trainer=trainer, ops_backend=ops_backend,
+              teacher_source=teacher_source, resume_from=saved,
               progress=EpochProgress.start(device))
     run.view = RunView(config=config, data=data, arch=arch, device=device, student=student, teacher=teacher,
                        attack_student=attack_student, methods=tuple(methods), base_method=base, out=out,
@@ -274,4 +266,5 @@ def run_environment(run: Run) -> dict[str, Any]:
             "ops_backend": run.ops_backend, "kernels": kernel_status(device), "amp": run.config.amp, "channels_last": run.config.channels_last == "on",
             "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
             "folded_conv_bn": {"student": folded_pairs(run.view.attack_student),
-                               "teacher": folded_pairs(run.view.teacher)}}
+                               "teacher": folded_pairs(run.view.teacher)},
+            "teacher": run.teacher_source}

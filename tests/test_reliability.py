@@ -264,10 +264,16 @@ def test_teacher_of_another_architecture_classes_channels_or_size_is_refused(tea
     ckpt = load_checkpoint(teacher)
     save_checkpoint(tmp_path / "arch.pt", {**{k: v for k, v in ckpt.items() if k != "format"},
                                            "arch": {**ckpt["arch"], "name": "smallcnn"}})
-    cases = {
-        tmp_path / "arch.pt": "do not fit architecture 'smallcnn'",
-        saved_teacher(tmp_path / "classes.pt", num_classes=100): "has 100 classes but fashion-mnist has 10",
-        saved_teacher(tmp_path / "channels.pt", in_channels=3): "takes 3-channel images but fashion-mnist has 1",
+    cases = {  # each error names the problem and what to do
+        tmp_path / "arch.pt": "do not fit architecture 'smallcnn' (10 classes, 1 channels) it records, so the file "
+                              "was edited or damaged; train or finetune it again",
+        saved_teacher(tmp_path / "classes.pt", num_classes=100):
+            "has 100 classes but fashion-mnist has 10; distil from a teacher trained on fashion-mnist, or give this "
+            f"one a new 10-class head with `robustdistill finetune-head {tmp_path / 'classes.pt'} --dataset "
+            "fashion-mnist",
+        saved_teacher(tmp_path / "channels.pt", in_channels=3):
+            "takes 3-channel images but fashion-mnist has 1-channel images; distil from a teacher trained on "
+            "1-channel data, e.g. one trained with `robustdistill train --plugin at --dataset fashion-mnist",
         saved_teacher(tmp_path / "size.pt", image_size=32): "pass --teacher-resize",
     }
     for path, message in cases.items():
@@ -283,12 +289,18 @@ def test_teacher_at_another_resolution_is_bridged_by_resizing(tmp_path):
                  "--subset", "64", "--epochs", "1", "--val-size", "16", "--out", str(tmp_path / "run")]) == 0
 
 
-def test_robustbench_style_state_dict_teacher_loads_safely(teacher, tmp_path):
+def test_wrapped_state_dict_teacher_loads_safely_with_explicit_normalization(teacher, tmp_path, capsys):
     state = load_checkpoint(teacher)["model"]
     wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items() if k not in ("mean", "std")}}
     torch.save(wrapped, tmp_path / "rb.pt")
-    assert main(["train", "--plugin", "ard", "--teacher", str(tmp_path / "rb.pt"), "--teacher-arch", "cnn",
-                 "--subset", "64", "--epochs", "1", "--val-size", "16", "--out", str(tmp_path / "run")]) == 0
+    common = ["train", "--plugin", "ard", "--teacher", str(tmp_path / "rb.pt"), "--teacher-arch", "cnn",
+              "--subset", "64", "--epochs", "1", "--val-size", "16"]
+    err = error(capsys, *common, "--out", str(tmp_path / "guess"))
+    assert "does not record its input normalisation; say which with --teacher-normalize none" in err
+    assert main([*common, "--teacher-normalize", "dataset", "--out", str(tmp_path / "run")]) == 0
+    environment = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert environment["teacher"] == {"spec": str(tmp_path / "rb.pt"), "arch": "cnn",
+                                      "normalization": "mean [0.286], std [0.353] (--teacher-normalize dataset)"}
 
 
 def test_a_plain_state_dict_without_architecture_asks_for_teacher_arch(teacher, tmp_path, capsys):

@@ -10,7 +10,7 @@ from robustdistill.checkpoint import FORMAT
 from robustdistill.cli import main
 from robustdistill.evaluate import weights_fingerprint
 from robustdistill.models import BUILTIN_MODELS, build_model
-from robustdistill.registry import ModelArch, Registry
+from robustdistill.registry import DatasetInfo, ModelArch, Registry
 from robustdistill.report import (
     RunRecord,
     _add_teacher_column,
@@ -285,13 +285,16 @@ def test_teacher_is_shown_once(tmp_path):
     grads = torch.zeros(2, 1, 8, 8)
     digests = {"teacher-run\n(at)": weights_fingerprint(teacher), "student\n(rslad)": weights_fingerprint(other)}
 
+    options = {"spec": str(path), "arch": None, "normalize": None, "robustbench_dir": None, "activation": "relu",
+               "explicit": True}
+    info = DatasetInfo("test", 10, 1, 8, (0.5,), (0.25,), eps=0.1, step_size=0.01, attack_steps=2)
     columns = [("student\n(rslad)", grads), ("teacher-run\n(at)", grads + 1)]
-    _add_teacher_column(path, registry, torch.device("cpu"), images, labels, columns, digests)
+    _add_teacher_column(options, info, registry, torch.device("cpu"), images, labels, columns, digests)
     assert [title for title, _ in columns] == ["teacher\n(teacher-run)", "student\n(rslad)"]
     assert torch.equal(columns[0][1], grads + 1)
 
     columns = [("student\n(rslad)", grads)]  # the teacher is not a run: its own column, first
-    _add_teacher_column(path, registry, torch.device("cpu"), images, labels, columns,
+    _add_teacher_column(options, info, registry, torch.device("cpu"), images, labels, columns,
                         {"student\n(rslad)": digests["student\n(rslad)"]})
     assert [title for title, _ in columns] == ["teacher\n(teacher)", "student\n(rslad)"]
     assert torch.allclose(columns[0][1], input_gradients(teacher.eval(), images, labels), atol=1e-5)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import pgd_step
 
 Objective = Callable[[Tensor], Tensor]
 """Maps an adversarial batch to per-sample losses ``[B]`` that the attack maximises."""
@@ -95,6 +94,8 @@ def perturb(
     The caller chooses the models' modes (see :func:`model_mode`); parameters receive no gradient.
     Returns a detached adversarial batch.
     """
+    from .ops import pgd_step  # loaded on first use: listing plugins need not load torch.compile's machinery
+
     x = x.detach()
     x_adv = random_init(x, eps, init, norm, lo, hi)
     for _ in range(steps):

@@ -1,4 +1,8 @@
-"""``robustdistill`` command line: train, eval, finetune-head, report, plugins, doctor."""
+"""``robustdistill`` command line: train, eval, finetune-head, report, plugins, doctor.
+
+Help needs no plugins (``train --help`` takes the plugins' options from the catalog the last command that
+loaded them wrote), so ``--help`` does not import torch; every other command loads the plugins.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,66 +11,20 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from . import __version__
-from .config import add_run_arguments, config_from_args, option_defaults_from_file
-from .plugin_manager import PluginError, PluginHost, PluginWarning, load_plugins
+from . import catalog
+from .arguments import DEBUG_ENV, build_parser
+from .config import config_from_args, option_defaults_from_file
 from .registry import RobustDistillError
 
-DEBUG_ENV = "ROBUSTDISTILL_DEBUG"
+if TYPE_CHECKING:
+    from .plugin_manager import PluginHost
+
+HELP = ("-h", "--help")
 
 
-class Parser(argparse.ArgumentParser):
-    """Parse errors as one line and a pointer to ``--help``, not the whole usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise RobustDistillError(f"{message} (see `{self.prog} --help`)")
-
-
-def add_train_arguments(parser: argparse.ArgumentParser, host: PluginHost) -> None:
-    reg = host.registry
-    add_run_arguments(parser, reg.options, {
-        "plugin": ", ".join(sorted(reg.methods)),
-        "dataset": ", ".join(sorted(reg.datasets)),
-        "model": ", ".join(e.name for e in reg.models),
-    })
-    g = parser.add_argument_group("this command")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (a run "
-                   "directory without one starts anew, so the same command relaunches a preempted job)")
-    g.add_argument("--config", default=None, metavar="FILE.yaml",
-                   help="options from a YAML file (keys are option names); the command line overrides it")
-
-
-def build_parser(host: PluginHost) -> argparse.ArgumentParser:
-    from .evaluate import add_eval_arguments
-
-    parser = Parser(prog="robustdistill",
-                    description="Transfer adversarial robustness from a robust teacher to a student.")
-    parser.add_argument("--version", action="version", version=f"robustdistill {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"print the traceback of plugin errors (also ${DEBUG_ENV}=1)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    train = sub.add_parser("train", help="train a model with one or more method plugins",
-                           usage="robustdistill train [--plugin NAME ...] [options]")
-    add_train_arguments(train, host)
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint under attacks")
-    add_eval_arguments(evaluate)
-    from .finetune import add_finetune_arguments
-    add_finetune_arguments(sub.add_parser("finetune-head", help="finetune a new linear head on a frozen teacher's "
-                                          "features for another label set (cross-task transfer)"))
-    from .report import add_report_arguments
-    add_report_arguments(sub.add_parser("report", help="figures (curves, robust accuracy vs ε, input-gradient "
-                                        "maps) and a results table for run directories"))
-    doctor = sub.add_parser("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend "
-                                           "each op uses")
-    doctor.add_argument("--json", action="store_true", help="print the backend report as JSON")
-    plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
-    plugins.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
-def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
+def plugins_command(args: argparse.Namespace, host: "PluginHost") -> int:
     infos = host.plugin_infos()
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
@@ -86,7 +44,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_command(args: argparse.Namespace, host: PluginHost) -> int:
+def train_command(args: argparse.Namespace, host: "PluginHost") -> int:
     from .loop import train
 
     train(config_from_args(args, host.registry.options), host, resume=args.resume)
@@ -105,6 +63,8 @@ def _config_file(argv: Sequence[str]) -> str | None:
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
+    from .plugin_manager import PluginWarning
+
     if issubclass(category, PluginWarning):
         print(f"warning: {message}", file=sys.stderr)
     else:
@@ -114,18 +74,34 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 _default_showwarning = warnings.showwarning
 
 
+def _help_catalog(argv: Sequence[str]) -> catalog.Catalog | None:
+    """For ``--help`` without loading plugins: no plugin options at all unless ``train``'s help is asked for,
+    then the cached catalog (``None`` when there is none yet)."""
+    if not any(arg in HELP for arg in argv):
+        return None
+    return catalog.cached() if "train" in argv else catalog.Catalog()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]  # accepted anywhere on the command line
     warnings.showwarning = _show_warning
     try:
-        host = load_plugins()
-        parser = build_parser(host)
+        known = _help_catalog(argv)
+        host = None
+        if known is None:
+            from .plugin_manager import load_plugins
+
+            host = load_plugins()
+            catalog.remember(host)
+            known = catalog.Catalog.of(host)
+        parser = build_parser(known)
         config_file = _config_file(argv)
         if config_file is not None:
             option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], config_file)  # type: ignore[union-attr]
         args = parser.parse_args(argv)
+        assert host is not None  # help exited in parse_args
         if args.command == "train":
             return train_command(args, host)
         if args.command == "eval":
@@ -141,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return doctor_command(args)
         return plugins_command(args, host)
     except RobustDistillError as err:
+        from .plugin_manager import PluginError
+
         if isinstance(err, PluginError) and debug:
             traceback.print_exception(err.__cause__ or err, file=sys.stderr)
         print(f"robustdistill: error: {err}", file=sys.stderr)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "ext", "ref")
 BACKEND_ENV = "ROBUSTDISTILL_OPS_BACKEND"
+NORMS = ("linf", "l2")
+FD_DISTANCES = ("kl", "l1", "l2")
+ROBUSTBENCH_DEFAULT_DIR = "./models"
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 ACTIVATIONS = ("relu", "gelu", "silu")
 
@@ -382,17 +385,4 @@ def option_defaults_from_file(parser: argparse.ArgumentParser, path: str) -> Non
         defaults[action.dest] = value
     parser.set_defaults(**defaults)
 
-
-def add_fold_bn_argument(parser: argparse._ActionsContainer, what: str) -> None:
-    """Add ``--fold-bn on|off`` (see :mod:`robustdistill.folding`)."""
-    parser.add_argument("--fold-bn", default="on", choices=("on", "off"),
-                        help=f"fold eval-mode BatchNorm into the preceding convolutions of {what} "
-                             "(the same function, less memory traffic) (default: %(default)s)")
-
-
-def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
-    """Add ``--ops-backend`` (the choice of :func:`robustdistill.ops.set_backend`)."""
-    parser.add_argument("--ops-backend", default=None, choices=BACKENDS,
-                        help="fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
-                             f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)")
 

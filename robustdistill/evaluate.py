@@ -33,11 +33,11 @@ from torch import Tensor, nn
 
 from . import attacks
 from .checkpoint import atomic_write_text
-from .config import add_fold_bn_argument, add_ops_backend_argument, parse_number, resolve_device
+from .config import resolve_device
 from .folding import fold_or_keep, folded_pairs
-from .ops import NORMS, select_backend
+from .config import NORMS
 from .registry import EvalAttack, Registry, RobustDistillError
-from .zoo import add_source_arguments, load_model_spec, open_source
+from .zoo import load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
@@ -552,67 +552,6 @@ def evaluate(
 # The ``robustdistill eval`` command
 # ---------------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``robustdistill eval`` to ``parser``."""
-    parser.add_argument("checkpoint", metavar="CKPT",
-                        help="checkpoint written by `robustdistill train`, or a plain state_dict with --arch")
-    parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw", metavar="LIST",
-                        help="comma-separated attacks: clean, fgsm, pgd20, cw, autoattack, or any a plugin "
-                             "registers (default: %(default)s)")
-    parser.add_argument("--subset", type=_positive_int, default=None, metavar="N",
-                        help="evaluate on the first N test images (default: the whole test set)")
-    parser.add_argument("--json", default=None, metavar="PATH",
-                        help="write the results to this JSON file, after each finished attack; when it exists, "
-                             "the attacks already in it are skipped (the settings must match)")
-    parser.add_argument("--redo", action="store_true",
-                        help="evaluate every attack again and start the --json file over")
-    parser.add_argument("--dataset", default=None, metavar="NAME",
-                        help="dataset to evaluate on (default: the checkpoint's training dataset)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="where the dataset lives (default: the checkpoint's data directory)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
-                        help="images per batch (default: %(default)s)")
-    parser.add_argument("--eps", type=parse_number, default=None, metavar="EPS",
-                        help="perturbation radius, e.g. 8/255 (default: the checkpoint's, else the dataset's)")
-    parser.add_argument("--step-size", type=parse_number, default=None, metavar="ALPHA",
-                        help="PGD/CW step size, e.g. 2/255 (default: the checkpoint's, else the dataset's)")
-    parser.add_argument("--pgd-steps", type=_positive_int, default=20, metavar="N",
-                        help="steps of the pgd20 attack (default: %(default)s)")
-    parser.add_argument("--cw-steps", type=_positive_int, default=30, metavar="N",
-                        help="steps of the cw attack (default: %(default)s)")
-    parser.add_argument("--kappa", type=parse_number, default=50.0, metavar="K",
-                        help="confidence of the C&W margin loss (default: %(default)s)")
-    parser.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
-                        help="random restarts of pgd20 and cw (default: %(default)s)")
-    parser.add_argument("--norm", choices=NORMS, default=None,
-                        help="threat model (default: the checkpoint's, else linf)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    add_ops_backend_argument(parser)
-    add_fold_bn_argument(parser, "the evaluated model")
-    parser.add_argument("--arch", default=None, metavar="NAME",
-                        help="architecture of a plain state_dict from another tool (e.g. wrn-34-10, "
-                             "torchvision:resnet50, or official-wrn for a WideResNet from the TRADES, ARD, RSLAD or "
-                             "IGDM code); classes and input shape then come from --dataset")
-    add_source_arguments(parser, prefix="", what="the model")
-    parser.add_argument("--download", action="store_true",
-                        help="download the dataset, and robustbench:NAME weights, if they are not found locally")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="report on stderr each attack as it starts and ends, the progress within long "
-                             "attacks (AutoAttack's log, a line every 30 s, a bar on a terminal) and the time "
-                             "left (default: on)")
-
-
 def _format_eps(eps: float) -> str:
     scaled = eps * 255
     if scaled >= 0.5 and abs(scaled - round(scaled)) < 1e-6:
@@ -732,6 +671,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     if args.redo and not args.json:
         raise RobustDistillError("--redo starts a --json file over; without --json every attack runs anyway")
     device = resolve_device(args.device)
+    from .ops import select_backend
+
     ops_backend = select_backend(args.ops_backend, device)
     path = str(args.checkpoint)
     source = open_source(path)
@@ -826,7 +767,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 
 
 __all__ = [
-    "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalProgress", "EvalResult", "EvalSettings", "add_eval_arguments",
+    "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalProgress", "EvalResult", "EvalSettings",
     "attack_cost", "attack_details", "check_adversarial", "eval_command", "evaluate", "format_seconds",
     "run_evaluation", "runs_on_whole_set", "weights_fingerprint",
 ]

@@ -23,37 +23,11 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import save_checkpoint
-from .config import parse_number, resolve_device
+from .config import resolve_device
 from .data import BatchIterator, take_subset
 from .models import Classifier, build_model
 from .registry import ImageData, ModelArch, Registry, RobustDistillError
 from .zoo import load_model_spec, open_source
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="TEACHER_CKPT",
-                        help="teacher trained on another task (label set): a checkpoint or a run directory")
-    parser.add_argument("--dataset", required=True, help="the target dataset whose classes the new head predicts")
-    parser.add_argument("--out", required=True, metavar="PATH", help="where to write the new teacher checkpoint")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs over the target training set (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per head step (default: %(default)s, as the official code)")
-    parser.add_argument("--lr", type=parse_number, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=parse_number, default=2e-4,
-                        help="L2 on the head's weights (default: %(default)s)")
-    parser.add_argument("--subset", type=int, default=None, metavar="N", help="use only the first N training images")
-    parser.add_argument("--val-size", type=int, default=1000, metavar="N",
-                        help="test images for the clean accuracy printed at the end (default: %(default)s; 0: none)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset files are")
-    parser.add_argument("--download", action="store_true", help="download the dataset if it is not found locally")
-    parser.add_argument("--arch", default=None, metavar="NAME",
-                        help="architecture of a teacher that is a plain state_dict from another tool (a model name, "
-                             "or official-wrn for a WideResNet from the TRADES, ARD, RSLAD or IGDM code)")
-    parser.add_argument("--normalize", default=None, metavar="none|dataset|MEAN/STD",
-                        help="input normalisation of such a state_dict when it does not record it")
-    parser.add_argument("--source-classes", type=int, default=None, metavar="K",
-                        help="classes of such a plain state_dict's head (default: the target's)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

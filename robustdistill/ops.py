@@ -46,12 +46,10 @@ import warnings
 import torch
 from torch import Tensor
 
-from .config import BACKEND_ENV, BACKENDS
+from .config import BACKEND_ENV, BACKENDS, FD_DISTANCES, NORMS
 from .registry import RobustDistillError
 
 OPS = ("pgd_step", "fd_align")
-NORMS = ("linf", "l2")
-FD_DISTANCES = ("kl", "l1", "l2")
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 

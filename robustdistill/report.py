@@ -39,7 +39,7 @@ from .folding import fold_or_keep
 from .models import build_model
 from .api import exact_input_gradient
 from .registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
-from .zoo import ROBUSTBENCH, add_source_arguments, load_model_spec
+from .zoo import ROBUSTBENCH, load_model_spec
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -517,32 +517,6 @@ def robust_accuracy_curve(model: nn.Module, x: Tensor, y: Tensor, eps_values: li
 
 # ---------------------------------------------------------------------------------------------
 # The command
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `robustdistill train`")
-    parser.add_argument("--out", default="runs/report", metavar="DIR",
-                        help="where to write the report (default: %(default)s)")
-    parser.add_argument("--eval-json", default="eval.json", metavar="NAME",
-                        help="the evaluation file in each run directory (default: %(default)s)")
-    parser.add_argument("--eps", default=None, metavar="LIST",
-                        help="radii of the robust-accuracy curve, e.g. 0,0.05,0.1,8/255 "
-                             "(default: 0, ¼, ½, ¾, 1, 1.5, 2 × each run's training ε)")
-    parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps of the curve (default: %(default)s)")
-    parser.add_argument("--subset", type=int, default=1000, metavar="N",
-                        help="test images for the curve (default: %(default)s)")
-    parser.add_argument("--grad-images", type=int, default=6, metavar="K",
-                        help="test images in the gradient figure (default: %(default)s)")
-    parser.add_argument("--teacher", default=None, metavar="SPEC",
-                        help="teacher whose gradients are shown: a checkpoint, a run directory or robustbench:NAME "
-                             "(default: the first run's --teacher, loaded with that run's options)")
-    parser.add_argument("--teacher-arch", default=None, metavar="NAME",
-                        help="architecture of a --teacher that is a plain state_dict (as for train)")
-    add_source_arguments(parser)
-    parser.add_argument("--no-models", action="store_true",
-                        help="skip the figures that load models (robust accuracy vs ε, gradients)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
 
 
 def _eps_list(text: str) -> list[float]:

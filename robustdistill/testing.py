@@ -64,9 +64,10 @@ def plugin_host(*plugins: object, names: Sequence[str] | None = None, autoload: 
 
 def train_config(host: PluginHost, *args: str, **overrides: Any) -> RunConfig:
     """``robustdistill train ARGS`` as a configuration (core ``overrides`` by field name, e.g. ``epochs=2``)."""
-    from .cli import build_parser
+    from .arguments import build_parser
+    from .catalog import Catalog
 
-    config = config_from_args(build_parser(host).parse_args(["train", *args]), host.registry.options)
+    config = config_from_args(build_parser(Catalog.of(host)).parse_args(["train", *args]), host.registry.options)
     return replace(config, **overrides)
 
 

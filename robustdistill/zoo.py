@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from .attacks import model_mode
 from .checkpoint import FORMAT, is_state_dict, load_checkpoint, model_from_checkpoint
+from .config import ROBUSTBENCH_DEFAULT_DIR
 from .models import Classifier, build_model
 from .registry import DatasetInfo, ModelArch, ModelEntry, RobustDistillError
 
@@ -58,7 +59,6 @@ TIMM = "timm:"
 OFFICIAL_WRN = "official-wrn"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
-ROBUSTBENCH_DEFAULT_DIR = "./models"
 ROBUSTBENCH_MISSING = "robustbench:NAME needs the robustbench package: pip install 'robustdistill[robustbench]'"
 TIMM_MISSING = "timm:NAME needs the timm package: pip install 'robustdistill[timm]' (or pip install timm)"
 PROBE_BATCH = 2
@@ -624,12 +624,3 @@ def check_teacher_fits(loaded: LoadedModel, info: DatasetInfo, *, resize: bool) 
     return arch.image_size != info.image_size
 
 
-def add_source_arguments(parser: Any, *, prefix: str = "teacher-", what: str = "the teacher") -> None:
-    """Add ``--{prefix}normalize`` and ``--robustbench-dir`` to a command's parser (or argument group)."""
-    parser.add_argument(f"--{prefix}normalize", default=None, metavar="none|dataset|MEAN/STD",
-                        help=f"input normalisation of {what} when it is a plain state_dict that does not record it: "
-                             "none (images in [0, 1] as they are), dataset (the dataset's mean and std), or "
-                             "MEAN/STD, e.g. 0.4914,0.4822,0.4465/0.2471,0.2435,0.2616")
-    parser.add_argument("--robustbench-dir", default=None, metavar="DIR",
-                        help=f"where robustbench:NAME weights are, in RobustBench's layout DIR/DATASET/THREAT/NAME.pt "
-                             f"(default: RobustBench's own {ROBUSTBENCH_DEFAULT_DIR})")

@@ -58,7 +58,7 @@ def test_distilled_student_is_robust(root, natural, plugins):
     if "igdm" in plugins:
         assert "igdm" in terms
         config = json.loads((root / name / "config.json").read_text())
-        assert config["igdm_alpha"] == (0.9 if "rslad" in plugins else 60.0)
+        assert config["plugins"]["igdm"]["alpha"] == (0.9 if "rslad" in plugins else 60.0)
         assert config["plugin"] == (list(plugins) if len(plugins) > 1 else ["at", "igdm"])
     ckpt = load_checkpoint(root / name / "last.pt")
     assert ckpt["epoch"] == 2

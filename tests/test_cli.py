@@ -134,14 +134,15 @@ def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
-    from robustdistill.cli import build_parser
+    from robustdistill.arguments import build_parser
+    from robustdistill.catalog import Catalog
     from robustdistill.config import config_from_args, option_defaults_from_file
     from robustdistill.plugin_manager import load_plugins
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
     host = load_plugins(autoload=False)
-    parser = build_parser(host)
+    parser = build_parser(Catalog.of(host))
     option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], str(cfg))
     config = config_from_args(parser.parse_args(["train", "--config", str(cfg), "--epochs", "2"]),
                               host.registry.options)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustdistill.arguments import add_eval_arguments
 from robustdistill.checkpoint import FORMAT
 from robustdistill.evaluate import (
     AUTOATTACK_MISSING,
@@ -26,7 +27,6 @@ from robustdistill.evaluate import (
     EvalProgress,
     EvalSettings,
     _AutoAttackLog,
-    add_eval_arguments,
     attack_cost,
     eval_command,
     evaluate,

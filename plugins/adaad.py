@@ -17,15 +17,21 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import INITS, model_mode
+from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill.attacks import INITS, Objective, model_mode
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
 
 
 @hookimpl
 def register_methods(register: Callable) -> None:
     register(Method("adaad", "AdaAD: λ·KL(S(x′), T(x′)) + (1−λ)·KL(S(x), T(x)), attack through both nets",
-                    needs_teacher=True))
+                    needs_teacher=True, attack="adaad-kl"))
+
+
+@hookimpl
+def register_attacks(register: Callable) -> None:
+    register(Attack("adaad-kl", adaad_objective, "KL(T(x′) ‖ S(x′)) with the teacher at the same point: the "
+                    "gradient goes through both networks (AdaAD)", needs_teacher=True))
 
 
 @hookimpl
@@ -37,17 +43,21 @@ def register_options(register: Callable) -> None:
                     choices=INITS))
 
 
-@hookimpl
-def attack(ctx: StepContext) -> Tensor:
+def adaad_objective(ctx: StepContext) -> Objective:
+    """Σ KL(σ(T(x′)) ‖ σ(S(x′))): the teacher evaluated at the perturbed point, with gradient to x′ (IGDM Eq. 17)."""
     student, teacher = ctx.attack_student, ctx.teacher
 
     def objective(x_adv: Tensor) -> Tensor:
         log_q = F.log_softmax(student(x_adv), dim=1)
         p = F.softmax(teacher(x_adv), dim=1)
         return F.kl_div(log_q, p, reduction="none").sum(dim=1)
+    return objective
 
-    with model_mode(teacher, train=False):
-        return ctx.perturb(objective, init=ctx.config.adaad.init, bn="eval")
+
+@hookimpl
+def attack(ctx: StepContext) -> Tensor:
+    with model_mode(ctx.teacher, train=False):
+        return ctx.perturb(ctx.attack_objective(), init=ctx.config.adaad.init, bn="eval")
 
 
 @hookimpl

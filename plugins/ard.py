@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import BN_MODES, INITS, ce_objective
+from robustdistill.attacks import BN_MODES, INITS
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
 
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("ard", "ARD: α·τ²·KL(T(x)/τ ‖ S(x′)/τ) + (1−α)·CE(S(x), y), PGD-CE attack", needs_teacher=True))
+    register(Method("ard", "ARD: α·τ²·KL(T(x)/τ ‖ S(x′)/τ) + (1−α)·CE(S(x), y), PGD-CE attack", needs_teacher=True,
+                    attack="ce"))
 
 
 @hookimpl
@@ -41,7 +42,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext):
-    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.ard.init, bn=ctx.config.ard.attack_bn)
+    return ctx.perturb(ctx.attack_objective(), init=ctx.config.ard.init, bn=ctx.config.ard.attack_bn)
 
 
 @hookimpl

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import BN_MODES, INITS, ce_objective
+from robustdistill.attacks import BN_MODES, INITS
 
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("at", "PGD adversarial training (Madry): CE(f(x_adv), y); trains robust teachers"))
+    register(Method("at", "PGD adversarial training (Madry): CE(f(x_adv), y); trains robust teachers", attack="ce"))
 
 
 @hookimpl
@@ -33,7 +33,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    return ctx.perturb(ce_objective(ctx.attack_student, ctx.y), init=ctx.config.at.init, bn=ctx.config.at.attack_bn)
+    return ctx.perturb(ctx.attack_objective(), init=ctx.config.at.init, bn=ctx.config.at.attack_bn)
 
 
 @hookimpl

@@ -1,5 +1,6 @@
-"""Core defaults, registered like any plugin: built-in models, datasets and evaluation attacks,
-the teacher forward and the exact input gradient (``trylast``, so a plugin can replace them).
+"""Core defaults, registered like any plugin: built-in models, datasets, the ``ce`` and ``cw`` training attacks,
+the evaluation attacks, the teacher forward and the exact input gradient (``trylast``, so a plugin can
+replace them).
 """
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from robustdistill import StepContext, TeacherOutput, hookimpl
+from robustdistill import Attack, StepContext, TeacherOutput, hookimpl
+from robustdistill.attacks import Objective, ce_objective, cw_objective
 from robustdistill.api import exact_input_gradient
 
 
@@ -24,6 +26,22 @@ def register_datasets(register: Callable) -> None:
     from robustdistill.data import BUILTIN_DATASETS
     for entry in BUILTIN_DATASETS:
         register(entry)
+
+
+def ce_attack(ctx: StepContext) -> Objective:
+    """CE of the true labels (PGD-AT's, ARD's attack)."""
+    return ce_objective(ctx.attack_student, ctx.y)
+
+
+def cw_attack(ctx: StepContext) -> Objective:
+    """The C&W margin of the true labels, capped at κ = 50 (CW∞)."""
+    return cw_objective(ctx.attack_student, ctx.y)
+
+
+@hookimpl
+def register_attacks(register: Callable) -> None:
+    register(Attack("ce", ce_attack, "PGD on the cross-entropy of the true labels (PGD-AT, ARD)"))
+    register(Attack("cw", cw_attack, "PGD on the C&W margin of the true labels, κ = 50 (CW∞)"))
 
 
 @hookimpl

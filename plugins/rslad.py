@@ -17,14 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import kl_objective
+from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill.attacks import Objective, kl_objective
 from robustdistill.losses import KL_REDUCTIONS, reduce_kl
 
 
 @hookimpl
 def register_methods(register: Callable) -> None:
     register(Method("rslad", "RSLAD: 5/6·KL(S(x′), T(x)) + 1/6·KL(S(x), T(x)), KL-to-teacher attack",
+                    needs_teacher=True, attack="teacher-kl"))
+
+
+@hookimpl
+def register_attacks(register: Callable) -> None:
+    register(Attack("teacher-kl", teacher_kl_objective, "KL(T(x) ‖ S(x′)) to the teacher's clean soft labels (RSLAD)",
                     needs_teacher=True))
 
 
@@ -42,10 +48,14 @@ def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: str) -> T
     return reduce_kl(b * (torch.log(b + 1e-5) - F.log_softmax(student_logits.float(), dim=1)), reduction)
 
 
+def teacher_kl_objective(ctx: StepContext) -> Objective:
+    """Σ KL(σ(T(x)) ‖ σ(S(x′))) with the teacher's soft labels on clean x (IGDM Eq. 16)."""
+    return kl_objective(ctx.attack_student, F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1))
+
+
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    soft_labels = F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1)
-    return ctx.perturb(kl_objective(ctx.attack_student, soft_labels), init="normal", bn="eval")
+    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval")
 
 
 @hookimpl

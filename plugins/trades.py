@@ -15,13 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import kl_objective, model_mode
+from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill.attacks import Objective, kl_objective, model_mode
 
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("trades", "TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')); trains robust teachers"))
+    register(Method("trades", "TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')); trains robust teachers", attack="trades-kl"))
+
+
+@hookimpl
+def register_attacks(register: Callable) -> None:
+    register(Attack("trades-kl", trades_objective, "KL(S(x) ‖ S(x′)) to the student's own clean prediction (TRADES)"))
 
 
 @hookimpl
@@ -35,11 +40,16 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
                     reduction="sum") / clean_logits.shape[0]
 
 
-@hookimpl
-def attack(ctx: StepContext) -> Tensor:
+def trades_objective(ctx: StepContext) -> Objective:
+    """Σ KL(σ(S(x)) ‖ σ(S(x′))), the clean prediction taken once, in eval mode, without gradient."""
     with model_mode(ctx.student, train=False), torch.no_grad():
         target = F.softmax(ctx.attack_student(ctx.x), dim=1)
-    return ctx.perturb(kl_objective(ctx.attack_student, target), init="normal", bn="eval")
+    return kl_objective(ctx.attack_student, target)
+
+
+@hookimpl
+def attack(ctx: StepContext) -> Tensor:
+    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval")
 
 
 @hookimpl

@@ -11,7 +11,8 @@ from .markers import hookimpl
 __version__ = "0.1.0"
 
 _API = ("RunView", "StepContext", "LossTerm", "TeacherOutput", "RunConfig", "PluginOptions", "Method", "Option",
-        "ModelEntry", "ModelArch", "DatasetEntry", "DatasetInfo", "ImageData", "EvalAttack", "RobustDistillError")
+        "ModelEntry", "ModelArch", "DatasetEntry", "DatasetInfo", "ImageData", "Attack", "EvalAttack", "AttackSpec",
+        "RobustDistillError")
 
 __all__ = ["hookimpl", "__version__", *_API]
 

@@ -14,16 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from .config import PluginOptions, RunConfig
-from .registry import (DatasetEntry, DatasetInfo, EvalAttack, ImageData, Method, ModelArch, ModelEntry, Option,
-                       RobustDistillError)
+from .registry import (Attack, DatasetEntry, DatasetInfo, EvalAttack, ImageData, Method, ModelArch, ModelEntry,
+                       Option, RobustDistillError)
+
+from .attacks import AttackSpec
 
 if TYPE_CHECKING:
     from .attacks import Objective
 
 __all__ = [
     "RunView", "StepContext", "LossTerm", "TeacherOutput", "RunConfig", "PluginOptions", "exact_input_gradient",
-    "Method", "Option", "ModelEntry", "ModelArch", "DatasetEntry", "DatasetInfo", "ImageData", "EvalAttack",
-    "RobustDistillError",
+    "Method", "Option", "ModelEntry", "ModelArch", "DatasetEntry", "DatasetInfo", "ImageData", "Attack", "EvalAttack",
+    "AttackSpec", "RobustDistillError",
 ]
 
 
@@ -64,7 +66,8 @@ class RunView:
     ``data.info`` its description); ``student`` the trained model, ``attack_student`` the same network as
     attacks call it (eval-mode BatchNorm folded with ``--fold-bn on``), ``teacher`` the frozen teacher
     (or ``None``); ``methods`` the selected methods in order and ``base_method`` the one that runs the
-    attack. ``epoch`` counts finished epochs (it is already the resumed epoch in ``train_start`` of a
+    attack, with ``attack`` the training attack it runs (``--attack``, else the method's own). ``epoch``
+    counts finished epochs (it is already the resumed epoch in ``train_start`` of a
     resumed run) and ``history`` holds their metrics. ``state`` is for plugins' per-run state, under
     their plugin name (``run.state["igam"]``); it lives as long as the run and is never saved — trainable
     state goes through :meth:`add_module`.
@@ -84,6 +87,7 @@ class RunView:
     is_main: bool
     world_size: int
     sink: ModuleSink
+    attack: Attack | None = None
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
@@ -210,14 +214,24 @@ class StepContext:
 
     # -- the attack ----------------------------------------------------------------------------------
 
+    def attack_spec(self, init: str) -> AttackSpec:
+        """The run's training attack: ``--eps``, ``--step-size``, ``--attack-steps`` from ``init``."""
+        cfg = self.config
+        return AttackSpec(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, init=init)
+
+    def attack_objective(self) -> "Objective":
+        """The objective of the run's training attack (``--attack``, else the base method's own) in this step."""
+        if self.run.attack is None:
+            raise RobustDistillError("this run has no training attack: the selected methods name none")
+        return self.run.attack.objective(self)
+
     def perturb(self, objective: "Objective", *, init: str, bn: str) -> Tensor:
         """The run's attack (``--eps``, ``--step-size``, ``--attack-steps``) on ``objective``, from ``ctx.x``,
         with the student's BatchNorm in ``bn`` mode (``"eval"`` or ``"train"``); the mode is restored after."""
-        from .attacks import model_mode, perturb
+        from .attacks import model_mode
 
-        cfg = self.config
         with model_mode(self.student, train=bn == "train"):
-            return perturb(objective, self.x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, init=init)
+            return self.attack_spec(init).perturb(objective, self.x)
 
     # -- the student ---------------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
 """Attacks for training and evaluation: FGSM, PGD (L∞/L2) on CE, KL-to-target and CW-margin
 objectives, random initialisation, restarts. Every attack restores the models' modes.
+
+An :class:`AttackSpec` describes one attack — radius, step, steps, norm, start, restarts and loss — for the
+training attack of a run, the per-epoch validation and ``eval``'s ``fgsm``, ``pgd20`` and ``cw`` alike.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -16,6 +20,28 @@ Objective = Callable[[Tensor], Tensor]
 
 INITS = ("uniform", "normal", "none")
 BN_MODES = ("eval", "train")
+LABEL_LOSSES = ("ce", "cw")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One PGD-style attack: ε-ball of ``norm``, ``steps`` of ``step_size`` from ``init``, ``restarts`` (keeping
+    each sample's worst case) and, for attacks on the labels (:func:`pgd`), the ``loss``: ``ce`` or ``cw``
+    (the C&W margin, capped at ``kappa``)."""
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+    init: str = "uniform"
+    restarts: int = 1
+    loss: str = "ce"
+    kappa: float = 50.0
+
+    def perturb(self, objective: "Objective", x: Tensor) -> Tensor:
+        """One run of the attack on ``objective`` from ``x`` (no restarts: the objective is not per label)."""
+        return perturb(objective, x, eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
+                       init=self.init)
 
 
 @contextmanager
@@ -106,53 +132,50 @@ def perturb(
     return x_adv.detach()
 
 
-def pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    step_size: float,
-    steps: int,
-    norm: str = "linf",
-    loss: str = "ce",
-    kappa: float = 50.0,
-    init: str = "uniform",
-    restarts: int = 1,
-    bn_mode: str = "eval",
-) -> Tensor:
-    """PGD on the CE or C&W-margin loss with restarts, keeping each sample's worst case.
+def label_objective(model: nn.Module, y: Tensor, spec: AttackSpec) -> Objective:
+    """The objective of ``spec.loss`` on the true labels: CE, or the C&W margin (capped at ``spec.kappa``)."""
+    if spec.loss == "ce":
+        return ce_objective(model, y)
+    if spec.loss == "cw":
+        return cw_objective(model, y, spec.kappa)
+    raise ValueError(f"unknown attack loss {spec.loss!r}; use one of {LABEL_LOSSES}")
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, bn_mode: str = "eval") -> Tensor:
+    """PGD on the true labels as ``spec`` says (CE or C&W margin), keeping each sample's worst case.
 
     Over restarts a sample keeps the first adversarial example that fools the model, else the one
     with the highest loss.
     """
-    if loss not in ("ce", "cw"):
-        raise ValueError(f"unknown PGD loss {loss!r}; use 'ce' or 'cw'")
     if bn_mode not in BN_MODES:
         raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
-    make = ce_objective if loss == "ce" else (lambda m, t: cw_objective(m, t, kappa))
+    objective = label_objective(model, y, spec)
     with model_mode(model, train=bn_mode == "train"):
-        objective = make(model, y)
         best = x.detach().clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(max(1, restarts)):
-            x_adv = perturb(objective, x, eps=eps, step_size=step_size, steps=steps, norm=norm, init=init)
+        for _ in range(max(1, spec.restarts)):
+            x_adv = spec.perturb(objective, x)
             with torch.no_grad():
                 logits = model(x_adv)
-                sample_loss = (F.cross_entropy(logits, y, reduction="none") if loss == "ce"
-                               else cw_margin(logits, y, kappa)).float()
+                sample_loss = (F.cross_entropy(logits, y, reduction="none") if spec.loss == "ce"
+                               else cw_margin(logits, y, spec.kappa)).float()
                 now_fooled = logits.argmax(dim=1) != y
             take = (~fooled) & (now_fooled | (sample_loss > best_loss))
             best[take] = x_adv[take]
             best_loss = torch.where(take, sample_loss, best_loss)
             fooled |= now_fooled
-            if restarts > 1 and bool(fooled.all()):
+            if spec.restarts > 1 and bool(fooled.all()):
                 break
     return best
+
+
+def fgsm_spec(eps: float, norm: str = "linf") -> AttackSpec:
+    """FGSM as an attack: one step of size ε from the clean input."""
+    return AttackSpec(eps=eps, step_size=eps, steps=1, norm=norm, init="none")
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, bn_mode: str = "eval") -> Tensor:
     """Fast Gradient Sign Method: one step of size ε from the clean input."""
     with model_mode(model, train=bn_mode == "train"):
-        return perturb(ce_objective(model, y), x, eps=eps, step_size=eps, steps=1, init="none")
+        return fgsm_spec(eps).perturb(ce_objective(model, y), x)

@@ -200,6 +200,10 @@ class RunConfig:
         "--batch-student-forwards", False, "run the student's training-mode forwards of a step (e.g. S(x′), S(x), "
         "S(x−δ)) as one batch: faster on a GPU, but BatchNorm then normalises over them together, which changes "
         "the training (the papers' code runs them separately)", SPEED)
+    attack: str | None = _option(
+        "--attack", None, "the training attack's objective, for base methods that take one: ce (PGD on the labels' "
+        "CE), cw (the C&W margin), trades-kl, teacher-kl (RSLAD's), adaad-kl, or one a plugin registers (default: "
+        "the base method's own)", ATTACK, metavar="NAME")
     eps: float | None = _option("--eps", None, "L∞ radius of the training attack, e.g. 8/255 or 0.1", ATTACK,
                                 type=parse_number)
     step_size: float | None = _option("--step-size", None, "step of the training attack, e.g. 2/255", ATTACK,

@@ -76,6 +76,14 @@ class EvalSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def spec(self, attack: str) -> attacks.AttackSpec:
+        """The :class:`~robustdistill.attacks.AttackSpec` of a built-in attack: ``fgsm``, ``pgd20`` or ``cw``."""
+        if attack == "fgsm":
+            return attacks.fgsm_spec(self.eps, self.norm)
+        loss, steps = {"pgd20": ("ce", self.pgd_steps), "cw": ("cw", self.cw_steps)}[attack]
+        return attacks.AttackSpec(eps=self.eps, step_size=self.step_size, steps=steps, norm=self.norm,
+                                  init="uniform", restarts=self.restarts, loss=loss, kappa=self.kappa)
+
 
 # ---------------------------------------------------------------------------------------------
 # Built-in attacks
@@ -88,24 +96,18 @@ def _clean(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings) -> Te
 
 def _fgsm(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings) -> Tensor:
     """One gradient step of size ε (sign step for L∞, normalised gradient for L2)."""
-    if settings.norm == "linf":
-        return attacks.fgsm(model, x, y, eps=settings.eps)
     with attacks.model_mode(model, train=False):
-        return attacks.perturb(attacks.ce_objective(model, y), x, eps=settings.eps, step_size=settings.eps,
-                               steps=1, norm=settings.norm, init="none")
+        return settings.spec("fgsm").perturb(attacks.ce_objective(model, y), x)
 
 
 def _pgd(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings) -> Tensor:
     """PGD on cross-entropy from a uniform random start, with restarts."""
-    return attacks.pgd(model, x, y, eps=settings.eps, step_size=settings.step_size, steps=settings.pgd_steps,
-                       norm=settings.norm, loss="ce", init="uniform", restarts=settings.restarts)
+    return attacks.pgd(model, x, y, settings.spec("pgd20"))
 
 
 def _cw(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings) -> Tensor:
     """CW∞: PGD on the C&W margin loss with confidence κ."""
-    return attacks.pgd(model, x, y, eps=settings.eps, step_size=settings.step_size, steps=settings.cw_steps,
-                       norm=settings.norm, loss="cw", kappa=settings.kappa, init="uniform",
-                       restarts=settings.restarts)
+    return attacks.pgd(model, x, y, settings.spec("cw"))
 
 
 def _import_autoattack() -> Any:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
-from .api import (DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option, RunConfig, RunView,
-                  StepContext, TeacherOutput)
+from .api import (Attack, DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option, RunConfig,
+                  RunView, StepContext, TeacherOutput)
 from .markers import PROJECT, hookimpl, hookspec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -55,6 +55,11 @@ def register_models(register: Callable[[ModelEntry], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[[DatasetEntry], None]) -> None:
     """Register datasets usable with ``--dataset``."""
+
+
+@hookspec
+def register_attacks(register: Callable[[Attack], None]) -> None:
+    """Register training attacks' objectives, selectable with ``--attack NAME``."""
 
 
 @hookspec

@@ -172,6 +172,7 @@ class PluginHost:
         self._call_each("register_options", add_option)
         self._call_each("register_models", lambda owner: reg.models.append)
         self._call_each("register_datasets", lambda owner: lambda e: reg.datasets.__setitem__(e.name, e))
+        self._call_each("register_attacks", lambda owner: lambda e: reg.attacks.__setitem__(e.name, e))
         self._call_each("register_eval_attacks", lambda owner: lambda e: reg.eval_attacks.__setitem__(e.name, e))
         # a plugin skipped half-way must leave nothing behind
         for name in [m for m, owner in reg.method_plugin.items() if not self.pm.has_plugin(owner)]:
@@ -224,6 +225,24 @@ class PluginHost:
         known = ", ".join(sorted(self.registry.methods))
         return (f"unknown plugin {name!r}; known plugins: {known} (third-party plugins are found through "
                 f"the '{ENTRY_POINT_GROUP}' entry-point group; `robustdistill plugins` lists what is loaded)")
+
+    def resolve_attack(self, methods: Iterable[str], requested: str | None, has_teacher: bool) -> str | None:
+        """The training attack of a run: ``--attack``, else the base method's own (``None`` when no base method
+        declares one)."""
+        base = next(iter(self.attack_owners(methods)), None)
+        declared = self.registry.methods[base].attack if base is not None else None
+        if requested is not None and declared is None:
+            raise RobustDistillError(f"--attack {requested}: the selected methods have no base method that takes a "
+                                     "training attack (at, trades, ard, rslad, adaad do)")
+        name = requested or declared
+        if name is None:
+            return None
+        attack = self.registry.attacks.get(name)
+        if attack is None:
+            raise RobustDistillError(f"unknown attack {name!r}; known attacks: {', '.join(sorted(self.registry.attacks))}")
+        if attack.needs_teacher and not has_teacher:
+            raise RobustDistillError(f"the attack {name!r} uses a teacher: pass --teacher CKPT")
+        return name
 
     def attack_owners(self, methods: Iterable[str]) -> list[str]:
         """The selected methods whose plugin implements ``attack``."""

@@ -143,13 +143,28 @@ class Method:
 
     The plugin that registers a method is the plugin made active when the method is selected.
     ``default_base`` names the method that supplies the attack when this one is selected alone
-    (IGDM on top of PGD-AT); ``needs_teacher`` makes ``--teacher`` required.
+    (IGDM on top of PGD-AT); ``needs_teacher`` makes ``--teacher`` required. ``attack`` names the registered
+    training :class:`Attack` whose objective the method's ``attack`` hook maximises unless ``--attack`` names
+    another (PGD-AT: ``ce``; RSLAD: ``teacher-kl``).
     """
 
     name: str
     summary: str
     needs_teacher: bool = False
     default_base: str | None = None
+    attack: str | None = None
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A training attack's objective, selectable with ``--attack NAME``: ``objective(ctx)`` returns the per-sample
+    loss ``x′ ↦ [B]`` that the base method's attack maximises in this step (the run's ε, step and steps
+    apply). ``needs_teacher`` refuses runs without ``--teacher``."""
+
+    name: str
+    objective: Callable[..., Callable[["torch.Tensor"], "torch.Tensor"]]
+    summary: str
+    needs_teacher: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,7 @@ class Registry:
     method_plugin: dict[str, str] = field(default_factory=dict)
     models: list[ModelEntry] = field(default_factory=list)
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    attacks: dict[str, Attack] = field(default_factory=dict)
     eval_attacks: dict[str, EvalAttack] = field(default_factory=dict)
     options: dict[str, list[Option]] = field(default_factory=dict)
 

@@ -216,6 +216,7 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> R
     data = take_subset(data, train=requested.subset)
     info = data.info
     config = resolve_core(requested, info, device, ops_backend["requested"])
+    config = replace(config, attack=host.resolve_attack(config.plugin, config.attack, config.teacher is not None))
     config = host.resolve_plugin_options(config, info)
     if saved is not None:
         check_resumable(saved, requested, config, host.registry, distributed.world)
@@ -252,7 +253,7 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> R
     run.view = RunView(config=config, data=data, arch=arch, device=device, student=student, teacher=teacher,
                        attack_student=attack_student, methods=tuple(methods), base_method=base, out=out,
                        steps_per_epoch=steps_per_epoch, is_main=distributed.is_main, world_size=distributed.world,
-                       sink=run)
+                       sink=run, attack=host.registry.attacks.get(config.attack) if config.attack else None)
     return run
 
 

@@ -119,6 +119,7 @@ def step_context(host: PluginHost, methods: Sequence[str], *, student: nn.Module
     info = replace(DATASET_INFOS[SYNTHETIC], name="test", num_classes=arch.num_classes,
                    in_channels=arch.in_channels, image_size=arch.image_size)
     config = replace(resolved_config(host, methods, info, config), epochs=epochs)
+    config = replace(config, attack=host.resolve_attack(config.plugin, config.attack, teacher is not None))
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, arch.in_channels, arch.image_size, arch.image_size, generator=generator)
     y = torch.randint(0, arch.num_classes, (batch,), generator=generator)
@@ -127,7 +128,8 @@ def step_context(host: PluginHost, methods: Sequence[str], *, student: nn.Module
                    student=student, teacher=teacher.eval() if teacher is not None else None, attack_student=student,
                    methods=config.plugin, base_method=next(iter(host.attack_owners(config.plugin)), None),
                    out=Path(tempfile.mkdtemp(prefix="robustdistill-step-")), steps_per_epoch=steps_per_epoch, is_main=True, world_size=1,
-                   sink=_Sink(student, config.lr), epoch=epoch - 1)
+                   sink=_Sink(student, config.lr), epoch=epoch - 1,
+                   attack=host.registry.attacks.get(config.attack) if config.attack else None)
     hooks = host.step_hooks(config.plugin)
     hooks.event("train_start", run=view)
     hooks.event("epoch_start", run=view, epoch=epoch)

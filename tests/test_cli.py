@@ -247,3 +247,10 @@ def test_channels_last_layout_gives_the_same_step(tmp_path):
         torch.manual_seed(0)
         losses[layout] = float(train_step(run, x, run.view.data.train_y[:32], 1, 0)[0])
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)
+
+
+def test_distillation_without_a_teacher_says_how_to_make_one(capsys, tmp_path):
+    assert main(["train", "--plugin", "igdm", "--subset", "64", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --teacher CKPT" in err and "robustdistill train --plugin at" in err
+    assert not (tmp_path / "r").exists()

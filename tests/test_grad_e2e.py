@@ -39,19 +39,15 @@ TEACHERLESS = ("gradnorm", "edgereg")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tmp_path_factory, fmnist_teacher):
     root = tmp_path_factory.mktemp("grad")
-    assert main(["train", "--plugin", "at", *COMMON, "--model", "cnn", "--subset", "2048", "--epochs", "2",
-                 "--out", str(root / "teacher")]) == 0
+    (root / "teacher").symlink_to(fmnist_teacher)
     return root
 
 
 @pytest.fixture(scope="module")
-def natural(root):
-    out = root / "natural"
-    assert main(["train", "--plugin", "natural", *STUDENT, "--model", "cnn", "--epochs", "2", "--out", str(out)]) == 0
-    assert main(["eval", str(out / "last.pt"), *EVAL, "--json", str(out / "eval.json")]) == 0
-    return json.loads((out / "eval.json").read_text())
+def natural(fmnist_natural_student):
+    return fmnist_natural_student
 
 
 class Capture:

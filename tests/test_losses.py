@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill.attacks import cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
+from robustdistill.attacks import AttackSpec, cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
 from robustdistill.ops import pgd_step
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
 
@@ -113,7 +113,7 @@ def test_pgd_never_leaves_the_ball_or_unit_box(norm, init):
     x[4:8] = 1.0
     y = torch.randint(0, 3, (16,))
     eps = 0.1 if norm == "linf" else 0.5
-    x_adv = pgd(model, x, y, eps=eps, step_size=eps / 2, steps=5, norm=norm, init=init, restarts=2)
+    x_adv = pgd(model, x, y, AttackSpec(eps=eps, step_size=eps / 2, steps=5, norm=norm, init=init, restarts=2))
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     dist = (x_adv - x).abs().flatten(1).amax(1) if norm == "linf" else (x_adv - x).flatten(1).norm(dim=1)
     assert (dist <= eps + 1e-6).all()
@@ -125,7 +125,7 @@ def test_pgd_raises_the_loss_and_fgsm_steps_eps():
     model = tiny_model().eval()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 3, (32,))
     clean = F.cross_entropy(model(x), y)
-    adv = F.cross_entropy(model(pgd(model, x, y, eps=0.1, step_size=0.02, steps=10)), y)
+    adv = F.cross_entropy(model(pgd(model, x, y, AttackSpec(eps=0.1, step_size=0.02, steps=10))), y)
     assert adv > clean
     x_fgsm = fgsm(model, x, y, eps=0.1)
     moved = (x_fgsm - x).abs()
@@ -138,8 +138,8 @@ def test_attacks_restore_modes(start_training):
     model.train(start_training)
     model.head.train(not start_training)  # a submodule in the other mode must keep it
     x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4,))
-    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, bn_mode="train")
-    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, bn_mode="eval")
+    pgd(model, x, y, AttackSpec(eps=0.1, step_size=0.05, steps=2), bn_mode="train")
+    pgd(model, x, y, AttackSpec(eps=0.1, step_size=0.05, steps=2, loss="cw"), bn_mode="eval")
     fgsm(model, x, y, eps=0.1)
     assert model.training == start_training and model.head.training == (not start_training)
 
@@ -179,3 +179,55 @@ def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):
     x_adv = ctx.hooks.attack(ctx)
     assert (x_adv - ctx.x).abs().max() <= 0.05 + 1e-6
     assert not x_adv.requires_grad
+
+
+# -- training attacks: registered objectives, selectable with --attack ------------------------------------
+
+def test_each_base_method_runs_its_own_training_attack_unless_told_otherwise(host):
+    expected = {"at": "ce", "ard": "ce", "trades": "trades-kl", "rslad": "teacher-kl", "adaad": "adaad-kl"}
+    assert {m: host.registry.methods[m].attack for m in expected} == expected
+    teacher = tiny_model(seed=5)
+    for method, attack in expected.items():
+        assert step_context(host, [method], teacher=teacher).config.attack == attack
+        assert step_context(host, [method, "igdm"], teacher=teacher,
+                            config=options(host, attack="cw", igdm_alpha=1.0)).config.attack == "cw"
+
+
+def test_a_base_method_with_another_attack_maximises_that_objective(host):
+    """RSLAD's loss on CW∞ examples: the attack is PGD on the C&W margin with RSLAD's start and BatchNorm mode."""
+    from robustdistill.attacks import cw_objective
+
+    teacher = tiny_model(seed=5)
+    ctx = step_context(host, ["rslad"], teacher=teacher, config=options(host, attack="cw", eps=0.1, step_size=0.02,
+                                                                         attack_steps=3))
+    torch.manual_seed(3)
+    x_adv = ctx.hooks.attack(ctx)
+    torch.manual_seed(3)
+    with model_mode(ctx.student, train=False):
+        expected = perturb(cw_objective(ctx.student, ctx.y), ctx.x, eps=0.1, step_size=0.02, steps=3, init="normal")
+    assert torch.equal(x_adv, expected)
+    torch.manual_seed(3)
+    own = step_context(host, ["rslad"], teacher=teacher, config=options(host, eps=0.1, step_size=0.02,
+                                                                         attack_steps=3))
+    assert not torch.equal(own.hooks.attack(own), expected), "RSLAD's own attack maximises KL to the teacher"
+
+
+def test_training_attack_errors_name_the_fix(host):
+    from robustdistill import RobustDistillError
+
+    with pytest.raises(RobustDistillError, match="unknown attack 'pgd'; known attacks: adaad-kl, ce, cw, teacher-kl, "
+                                                 "trades-kl"):
+        step_context(host, ["at"], config=options(host, attack="pgd"))
+    with pytest.raises(RobustDistillError, match="the attack 'teacher-kl' uses a teacher: pass --teacher"):
+        step_context(host, ["at"], config=options(host, attack="teacher-kl"))
+    with pytest.raises(RobustDistillError, match="no base method that takes a training attack"):
+        step_context(host, ["natural"], config=options(host, attack="cw"))
+
+
+def test_evaluation_attacks_are_attack_specs():
+    from robustdistill.evaluate import EvalSettings
+
+    settings = EvalSettings(eps=0.1, step_size=0.01, pgd_steps=20, cw_steps=30, kappa=5.0, restarts=2, norm="l2")
+    assert settings.spec("pgd20") == AttackSpec(0.1, 0.01, 20, "l2", "uniform", 2, "ce", 5.0)
+    assert settings.spec("cw") == AttackSpec(0.1, 0.01, 30, "l2", "uniform", 2, "cw", 5.0)
+    assert settings.spec("fgsm") == AttackSpec(0.1, 0.1, 1, "l2", "none")

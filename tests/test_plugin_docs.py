@@ -16,7 +16,7 @@ HOOKS = [name for name, f in vars(hookspecs).items() if getattr(f, "robustdistil
 
 
 def test_every_hook_is_documented_with_its_arguments():
-    assert len(HOOKS) == 17
+    assert len(HOOKS) == 18
     for name in HOOKS:
         args = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
         assert f"### `{name}({args})`" in DOC, f"{name}({args}) is not documented in docs/plugins.md"
@@ -28,7 +28,7 @@ def test_what_hooks_see_is_documented():
     view = {f.name for f in dataclasses.fields(RunView) if f.name != "sink"} | {"dataset", "lr", "add_module"}
     step = {"x", "y", "x_adv", "delta", "epoch", "epochs", "step", "steps_per_epoch", "config", "student",
             "attack_student", "teacher", "run", "state", "student_out", "student_input", "teacher_out",
-            "teacher_outs", "perturb", "input_gradient"}
+            "teacher_outs", "perturb", "attack_objective", "attack_spec", "input_gradient"}
     public_step = {n for n in dir(StepContext) if not n.startswith("_")} | {
         f.name for f in dataclasses.fields(StepContext) if not f.name.startswith("_")}
     assert public_step - {"hooks", "trainer", "run_student_inputs"} == step, "a new StepContext member needs a doc row"

@@ -343,8 +343,8 @@ def test_boolean_plugin_options_are_flags():
 
 
 def test_debug_prints_a_plugin_traceback(tmp_path, capsys, monkeypatch):
-    from robustdistill import cli
-    monkeypatch.setattr(cli, "load_plugins", lambda: plugin_host(Faulty()))
+    from robustdistill import cli, plugin_manager
+    monkeypatch.setattr(plugin_manager, "load_plugins", lambda: plugin_host(Faulty()))
     args = ["train", "--dataset", "synthetic", "--plugin", "faulty", "--val-size", "0"]
     assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

@@ -184,6 +184,7 @@ def test_run_files_follow_the_umask(tmp_path, umask, mode):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == mode, name
 
 
+@pytest.mark.slow
 def test_checkpoint_every_steps_records_the_data_position(tmp_path):
     out = tmp_path / "run"
     proc = cli(*RUN, "--epochs", "1", "--checkpoint-every", "5", "--out", str(out))
@@ -241,8 +242,9 @@ def test_out_of_memory_says_which_batch_size_to_try(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def teacher(straight):
-    return straight / "last.pt"
+def teacher(tmp_path_factory):
+    """A teacher checkpoint that fits Fashion-MNIST (random weights: these tests load it, never rely on it)."""
+    return saved_teacher(tmp_path_factory.mktemp("teacher") / "last.pt")
 
 
 def error(capsys, *args):

@@ -206,7 +206,7 @@ def _make_package(root, dist, module, source, entry=None):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory):  # the tests that use it are in the slow tier: they pip-install packages
     """Two third-party plugins pip-installed into a private directory: one good, one broken."""
     root = tmp_path_factory.mktemp("thirdparty")
     target = root / "site"
@@ -240,6 +240,7 @@ def _cli(site, *args, disable=False, tmp_path=None, env=None):
                           text=True, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_third_party_plugin_is_listed_and_broken_ones_only_warn(site):
     result = _cli(site, "plugins", "--json")
     assert result.returncode == 0, result.stderr
@@ -257,6 +258,7 @@ def test_third_party_plugin_is_listed_and_broken_ones_only_warn(site):
     assert table.returncode == 0 and "scaled-ce" in table.stdout and "third-party" in table.stdout
 
 
+@pytest.mark.slow
 def test_a_skipped_plugin_is_named_when_selected(site, tmp_path):
     result = _cli(site, "train", "--plugin", "rd-clash", "--out", str(tmp_path / "r"))
     assert result.returncode == 2
@@ -265,6 +267,7 @@ def test_a_skipped_plugin_is_named_when_selected(site, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_an_installed_plugin_can_be_blocked(site, tmp_path):
     result = _cli(site, "plugins", "--json", env={BLOCK_ENV: "scaled-ce, rd-broken"})
     names = {p["name"] for p in json.loads(result.stdout)}
@@ -273,6 +276,7 @@ def test_an_installed_plugin_can_be_blocked(site, tmp_path):
     assert result.returncode == 2 and f"plugin 'scaled-ce' is blocked by ${BLOCK_ENV}" in result.stderr
 
 
+@pytest.mark.slow
 def test_third_party_plugin_options_show_in_train_help(site):
     result = _cli(site, "train", "--help")
     assert result.returncode == 0
@@ -280,6 +284,7 @@ def test_third_party_plugin_options_show_in_train_help(site):
     assert result.stdout.count("(default: 2.0)") >= 1 and "(default: 2.0) (default" not in result.stdout
 
 
+@pytest.mark.slow
 def test_autoload_can_be_disabled(site):
     result = _cli(site, "plugins", "--json", disable=True)
     assert result.returncode == 0 and result.stderr == ""
@@ -287,6 +292,7 @@ def test_autoload_can_be_disabled(site):
     assert "scaled-ce" not in names and {"core", "at"} <= names
 
 
+@pytest.mark.slow
 def test_third_party_method_is_usable(site, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     host = load_plugins(autoload=True)

@@ -3,9 +3,9 @@
 An evaluation attack is an :class:`~robustdistill.registry.EvalAttack` whose
 ``run(model, x, y, settings)`` returns adversarial inputs for a batch ``x`` (float, in
 ``[0, 1]``, on the model's device); the model is already in eval mode. An attack that batches
-internally (AutoAttack) marks its ``run`` with a true ``whole_set`` attribute: it then receives
-the whole evaluation set at once, on the CPU, plus the keywords ``batch_size`` and ``verbose``,
-and moves its batches to the model's device itself.
+internally (AutoAttack) is registered with ``whole_set=True``: it then receives the whole evaluation set
+at once, on the CPU, plus the keywords ``batch_size`` and ``verbose``, and moves its batches to the
+model's device itself.
 
 Every adversarial batch is checked to lie in ``[0, 1]`` and within ε of the clean input.
 """
@@ -182,32 +182,28 @@ def _autoattack_logging(verbose: bool) -> Iterator[None]:
         logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
 
 
-class _AutoAttackRun:
+def _autoattack(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, *, batch_size: int = 256,
+                verbose: bool = False) -> Tensor:
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via the ``pyautoattack`` package."""
-
-    whole_set = True
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, *,
-                 batch_size: int = 256, verbose: bool = False) -> Tensor:
-        AutoAttack = _import_autoattack()
-        device = _model_device(model)
-        with attacks.model_mode(model, train=False):
-            with torch.no_grad():
-                num_classes = int(model(x[:1].to(device)).shape[1])
-            if num_classes < 4:
-                raise RobustDistillError(
-                    f"standard AutoAttack needs at least 4 classes (its targeted DLR loss); "
-                    f"the model has {num_classes}. Use the other attacks for this model")
-            targets = min(9, num_classes - 1)
-            with _preserved_global_state(device), _autoattack_logging(verbose):
-                adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[settings.norm], eps=settings.eps,
-                                       version="standard", device=device, seed=AUTOATTACK_SEED)
-                adversary.verbose = verbose
-                # The standard version attacks the 9 most likely other classes; fewer exist below 10 classes.
-                adversary.apgd_targeted.n_target_classes = targets
-                adversary.fab.n_target_classes = targets
-                x_adv, _ = adversary.run_standard_evaluation(x, y.long(), batch_size=batch_size)
-        return x_adv.detach()
+    AutoAttack = _import_autoattack()
+    device = _model_device(model)
+    with attacks.model_mode(model, train=False):
+        with torch.no_grad():
+            num_classes = int(model(x[:1].to(device)).shape[1])
+        if num_classes < 4:
+            raise RobustDistillError(
+                f"standard AutoAttack needs at least 4 classes (its targeted DLR loss); "
+                f"the model has {num_classes}. Use the other attacks for this model")
+        targets = min(9, num_classes - 1)
+        with _preserved_global_state(device), _autoattack_logging(verbose):
+            adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[settings.norm], eps=settings.eps,
+                                   version="standard", device=device, seed=AUTOATTACK_SEED)
+            adversary.verbose = verbose
+            # The standard version attacks the 9 most likely other classes; fewer exist below 10 classes.
+            adversary.apgd_targeted.n_target_classes = targets
+            adversary.fab.n_target_classes = targets
+            x_adv, _ = adversary.run_standard_evaluation(x, y.long(), batch_size=batch_size)
+    return x_adv.detach()
 
 
 BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
@@ -215,8 +211,9 @@ BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
     EvalAttack("fgsm", _fgsm, "FGSM: one gradient step of size eps"),
     EvalAttack("pgd20", _pgd, "PGD on cross-entropy, --pgd-steps steps (20) of --step-size, random start"),
     EvalAttack("cw", _cw, "CW-inf: PGD on the C&W margin loss, --cw-steps steps (30), kappa --kappa"),
-    EvalAttack("autoattack", _AutoAttackRun(),
-               "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square); needs pip install pyautoattack"),
+    EvalAttack("autoattack", _autoattack,
+               "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square); needs pip install pyautoattack",
+               whole_set=True, check=_import_autoattack),
 ]
 
 
@@ -246,11 +243,6 @@ class EvalResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     n: int = 0
-
-
-def runs_on_whole_set(attack: EvalAttack) -> bool:
-    """Whether the attack takes the whole evaluation set at once (it batches internally)."""
-    return bool(getattr(attack.run, "whole_set", False))
 
 
 def to_unit_float(x: Tensor) -> Tensor:
@@ -499,7 +491,7 @@ def run_evaluation(
             _synchronize(device)
             began = time.perf_counter()
             correct = 0
-            if n and runs_on_whole_set(attack):
+            if n and attack.whole_set:
                 x_all, y_all = to_unit_float(x.cpu()), y.cpu()
                 x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size,
                                    verbose=reporter is not None).detach().cpu()
@@ -668,8 +660,9 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     """Run ``robustdistill eval``: print an accuracy table and optionally write JSON. Returns 0 (130 when
     interrupted: the attacks finished by then are in the ``--json`` file, and a rerun continues)."""
     selected = _select_attacks(args.attacks, registry)
-    if any(isinstance(a.run, _AutoAttackRun) for a in selected):
-        _import_autoattack()  # fail before loading anything
+    for attack in selected:
+        if attack.check is not None:
+            attack.check()  # fail before loading anything
     if args.redo and not args.json:
         raise RobustDistillError("--redo starts a --json file over; without --json every attack runs anyway")
     device = resolve_device(args.device)
@@ -771,5 +764,5 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 __all__ = [
     "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalProgress", "EvalResult", "EvalSettings",
     "attack_cost", "attack_details", "check_adversarial", "eval_command", "evaluate", "format_seconds",
-    "run_evaluation", "runs_on_whole_set", "weights_fingerprint",
+    "run_evaluation", "weights_fingerprint",
 ]

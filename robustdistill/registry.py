@@ -169,11 +169,18 @@ class Attack:
 
 @dataclass(frozen=True)
 class EvalAttack:
-    """An evaluation attack: ``run(model, x, y, settings)`` returns adversarial inputs."""
+    """An evaluation attack: ``run(model, x, y, settings)`` returns adversarial inputs for a batch.
+
+    ``whole_set=True`` marks an attack that batches by itself (AutoAttack): it gets the whole evaluated set
+    at once, on the CPU, with the keywords ``batch_size`` and ``verbose``. ``check``, when given, runs before
+    anything is loaded and raises ``RobustDistillError`` when the attack cannot run (a missing package).
+    """
 
     name: str
     run: Callable[..., torch.Tensor]
     summary: str
+    whole_set: bool = False
+    check: Callable[[], object] | None = None
 
 
 @dataclass

@@ -206,14 +206,11 @@ def test_whole_set_attack_gets_everything_at_once(trained):
     data = make_data()
     calls = []
 
-    class WholeSet:
-        whole_set = True
+    def whole(model, x, y, s, *, batch_size, verbose):
+        calls.append((x.shape[0], x.dtype, batch_size, verbose))
+        return x
 
-        def __call__(self, model, x, y, s, *, batch_size, verbose):
-            calls.append((x.shape[0], x.dtype, batch_size, verbose))
-            return x
-
-    chosen = [ATTACKS["clean"], EvalAttack("whole", WholeSet(), "")]
+    chosen = [ATTACKS["clean"], EvalAttack("whole", whole, "", whole_set=True)]
     result = run_evaluation(trained, data.test_x, data.test_y, chosen, settings(), batch_size=16, device="cpu")
     assert calls == [(60, torch.float32, 16, False)]
     assert result.accuracy["whole"] == result.accuracy["clean"]

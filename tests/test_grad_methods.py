@@ -281,11 +281,15 @@ def test_rrm_without_projection_when_widths_agree(host):
 # -- GradNorm and EdgeReg ---------------------------------------------------------------------------------
 
 def test_gradnorm_by_hand(host):
-    # x = 0: ∇ₓCE = p − e_y = ±[½, −½] → ‖∇‖₁ = 1 per sample; ε = 0.1
+    # x = 0: ∇ₓCE = p − e_y = ±[½, −½] → ‖∇‖₁ = 1 per sample; ε = 4/255, the official constant, whatever --eps is
     ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0, eps=0.1)
     terms = terms_of(ctx)
+    assert ctx.config.gradnorm.eps == pytest.approx(4 / 255)
     assert terms["ce"] == (pytest.approx(LN2, abs=1e-6), 0.8)
-    assert terms["gradnorm"] == (pytest.approx(0.1, abs=1e-6), pytest.approx(1.2))
+    assert terms["gradnorm"] == (pytest.approx(4 / 255, abs=1e-6), pytest.approx(1.2))
+    ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0, eps=0.1,
+                  gradnorm_eps=0.1)
+    assert terms_of(ctx)["gradnorm"][0] == pytest.approx(0.1, abs=1e-6)
     ctx = context(host, ["gradnorm"], [[0.0, 0.0]], [0], student=scaled(3.0), gradnorm_warmup_epochs=0.0,
                   gradnorm_eps=4 / 255)
     assert terms_of(ctx)["gradnorm"][0] == pytest.approx(3 * 4 / 255, abs=1e-6), "ε·‖∇ₓCE‖₁ with ∇ = 3(p − e_y)"

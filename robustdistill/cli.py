@@ -12,6 +12,7 @@ from typing import Any, NoReturn, Sequence
 from . import __version__
 from .config import add_run_arguments, config_from_args, option_defaults_from_file
 from .plugin_manager import PluginError, PluginHost, PluginWarning, load_plugins
+from .presets import add_presets_arguments, apply_preset, presets_command
 from .registry import RobustDistillError
 
 DEBUG_ENV = "ROBUSTDISTILL_DEBUG"
@@ -61,6 +62,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend "
                                            "each op uses")
     doctor.add_argument("--json", action="store_true", help="print the backend report as JSON")
+    add_presets_arguments(sub.add_parser("presets", help="list the presets of the papers' training and evaluation "
+                                         "protocols (train/eval --preset NAME) and their sources"))
     plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host = load_plugins()
         parser = build_parser(host)
+        apply_preset(parser, argv)
         config_file = _config_file(argv)
         if config_file is not None:
             option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], config_file)  # type: ignore[union-attr]
@@ -139,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report_command(args, host.registry)
         if args.command == "doctor":
             return doctor_command(args)
+        if args.command == "presets":
+            return presets_command(args)
         return plugins_command(args, host)
     except RobustDistillError as err:
         if isinstance(err, PluginError) and debug:

@@ -41,11 +41,15 @@ from .zoo import add_source_arguments, load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
+AUTOATTACK_VERSIONS = ("standard", "plus")
+"""AutoAttack versions ``eval --autoattack-version`` offers (every paper here reports ``standard``)."""
+APGD_ATTACKS = ("apgd-ce", "apgd-t")
+"""The first two stages of standard AutoAttack, run on their own as the attack ``apgd-ce+apgd-t``."""
 AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
 RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
-                                  "settings", "seconds", "pending"})
+                                  "settings", "seconds", "pending", "preset"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 
@@ -60,6 +64,13 @@ class EvalSettings:
     kappa: float = 50.0
     restarts: int = 1
     norm: str = "linf"
+    cw_restarts: int | None = None
+    autoattack_version: str = "standard"
+
+    @property
+    def cw_runs(self) -> int:
+        """Random restarts of CW∞: ``cw_restarts``, else ``restarts``."""
+        return self.cw_restarts if self.cw_restarts is not None else self.restarts
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -70,8 +81,11 @@ class EvalSettings:
             raise RobustDistillError(f"step size must be a finite number > 0; got {self.step_size}")
         if self.pgd_steps < 1 or self.cw_steps < 1:
             raise RobustDistillError(f"attack steps must be >= 1; got pgd {self.pgd_steps}, cw {self.cw_steps}")
-        if self.restarts < 1:
-            raise RobustDistillError(f"restarts must be >= 1; got {self.restarts}")
+        if self.restarts < 1 or self.cw_runs < 1:
+            raise RobustDistillError(f"restarts must be >= 1; got {self.restarts} (pgd20), {self.cw_runs} (cw)")
+        if self.autoattack_version not in AUTOATTACK_VERSIONS:
+            raise RobustDistillError(f"unknown AutoAttack version {self.autoattack_version!r}; use one of: "
+                                     f"{', '.join(AUTOATTACK_VERSIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +119,7 @@ def _cw(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings) -> Tenso
     """CW∞: PGD on the C&W margin loss with confidence κ."""
     return attacks.pgd(model, x, y, eps=settings.eps, step_size=settings.step_size, steps=settings.cw_steps,
                        norm=settings.norm, loss="cw", kappa=settings.kappa, init="uniform",
-                       restarts=settings.restarts)
+                       restarts=settings.cw_runs)
 
 
 def _import_autoattack() -> Any:
@@ -181,9 +195,14 @@ def _autoattack_logging(verbose: bool) -> Iterator[None]:
 
 
 class _AutoAttackRun:
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via the ``pyautoattack`` package."""
+    """AutoAttack via the ``pyautoattack`` package: the version of ``settings.autoattack_version`` (standard:
+    APGD-CE, APGD-T, FAB-T, Square), or only the stages ``attacks`` with the standard version's parameters
+    (one restart, the 9 most likely other classes as targets)."""
 
     whole_set = True
+
+    def __init__(self, attacks: tuple[str, ...] | None = None) -> None:
+        self.attacks = attacks
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, *,
                  batch_size: int = 256, verbose: bool = False) -> Tensor:
@@ -194,12 +213,19 @@ class _AutoAttackRun:
                 num_classes = int(model(x[:1].to(device)).shape[1])
             if num_classes < 4:
                 raise RobustDistillError(
-                    f"standard AutoAttack needs at least 4 classes (its targeted DLR loss); "
+                    f"AutoAttack's targeted attacks need at least 4 classes (its targeted DLR loss); "
                     f"the model has {num_classes}. Use the other attacks for this model")
             targets = min(9, num_classes - 1)
+            norm = {"linf": "Linf", "l2": "L2"}[settings.norm]
             with _preserved_global_state(device), _autoattack_logging(verbose):
-                adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[settings.norm], eps=settings.eps,
-                                       version="standard", device=device, seed=AUTOATTACK_SEED)
+                if self.attacks is None:
+                    adversary = AutoAttack(model, norm=norm, eps=settings.eps, version=settings.autoattack_version,
+                                           device=device, seed=AUTOATTACK_SEED)
+                else:
+                    adversary = AutoAttack(model, norm=norm, eps=settings.eps, version="custom",
+                                           attacks=list(self.attacks), device=device, seed=AUTOATTACK_SEED)
+                    adversary.apgd.n_restarts = 1
+                    adversary.apgd_targeted.n_restarts = 1
                 adversary.verbose = verbose
                 # The standard version attacks the 9 most likely other classes; fewer exist below 10 classes.
                 adversary.apgd_targeted.n_target_classes = targets
@@ -214,8 +240,17 @@ BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
     EvalAttack("pgd20", _pgd, "PGD on cross-entropy, --pgd-steps steps (20) of --step-size, random start"),
     EvalAttack("cw", _cw, "CW-inf: PGD on the C&W margin loss, --cw-steps steps (30), kappa --kappa"),
     EvalAttack("autoattack", _AutoAttackRun(),
-               "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square); needs pip install pyautoattack"),
+               "AutoAttack, --autoattack-version (standard: APGD-CE, APGD-T, FAB-T, Square); needs pip install "
+               "pyautoattack"),
+    EvalAttack("apgd-ce+apgd-t", _AutoAttackRun(APGD_ATTACKS),
+               "the first two stages of standard AutoAttack (APGD-CE, then APGD-T on the 9 most likely other "
+               "classes), with its parameters and seed: an upper bound on its accuracy at a fraction of the cost; "
+               "needs pip install pyautoattack"),
 ]
+
+
+AUTOATTACK_STAGES = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                     "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]}
 
 
 def attack_details(name: str, settings: EvalSettings) -> dict[str, Any]:
@@ -226,9 +261,12 @@ def attack_details(name: str, settings: EvalSettings) -> dict[str, Any]:
         "pgd20": {"loss": "ce", "steps": settings.pgd_steps, "step_size": settings.step_size,
                   "restarts": settings.restarts, "init": "uniform", "norm": settings.norm},
         "cw": {"loss": "cw", "steps": settings.cw_steps, "step_size": settings.step_size, "kappa": settings.kappa,
-               "restarts": settings.restarts, "init": "uniform", "norm": settings.norm},
-        "autoattack": {"version": "standard", "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+               "restarts": settings.cw_runs, "init": "uniform", "norm": settings.norm},
+        "autoattack": {"version": settings.autoattack_version,
+                       "attacks": AUTOATTACK_STAGES[settings.autoattack_version],
                        "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
+        "apgd-ce+apgd-t": {"version": "custom", "attacks": list(APGD_ATTACKS), "restarts": 1,
+                           "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
     }
     return details.get(name, {})
 
@@ -313,7 +351,7 @@ def attack_cost(name: str, settings: EvalSettings) -> float | None:
     forwards = FORWARD_COST * (1 + settings.restarts)  # the final count, plus picking the worst restart
     costs = {"clean": FORWARD_COST, "fgsm": 1 + FORWARD_COST,
              "pgd20": settings.pgd_steps * settings.restarts + forwards,
-             "cw": settings.cw_steps * settings.restarts + forwards}
+             "cw": settings.cw_steps * settings.cw_runs + FORWARD_COST * (1 + settings.cw_runs)}
     return costs.get(name)
 
 
@@ -567,8 +605,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT",
                         help="checkpoint written by `robustdistill train`, or a plain state_dict with --arch")
     parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw", metavar="LIST",
-                        help="comma-separated attacks: clean, fgsm, pgd20, cw, autoattack, or any a plugin "
-                             "registers (default: %(default)s)")
+                        help="comma-separated attacks: clean, fgsm, pgd20, cw, autoattack, apgd-ce+apgd-t, or any a "
+                             "plugin registers (default: %(default)s)")
     parser.add_argument("--subset", type=_positive_int, default=None, metavar="N",
                         help="evaluate on the first N test images (default: the whole test set)")
     parser.add_argument("--json", default=None, metavar="PATH",
@@ -593,7 +631,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kappa", type=parse_number, default=50.0, metavar="K",
                         help="confidence of the C&W margin loss (default: %(default)s)")
     parser.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
-                        help="random restarts of pgd20 and cw (default: %(default)s)")
+                        help="random restarts of pgd20, and of cw unless --cw-restarts is given (default: %(default)s)")
+    parser.add_argument("--cw-restarts", type=_positive_int, default=None, metavar="N",
+                        help="random restarts of cw (default: --restarts; IGDM's evaluation: 10)")
+    parser.add_argument("--autoattack-version", choices=AUTOATTACK_VERSIONS, default="standard",
+                        help="AutoAttack version of the autoattack attack (default: %(default)s, as every paper here)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="a paper's evaluation protocol as defaults: attacks, ε, steps, restarts, AutoAttack "
+                             "version (`robustdistill presets` lists them; other options given here win)")
     parser.add_argument("--norm", choices=NORMS, default=None,
                         help="threat model (default: the checkpoint's, else linf)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
@@ -764,7 +809,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     eps = args.eps if args.eps is not None else _config_number(config, "eps", info.eps)
     step_size = args.step_size if args.step_size is not None else _config_number(config, "step_size", info.step_size)
     settings = EvalSettings(eps=eps, step_size=step_size, pgd_steps=args.pgd_steps, cw_steps=args.cw_steps,
-                            kappa=args.kappa, restarts=args.restarts, norm=norm)
+                            kappa=args.kappa, restarts=args.restarts, norm=norm, cw_restarts=args.cw_restarts,
+                            autoattack_version=args.autoattack_version)
 
     n_total = int(test_x.shape[0])
     n = n_total if args.subset is None else min(args.subset, n_total)
@@ -773,7 +819,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 
     current: dict[str, Any] = {
         "eps": eps, "n": n, "dataset": info.name, "checkpoint": path, "arch": arch.name,
-        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model),
+        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model), "preset": args.preset,
         "settings": {**settings.to_dict(), "batch_size": args.batch_size, "seed": args.seed,
                      "ops_backend": ops_backend,
                      "attacks": {a.name: attack_details(a.name, settings) for a in selected}},

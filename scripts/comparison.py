@@ -252,21 +252,35 @@ def _accuracies(path: Path) -> dict[str, float]:
             and k != "n"}
 
 
+def seeds_on_disk(out: Path, rows: list[str], seeds: list[int]) -> list[int]:
+    """``seeds`` and every other seed a row of the folder has a run directory of (an earlier invocation's)."""
+    found = {int(p.name[len("seed-"):]) for row in rows for p in (out / row).glob("seed-*")
+             if p.name[len("seed-"):].isdigit()}
+    return sorted(set(seeds) | found)
+
+
+def eval_files(run_dir: Path, evals: list[EvalSpec]) -> list[Path]:
+    """The run's evaluation files: the requested ones first, then any other ``robustdistill eval`` result there
+    (an evaluation an earlier invocation asked for)."""
+    requested = [run_dir / f"{spec.name}.json" for spec in evals]
+    others = sorted(p for p in run_dir.glob("*.json") if p not in requested and p.name not in SMALL_FILES)
+    return [*requested, *(p for p in others if "settings" in json.loads(p.read_text()))]
+
+
 def collect(out: Path, rows: list[str], seeds: list[int], evals: list[EvalSpec]) -> dict[str, Any]:
-    """Every finished accuracy: ``{row: {column: {seed: accuracy}}}`` with the columns in table order, and the
-    number of test images of each evaluation."""
+    """Every finished accuracy: ``{row: {column: {seed: accuracy}}}`` with the columns (``EVAL/attack``) in table
+    order, and the number of test images of each evaluation."""
     table: dict[str, dict[str, dict[int, float]]] = {}
     columns: list[str] = []
     images: dict[str, int] = {}
     for row in rows:
         for seed in seeds:
-            run_dir = Run(row, seed).path(out)
-            for spec in evals:
-                path = run_dir / f"{spec.name}.json"
-                if path.exists():
-                    images.setdefault(spec.name, int(json.loads(path.read_text()).get("n", 0)))
+            for path in eval_files(Run(row, seed).path(out), evals):
+                if not path.exists():
+                    continue
+                images.setdefault(path.stem, int(json.loads(path.read_text()).get("n", 0)))
                 for attack, accuracy in _accuracies(path).items():
-                    column = f"{spec.name}/{attack}"
+                    column = f"{path.stem}/{attack}"
                     if column not in columns:
                         columns.append(column)
                     table.setdefault(row, {}).setdefault(column, {})[seed] = accuracy
@@ -294,7 +308,9 @@ def _column_title(column: str, images: dict[str, int]) -> str:
 
 
 def write_summary(out: Path, rows: list[str], seeds: list[int], evals: list[EvalSpec]) -> None:
-    """``summary.md`` and ``summary.json``: mean ± sd over seeds per row, and IGDM − base per base."""
+    """``summary.md`` and ``summary.json``: mean ± sd over seeds per row, and IGDM − base per base, over every
+    seed and evaluation in the folder (also those of earlier invocations)."""
+    seeds = seeds_on_disk(out, rows, seeds)
     data = collect(out, rows, seeds, evals)
     table, columns, images = data["rows"], data["columns"], data["images"]
     differences = igdm_differences(table)

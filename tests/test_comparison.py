@@ -16,7 +16,7 @@ import comparison  # noqa: E402
 def write_eval(run_dir: Path, name: str, n: int, pending=(), **accuracy):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"{name}.json").write_text(json.dumps({**accuracy, "eps": 0.1, "n": n, "pending": list(pending),
-                                                      "seconds": {k: 1.0 for k in accuracy}}))
+                                                      "settings": {}, "seconds": {k: 1.0 for k in accuracy}}))
 
 
 def test_summary_mean_sd_over_seeds_and_igdm_minus_base_by_hand(tmp_path):
@@ -44,6 +44,14 @@ def test_summary_mean_sd_over_seeds_and_igdm_minus_base_by_hand(tmp_path):
     assert "| ard | 2 | 70.00 ± 0.00 | 33.00 ± 2.65 | 30.00 ± 2.83 |" in text
     assert "| ard+igdm | 2 | 70.00 ± 0.00 | 42.00 ± 2.65 | 38.50 ± 0.71 |" in text
     assert "| ard | 0.00 ± 0.00 | 9.00 ± 1.73 | 8.50 ± 2.12 |" in text.split("IGDM − base")[1]
+
+    # a later invocation for one seed with another evaluation: the summary keeps every seed and evaluation
+    write_eval(tmp_path / "ard" / "seed-0", "aa1000", 1000, autoattack=0.25)
+    comparison.write_summary(tmp_path, ["ard", "ard+igdm"], [0], [comparison.EvalSpec("aa1000", "autoattack", 1000)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    assert summary["columns"] == ["aa1000/autoattack", "aa/autoattack", "eval/clean", "eval/pgd20"]
+    assert summary["mean_sd"]["ard"]["eval/pgd20"]["mean"] == pytest.approx(0.33)
 
 
 def test_seeds_and_evaluations_are_parsed_with_clear_errors():

@@ -208,7 +208,7 @@ class Comparison:
         for run in runs:
             source = run.path(self.out)
             target = run.path(self.results)
-            names = [*SMALL_FILES, *(f"{spec.name}.json" for spec in self.args.evals)]
+            names = [*SMALL_FILES, *(p.name for p in eval_files(source, self.args.evals) if p.exists())]
             for name in names:
                 if (source / name).exists():
                     target.mkdir(parents=True, exist_ok=True)

@@ -183,10 +183,10 @@ class RunConfig:
     seed: int = _option("--seed", 0, "random seed (weights, data order, attack noise)", OPTIM)
     device: str = _option("--device", "auto", "auto (CUDA when a GPU is visible), cpu or cuda[:N]", SPEED,
                           fixed_on_resume=False)
-    amp: str = _option("--amp", "off", "off: fp32, as every official code trains; bf16: bf16 autocast on CUDA "
-                       "(faster, but forwards and input gradients rounded to 8-bit mantissas: PGD steps and small "
-                       "loss terms such as IGDM's logit differences change; recorded as off on the CPU)", SPEED,
-                       choices=("off", "bf16"))
+    amp: str = _option("--amp", "off", "off: fp32, as the official codes of the distillation methods train; bf16: "
+                       "bf16 autocast on CUDA (faster, but forwards and input gradients rounded to 8-bit mantissas: "
+                       "PGD steps and small loss terms such as IGDM's logit differences change; recorded as off on "
+                       "the CPU)", SPEED, choices=("off", "bf16"))
     ops_backend: str | None = _option(
         "--ops-backend", None, f"fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
         f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)", SPEED, choices=BACKENDS,

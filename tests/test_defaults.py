@@ -116,7 +116,7 @@ def test_training_is_fp32_by_default(host):
     assert train_config(host).amp == "off"
     from robustdistill.cli import build_parser
     help_text = build_parser(host)._subparsers._group_actions[0].choices["train"].format_help()
-    assert "fp32, as every official code trains" in " ".join(help_text.split())
+    assert "fp32, as the official codes of the distillation methods train" in " ".join(help_text.split())
 
 
 def test_config_json_records_every_resolved_value(host, tmp_path):

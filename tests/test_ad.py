@@ -10,7 +10,7 @@ from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill.ops import fd_align
-from robustdistill.testing import loss_terms, options, plugin_host, run_step, step_context, tiny_model
+from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
 LN3 = math.log(3)
 
@@ -215,9 +215,9 @@ def test_ard_attack_batchnorm_mode_and_start(host, methods, bn, init):
     right = reference_with_seed(ctx, lambda xa: F.cross_entropy(reference_student(xa), ctx.y, reduction="none"), init)
     other = copy.deepcopy(student).train(bn != "train")
     wrong_mode = reference_with_seed(ctx, lambda xa: F.cross_entropy(other(xa), ctx.y, reduction="none"), init)
-    wrong_start = reference_with_seed(
-        ctx, lambda xa: F.cross_entropy(copy.deepcopy(student).train(bn == "train")(xa), ctx.y, reduction="none"),
-        "normal")
+    same_mode = copy.deepcopy(student).train(bn == "train")
+    wrong_start = reference_with_seed(ctx, lambda xa: F.cross_entropy(same_mode(xa), ctx.y, reduction="none"),
+                                      "normal")
     assert not torch.equal(right, wrong_mode) and not torch.equal(right, wrong_start)
     before = bn_buffers(student)
     student.train()

@@ -83,11 +83,12 @@ def _igdm_presets() -> list[Preset]:
             else:
                 notes = "teacher: the paper's own PGD-AT WRN-34-10, not published (pass --teacher); " + notes
             presets.append(Preset(
-                f"igdm-{base}-{dataset}", f"IGDM on {_BASE_NAMES[base]}, ResNet-18 student, {dataset}",
+                f"igdm-{base}-{dataset}", f"IGDM on {_BASE_NAMES[base]}, ResNet-18 student, {_DATASET_NAMES[dataset]}",
                 f"Lee et al. 2025 (IGDM) App. B.1-B.2, {setting['table']}", train, IGDM_EVAL, notes))
     return presets
 
 
+_DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN"}
 _BASE_NAMES = {"at": "PGD-AT", "trades": "TRADES", "ard": "ARD", "rslad": "RSLAD", "adaad": "AdaAD"}
 
 # -- the other papers' protocols ----------------------------------------------------------------------------

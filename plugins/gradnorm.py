@@ -6,8 +6,8 @@ methods-grad §3.1).
 ε‖∇‖₁ is the first-order worst-case increase of the loss in the L∞ ball of radius ε (the L1 norm is the
 dual of L∞). Our models take pixels in [0, 1] and normalise inside, so the gradient is taken with
 respect to the pixels, where (ε/σ)·‖∇_z CE‖₁ = ε·‖∇ₓ CE‖₁ with ε in pixel units (``--gradnorm-eps``).
-The gradient is exact, by double backprop through the ``input_gradient`` hook (``create_graph=True``); the per-sample norms
-are averaged over the batch (the code's B·∇ of the mean loss). λ_CE = 0.8, λ_GN = 1.2, and λ_GN is
+The gradient is exact, by double backprop through the ``input_gradient`` hook (``create_graph=True``); the
+per-sample norms are averaged over the batch (the code's B·∇ of the mean loss). λ_CE = 0.8, λ_GN = 1.2, and λ_GN is
 ramped linearly from 0 over the first 5 epochs, per step (the code's [0, 0.2, 1] schedule).
 
 **Use a smooth activation**: ``--activation gelu`` or ``silu``. The paper finds that GradNorm fails with

@@ -140,7 +140,9 @@ def build_engine_run(args: Namespace, workdir: Path) -> Run:
     save_checkpoint(workdir / "teacher.pt", {"arch": teacher_arch.to_dict(),
                                               "model": build_model(teacher_arch).state_dict(), "config": {}})
     host = plugin_host(RandomImages(info, max(args.batch_sizes), args.seed))
-    config = train_config(host, "--plugin", "rslad", "--plugin", "igdm", "--teacher", str(workdir / "teacher.pt"),
+    # --rslad-scale 1: the reference step is the CIFAR-10 script's, also with --num-classes 100
+    config = train_config(host, "--plugin", "rslad", "--plugin", "igdm", "--rslad-scale", "1",
+                          "--teacher", str(workdir / "teacher.pt"),
                           "--dataset", DATASET, "--model", args.student, "--device", args.device,
                           "--amp", args.amp, "--channels-last", args.channels_last, "--fold-bn", args.fold_bn,
                           *(["--batch-student-forwards"] if args.batch_student_forwards else []),

@@ -4,20 +4,25 @@
 
 Inner attack: student **and teacher** in eval mode, x′ = x + 0.001·N(0, I), sign-gradient ascent on
 Σ KL(σ(T(x′)) ‖ σ(S(x′))) with the teacher evaluated at the same perturbed point, so the gradient
-flows through both networks (IGDM Eq. 17). λ = 1 as in the official code (the clean term is then
-off and not computed). Reduction: the CIFAR-100 code and the IGDM code use ``batchmean``; the
-CIFAR-10 code uses ``nn.KLDivLoss()``'s element-wise ``mean`` (``--adaad-reduction mean``). The
-official ``main.py`` defaults are ε = 16/255, step 4/255; its README commands (and this plugin, through
+flows through both networks (IGDM Eq. 17). λ = 1 as in the official code; the clean forward S(x) still
+runs in train mode, before S(x′), as in the code (BatchNorm running statistics see the clean batch), and
+the clean term is added only when λ ≠ 1 (a zero-weight term is not a term).
+
+KL reduction (``--adaad-reduction``, resolved per run): the official CIFAR-10 code uses
+``nn.KLDivLoss()``'s element-wise ``mean`` and its CIFAR-100 code the per-sample sum (``batchmean``), so
+alone AdaAD gets ``batchmean`` on 100-class data and ``mean`` on every other dataset; composed with igdm
+it gets ``batchmean``, the IGDM code's AdaAD base on which IGDM's α for AdaAD was tuned. The official
+``main.py`` defaults are ε = 16/255, step 4/255; its README commands (and this plugin, through
 ``--eps``/``--step-size``) use 8/255, 2/255. Weight decay in the code: 5e-4.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, RunConfig, StepContext, hookimpl
 from robustdistill.attacks import INITS, Objective, model_mode
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
 
@@ -37,10 +42,21 @@ def register_attacks(register: Callable) -> None:
 @hookimpl
 def register_options(register: Callable) -> None:
     register(Option("--adaad-lambda", 1.0, "λ, weight of the adversarial term (code: always 1)"))
-    register(Option("--adaad-reduction", "batchmean", "KL reduction: batchmean (AdaAD CIFAR-100 and IGDM code) "
-                    "or mean over B×C (AdaAD CIFAR-10 code)", choices=KL_REDUCTIONS))
+    register(Option("--adaad-reduction", None, "KL reduction: mean over B×C (default on data without 100 classes: "
+                    "the AdaAD CIFAR-10 code) or batchmean (default on 100 classes: the AdaAD CIFAR-100 code; "
+                    "default with igdm: the IGDM code)", type=str, choices=KL_REDUCTIONS))
     register(Option("--adaad-init", "normal", "attack start: x+0.001·N (code) or uniform in the ε-ball",
                     choices=INITS))
+
+
+def official_reduction(num_classes: int, with_igdm: bool) -> str:
+    """The KL reduction of the official code this composition follows."""
+    return "batchmean" if with_igdm or num_classes == 100 else "mean"
+
+
+@hookimpl
+def resolve_options(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
+    return {"reduction": official_reduction(dataset.num_classes, "igdm" in config.plugin)}
 
 
 def adaad_objective(ctx: StepContext) -> Objective:
@@ -62,7 +78,7 @@ def attack(ctx: StepContext) -> Tensor:
 
 @hookimpl
 def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
-    return {"adv": ctx.x_adv} if ctx.config.adaad.lambda_ == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
+    return {"clean": ctx.x, "adv": ctx.x_adv}
 
 
 @hookimpl

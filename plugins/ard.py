@@ -3,23 +3,40 @@
     L = α·τ²·KL(σ(T(x)/τ) ‖ σ(S(x′)/τ)) + (1 − α)·CE(S(x), y)
 
 Teacher on **clean** x, student on the adversarial x′ = PGD-10 on the student's CE with the true
-labels from a uniform start. Defaults follow the official code: τ = 30, α = 1 (so the CE term is
-off and not computed), the legacy element-wise ``mean`` KL reduction (``nn.KLDivLoss()``), and the
-attack run with the student in **train** mode (BatchNorm batch statistics). The IGDM code's ARD base
-differs: τ = 1, ``batchmean``, attack in eval mode (``--ard-tau 1 --ard-kl-reduction batchmean
---ard-attack-bn eval``). The official ``adjust_learning_rate`` decays only once (0.1 → 0.01); the
-engine's multistep schedule decays at every milestone.
+labels from a uniform start. KL(p ‖ q) has the teacher as p (PyTorch's ``kl_div(log σ(S), σ(T))``), in
+the ARD code and in the IGDM code alike.
+
+The defaults depend on the composition (``resolve_options``):
+
+* ``--plugin ard`` alone trains the ARD code's ARD: τ = 30, the legacy element-wise ``mean`` KL
+  reduction (``nn.KLDivLoss()``), and the attack run with the student in **train** mode (BatchNorm batch
+  statistics; its running statistics are updated by every PGD iterate, as in the code).
+* ``--plugin ard --plugin igdm`` trains the IGDM code's ARD base, the one IGDM's α table (App. B.2) was
+  tuned on: τ = 1, ``batchmean``, the attack with the student in **eval** mode.
+
+Any of ``--ard-tau``, ``--ard-kl-reduction``, ``--ard-attack-bn`` given on the command line wins. In both
+codes α = 1, and the clean forward S(x) still runs in train mode with weight 0 on its CE, so BatchNorm
+running statistics see the clean batch: it is declared in ``student_inputs`` and always runs, after S(x′)
+as in the ARD code; the CE term is added only when α ≠ 1 (a zero-weight term is not a term).
+Where the codes differ otherwise: the official ``adjust_learning_rate`` decays only once (0.1 → 0.01,
+the engine's multistep schedule decays at every milestone); the IGDM code's ARD attack uses the step
+2/225 (a typo for 2/255; ``--step-size 2/225`` reproduces it).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill import LossTerm, Method, Option, RunConfig, StepContext, hookimpl
 from robustdistill.attacks import BN_MODES, INITS
 from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
+
+ARD_CODE = {"tau": 30.0, "kl_reduction": "mean", "attack_bn": "train"}
+"""The ARD code's base (goldblum/AdversariallyRobustDistillation ``main.py``)."""
+IGDM_CODE = {"tau": 1.0, "kl_reduction": "batchmean", "attack_bn": "eval"}
+"""The IGDM code's ARD base (``ard_IGDM_cifar100.py``), on which IGDM's α for ARD was tuned."""
 
 
 @hookimpl
@@ -30,14 +47,22 @@ def register_methods(register: Callable) -> None:
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--ard-tau", 30.0, "distillation temperature τ (ARD code: 30; IGDM's ARD base: 1)"))
-    register(Option("--ard-alpha", 1.0, "α, weight of the KL term; 1 − α weighs clean CE (ARD code: 1)"))
-    register(Option("--ard-kl-reduction", "mean", "KL reduction: mean = element-wise mean over B×C "
-                    "(ARD code, nn.KLDivLoss()) or batchmean (IGDM code)", choices=KL_REDUCTIONS))
-    register(Option("--ard-attack-bn", "train", "BatchNorm mode of the student while attacking: train "
-                    "(ARD code) or eval (IGDM code)", choices=BN_MODES))
-    register(Option("--ard-init", "uniform", "PGD start: uniform in the ε-ball (ARD code) or x+0.001·N",
+    register(Option("--ard-tau", None, "distillation temperature τ (default: 30 as the ARD code; 1 with igdm, as "
+                    "the IGDM code's ARD base)", type=float))
+    register(Option("--ard-alpha", 1.0, "α, weight of the KL term; 1 − α weighs clean CE (ARD and IGDM code: 1)"))
+    register(Option("--ard-kl-reduction", None, "KL reduction: mean = element-wise mean over B×C (default: the ARD "
+                    "code, nn.KLDivLoss()) or batchmean (default with igdm: the IGDM code)", type=str,
+                    choices=KL_REDUCTIONS))
+    register(Option("--ard-attack-bn", None, "BatchNorm mode of the student while attacking: train (default: the "
+                    "ARD code) or eval (default with igdm: the IGDM code)", type=str, choices=BN_MODES))
+    register(Option("--ard-init", "uniform", "PGD start: uniform in the ε-ball (ARD and IGDM code) or x+0.001·N",
                     choices=INITS))
+
+
+@hookimpl
+def resolve_options(config: RunConfig) -> dict[str, Any]:
+    """The IGDM code's ARD base when composed with igdm, else the ARD code's."""
+    return dict(IGDM_CODE if "igdm" in config.plugin else ARD_CODE)
 
 
 @hookimpl
@@ -47,7 +72,7 @@ def attack(ctx: StepContext):
 
 @hookimpl
 def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
-    return {"adv": ctx.x_adv} if ctx.config.ard.alpha == 1 else {"adv": ctx.x_adv, "clean": ctx.x}
+    return {"adv": ctx.x_adv, "clean": ctx.x}
 
 
 @hookimpl

@@ -5,16 +5,22 @@ methods-grad §3.1).
 
 ε‖∇‖₁ is the first-order worst-case increase of the loss in the L∞ ball of radius ε (the L1 norm is the
 dual of L∞). Our models take pixels in [0, 1] and normalise inside, so the gradient is taken with
-respect to the pixels, where (ε/σ)·‖∇_z CE‖₁ = ε·‖∇ₓ CE‖₁ with ε in pixel units (``--gradnorm-eps``,
-default the run's ``--eps``; the paper: 4/255 on ImageNet with σ = 0.225). The gradient is exact,
-by double backprop through the ``input_gradient`` hook (``create_graph=True``); the per-sample norms
-are averaged over the batch (the code's B·∇ of the mean loss). λ_CE = 0.8, λ_GN = 1.2, and λ_GN is
+respect to the pixels, where (ε/σ)·‖∇_z CE‖₁ = ε·‖∇ₓ CE‖₁ with ε in pixel units (``--gradnorm-eps``).
+The gradient is exact, by double backprop through the ``input_gradient`` hook (``create_graph=True``); the
+per-sample norms are averaged over the batch (the code's B·∇ of the mean loss). λ_CE = 0.8, λ_GN = 1.2, and λ_GN is
 ramped linearly from 0 over the first 5 epochs, per step (the code's [0, 0.2, 1] schedule).
 
 **Use a smooth activation**: ``--activation gelu`` or ``silu``. The paper finds that GradNorm fails with
 ReLU (ResNet-50, AutoAttack ε = 4/255: ReLU 16.94% clean / 6.82% robust, GELU 60.34 / 30.00, SiLU
 61.84 / 30.58; Table 4), while adversarial training hardly depends on it. The second derivative of
 ReLU is zero almost everywhere, so the regulariser cannot shape the curvature it needs.
+
+ε is the official configuration's, **4/255**, on every dataset. It is the paper's ImageNet threat model
+(with σ = 0.225), and the official CIFAR configuration keeps the same constant (and σ) although its attacks
+use 8/255: the regulariser's ε is a constant of the method, not the dataset's ε. Fashion-MNIST has no
+official configuration, so it gets the same constant, 4/255 ≈ 0.016 in pixel units against a threat
+model of 0.1 (the CIFAR ratio, half the attack radius, would give 0.05). ``--gradnorm-eps 0.1`` (the
+run's ``--eps``, the default of earlier versions) regularises at the threat model's radius instead.
 
 Where the official code differs: it runs the whole training with the model in **eval mode** (BatchNorm
 running statistics, so each sample's gradient is its own; ``--gradnorm-bn eval``), from pretrained
@@ -25,12 +31,12 @@ here it is the CE of the hard labels.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunConfig, RunView, StepContext, hookimpl
+from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
 
 from robustdistill.attacks import BN_MODES
 
@@ -50,8 +56,8 @@ def register_methods(register: Callable) -> None:
 def register_options(register: Callable) -> None:
     register(Option("--gradnorm-ce-weight", 0.8, "λ_CE (paper: 0.8)"))
     register(Option("--gradnorm-weight", 1.2, "λ_GN, weight of ε·‖∇ₓCE‖₁ after the warm-up (paper: 1.2)"))
-    register(Option("--gradnorm-eps", None, "ε of the regulariser in pixel units (default: the run's --eps)",
-                    type=float))
+    register(Option("--gradnorm-eps", 4 / 255, "ε of the regulariser in pixel units (official configuration: 4/255 "
+                    "on every dataset, CIFAR included; the run's --eps is another choice)"))
     register(Option("--gradnorm-warmup-epochs", 5.0, "λ_GN ramps linearly from 0 over this many epochs (code: 5)"))
     register(Option("--gradnorm-bn", "train", "BatchNorm mode of the regularised forward: train, or eval "
                     "(official code: the model is in eval mode throughout)", choices=BN_MODES))
@@ -70,11 +76,6 @@ def ramp(progress: float, warmup: float) -> float:
 def note_relu(run: RunView, method: str) -> None:
     if run.arch.activation == "relu" and run.is_main:
         print(f"robustdistill: note: {RELU_NOTE.format(method=method)}", file=sys.stderr, flush=True)
-
-
-@hookimpl
-def resolve_options(config: RunConfig) -> dict[str, Any]:
-    return {"eps": config.eps}
 
 
 @hookimpl

@@ -21,8 +21,12 @@ As in the official code (where it differs from Algorithm 1):
 * D sees each map **mean-centred and L2-normalised** per sample (``--igam-disc-input raw``: Algorithm 1).
 * L_adv is the saturating minimax form averaged over the 2B maps: the student's term is
   ``−CE_D`` = (1/2B)·Σ[log D(J_t) + log(1 − D(J_s))] (λ_adv is the code's ``beta``, λ_diff its ``gamma``).
-* L_diff = Σ over the batch **and** the pixels of (J_s − J_t)² (``--igam-diff-reduction mean`` divides by B),
-  with gradients per unit of the raw 0–255 pixel value the code feeds its networks (``--igam-pixel-scale``;
+* L_diff = Σ over the batch **and** the pixels of (J_s − J_t)², at the code's batch of 32. Summed over a
+  batch of B, its weight per sample would grow with B (4× at the engine's default 128 for the same λ_diff),
+  so the default ``--igam-diff-reduction sum32`` is (32/B)·Σ: exactly the code's value at B = 32 and the
+  code's weight per sample at any batch size, so λ_diff = 10 keeps its meaning. ``sum`` is the code's
+  formula at the run's batch size, ``mean`` divides by B (λ_diff × 32 matches the code). With
+  gradients per unit of the raw 0–255 pixel value the code feeds its networks (``--igam-pixel-scale``;
   our models take [0, 1] inputs, so J here is ∇_{x∈[0,1]}/255).
 * The published scripts train with plain CE for 280k of 320k steps before IGAM starts:
   ``--igam-plain-ce-steps``. D's weight decay 2e-4 acts on its conv and linear weights; its learning
@@ -54,7 +58,8 @@ from ._gradients import student_forward, student_gradient, teacher_gradient
 
 GRAD_TARGETS = ("true-prob", "ce")
 DISC_INPUTS = ("zero-mean-l2", "raw")
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum32", "sum", "mean")
+CODE_BATCH = 32  # the batch size of the official scripts
 STUDENT, TEACHER = 0, 1  # the discriminator's classes
 
 
@@ -71,8 +76,9 @@ def register_options(register: Callable) -> None:
     register(Option("--igam-lambda-diff", 10.0, "λ_diff, weight of ‖J_s − J_t‖² (code `gamma`)"))
     register(Option("--igam-grad-target", "true-prob", "J = ∇ₓ of the true-class probability (official code) "
                     "or of the CE (paper)", choices=GRAD_TARGETS))
-    register(Option("--igam-diff-reduction", "sum", "L_diff summed over the batch (code) or averaged over it",
-                    choices=REDUCTIONS))
+    register(Option("--igam-diff-reduction", "sum32", "L_diff over the batch: sum32 = Σ × 32/B, the code's sum at "
+                    "its batch of 32 whatever --batch-size is; sum = Σ (the code's formula, grows with the batch); "
+                    "mean = Σ/B", choices=REDUCTIONS))
     register(Option("--igam-pixel-scale", 255.0, "L_diff compares gradients per unit of a pixel value in "
                     "[0, N]: 255 as the code's raw-pixel inputs, 1 for [0, 1] intensities"))
     register(Option("--igam-disc-input", "zero-mean-l2", "what D sees: per-sample mean-centred, L2-normalised "
@@ -148,10 +154,12 @@ def adversarial_term(disc: nn.Module, j_s: Tensor, j_t: Tensor, mode: str) -> Te
     return -F.cross_entropy(disc(maps), labels)
 
 
-def diff_term(j_s: Tensor, j_t: Tensor, reduction: str = "sum", pixel_scale: float = 1.0) -> Tensor:
-    """‖J_s − J_t‖²: Σ over batch and pixels (code) or its batch mean, gradients per 1/``pixel_scale``."""
+def diff_term(j_s: Tensor, j_t: Tensor, reduction: str = "sum32", pixel_scale: float = 1.0) -> Tensor:
+    """‖J_s − J_t‖² over batch and pixels: Σ × 32/B (``sum32``, the code's value at its batch of 32), Σ (``sum``)
+    or Σ/B (``mean``); gradients per 1/``pixel_scale``."""
     total = (((j_s.float() - j_t.float()) / pixel_scale) ** 2).sum()
-    return total if reduction == "sum" else total / len(j_s)
+    divisor = {"sum32": len(j_s) / CODE_BATCH, "sum": 1, "mean": len(j_s)}[reduction]
+    return total / divisor
 
 
 def gradient_objective(target: str, y: Tensor) -> Callable[[Tensor], Tensor]:

@@ -6,18 +6,20 @@ The teacher's soft labels on **clean** x replace the hard labels everywhere (no 
 student in eval mode, x′ = x + 0.001·N(0, I), maximise Σ KL(σ(T(x)) ‖ σ(S(x′))) (IGDM Eq. 16).
 ``kl̄`` is the official code's ``torch.mean`` over the B×C elements (``--rslad-reduction mean``);
 ``batchmean`` is the per-sample sum. The official CIFAR-100 script multiplies both terms by 10
-("to keep consistent with CIFAR-10"): ``--rslad-scale 10``. Paper schedule: 300 epochs, lr ÷10 at
+("to keep consistent with CIFAR-10"), and so does the IGDM code's RSLAD base (IGDM's α = 3 for RSLAD on
+CIFAR-100 assumes it): ``--rslad-scale`` resolves to 10 on 100-class data and 1 on every other dataset
+(the CIFAR-10 script's). Paper schedule: 300 epochs, lr ÷10 at
 215, 260, 285 (code: 210, 258, 285); weight decay 2e-4.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
+from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, StepContext, hookimpl
 from robustdistill.attacks import Objective, kl_objective
 from robustdistill.losses import KL_REDUCTIONS, reduce_kl
 
@@ -39,7 +41,18 @@ def register_options(register: Callable) -> None:
     register(Option("--rslad-adv-weight", 5 / 6, "weight of the adversarial term; the clean term gets 1 − it (paper: 5/6)"))
     register(Option("--rslad-reduction", "mean", "KL reduction: mean over B×C elements (RSLAD code) or batchmean",
                     choices=KL_REDUCTIONS))
-    register(Option("--rslad-scale", 1.0, "multiplies both terms (official CIFAR-100 script: 10)"))
+    register(Option("--rslad-scale", None, "multiplies both terms (default: 10 on 100-class data as the official "
+                    "CIFAR-100 script and the IGDM code, else 1 as the CIFAR-10 script)", type=float))
+
+
+def official_scale(num_classes: int) -> float:
+    """The official scripts' factor on both terms: ×10 in the CIFAR-100 script, ×1 in the CIFAR-10 one."""
+    return 10.0 if num_classes == 100 else 1.0
+
+
+@hookimpl
+def resolve_options(dataset: DatasetInfo) -> dict[str, Any]:
+    return {"scale": official_scale(dataset.num_classes)}
 
 
 def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: str) -> Tensor:

@@ -7,7 +7,9 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .catalog import Catalog
-from .config import (BACKEND_ENV, BACKENDS, NORMS, ROBUSTBENCH_DEFAULT_DIR, add_run_arguments, parse_number)
+from .config import (AUTOATTACK_VERSIONS, BACKEND_ENV, BACKENDS, NORMS, ROBUSTBENCH_DEFAULT_DIR, add_run_arguments,
+                     parse_number)
+from .presets import add_presets_arguments
 from .registry import RobustDistillError
 
 DEBUG_ENV = "ROBUSTDISTILL_DEBUG"
@@ -35,8 +37,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT",
                         help="checkpoint written by `robustdistill train`, or a plain state_dict with --arch")
     parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw", metavar="LIST",
-                        help="comma-separated attacks: clean, fgsm, pgd20, cw, autoattack, or any a plugin "
-                             "registers (default: %(default)s)")
+                        help="comma-separated attacks: clean, fgsm, pgd20, cw, autoattack, apgd-ce+apgd-t, or any a "
+                             "plugin registers (default: %(default)s)")
     parser.add_argument("--subset", type=_positive_int, default=None, metavar="N",
                         help="evaluate on the first N test images (default: the whole test set)")
     parser.add_argument("--json", default=None, metavar="PATH",
@@ -61,7 +63,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kappa", type=parse_number, default=50.0, metavar="K",
                         help="confidence of the C&W margin loss (default: %(default)s)")
     parser.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
-                        help="random restarts of pgd20 and cw (default: %(default)s)")
+                        help="random restarts of pgd20, and of cw unless --cw-restarts is given (default: %(default)s)")
+    parser.add_argument("--cw-restarts", type=_positive_int, default=None, metavar="N",
+                        help="random restarts of cw (default: --restarts; IGDM's evaluation: 10)")
+    parser.add_argument("--autoattack-version", choices=AUTOATTACK_VERSIONS, default="standard",
+                        help="AutoAttack version of the autoattack attack (default: %(default)s, as every paper here)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="a paper's evaluation protocol as defaults: attacks, ε, steps, restarts, AutoAttack "
+                             "version (`robustdistill presets` lists them; other options given here win)")
     parser.add_argument("--norm", choices=NORMS, default=None,
                         help="threat model (default: the checkpoint's, else linf)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
@@ -188,6 +197,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend "
                                            "each op uses")
     doctor.add_argument("--json", action="store_true", help="print the backend report as JSON")
+    add_presets_arguments(sub.add_parser("presets", help="list the presets of the papers' training and evaluation "
+                                         "protocols (train/eval --preset NAME) and their sources"))
     plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     return parser

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import catalog
 from .arguments import DEBUG_ENV, build_parser
 from .config import config_from_args, option_defaults_from_file
+from .presets import apply_preset, presets_command
 from .registry import RobustDistillError
 
 if TYPE_CHECKING:
@@ -74,9 +75,11 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 _default_showwarning = warnings.showwarning
 
 
-def _help_catalog(argv: Sequence[str]) -> catalog.Catalog | None:
-    """For ``--help`` without loading plugins: no plugin options at all unless ``train``'s help is asked for,
-    then the cached catalog (``None`` when there is none yet)."""
+def _catalog_without_plugins(argv: Sequence[str]) -> catalog.Catalog | None:
+    """For ``--help`` and ``presets``, which need no plugins: no plugin options at all unless ``train``'s help is
+    asked for, then the cached catalog (``None`` when there is none yet, or for any other command)."""
+    if "presets" in argv[:1]:
+        return catalog.Catalog()
     if not any(arg in HELP for arg in argv):
         return None
     return catalog.cached() if "train" in argv else catalog.Catalog()
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]  # accepted anywhere on the command line
     warnings.showwarning = _show_warning
     try:
-        known = _help_catalog(argv)
+        known = _catalog_without_plugins(argv)
         host = None
         if known is None:
             from .plugin_manager import load_plugins
@@ -97,10 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             catalog.remember(host)
             known = catalog.Catalog.of(host)
         parser = build_parser(known)
+        apply_preset(parser, argv)
         config_file = _config_file(argv)
         if config_file is not None:
             option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], config_file)  # type: ignore[union-attr]
         args = parser.parse_args(argv)
+        if args.command == "presets":
+            return presets_command(args)
         assert host is not None  # help exited in parse_args
         if args.command == "train":
             return train_command(args, host)

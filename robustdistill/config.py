@@ -27,6 +27,8 @@ BACKEND_ENV = "ROBUSTDISTILL_OPS_BACKEND"
 NORMS = ("linf", "l2")
 FD_DISTANCES = ("kl", "l1", "l2")
 ROBUSTBENCH_DEFAULT_DIR = "./models"
+AUTOATTACK_VERSIONS = ("standard", "plus")
+"""AutoAttack versions ``eval --autoattack-version`` offers (every paper here reports ``standard``)."""
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 ACTIVATIONS = ("relu", "gelu", "silu")
 
@@ -140,6 +142,10 @@ class RunConfig:
     plugin: tuple[str, ...] = _option(
         "--plugin", ("natural",), "training method; repeat it to compose methods (e.g. --plugin rslad --plugin igdm)",
         METHOD, metavar="NAME", repeat=True)
+    preset: str | None = _option(
+        "--preset", None, "the training protocol of a paper as defaults: model, schedule, optimiser, attack, method "
+        "options (`robustdistill presets` lists them; other options given here win)", METHOD, metavar="NAME",
+        fixed_on_resume=False)
     teacher: str | None = _option(
         "--teacher", None, "teacher for distillation methods: a checkpoint, a run directory (its last.pt), a plain "
         "state_dict with --teacher-arch, or robustbench:NAME (a RobustBench model for --dataset, Linf; pip install "
@@ -182,8 +188,10 @@ class RunConfig:
     seed: int = _option("--seed", 0, "random seed (weights, data order, attack noise)", OPTIM)
     device: str = _option("--device", "auto", "auto (CUDA when a GPU is visible), cpu or cuda[:N]", SPEED,
                           fixed_on_resume=False)
-    amp: str = _option("--amp", "bf16", "bf16 autocast on CUDA (recorded as off on the CPU)", SPEED,
-                       choices=("bf16", "off"))
+    amp: str = _option("--amp", "off", "off: fp32, as the official codes of the distillation methods train; bf16: "
+                       "bf16 autocast on CUDA (faster, but forwards and input gradients rounded to 8-bit mantissas: "
+                       "PGD steps and small loss terms such as IGDM's logit differences change; recorded as off on "
+                       "the CPU)", SPEED, choices=("off", "bf16"))
     ops_backend: str | None = _option(
         "--ops-backend", None, f"fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
         f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)", SPEED, choices=BACKENDS,
@@ -368,12 +376,20 @@ def option_defaults_from_file(parser: argparse.ArgumentParser, path: str) -> Non
         raise RobustDistillError(f"--config {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
         raise RobustDistillError(f"--config {path} must be a mapping of option names to values")
+    parser.set_defaults(**option_defaults(parser, values, f"--config {path}"))
+
+
+def option_defaults(parser: argparse.ArgumentParser, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``{dest: value}`` for ``parser.set_defaults`` from ``option: value`` pairs named like the flags without
+    ``--`` (``_`` and ``-`` alike), each value parsed and checked as the command line would; ``source`` names
+    where they come from in errors (``--config FILE``, ``--preset NAME``)."""
     by_flag = {s.lstrip("-").replace("_", "-"): a for a in parser._actions for s in a.option_strings}
     defaults = {}
     for key, value in values.items():
         action = by_flag.get(str(key).lstrip("-").replace("_", "-"))
-        if action is None or action.dest in ("help", "config"):
-            raise RobustDistillError(f"--config {path}: unknown option {key!r}; see `robustdistill train --help`")
+        if action is None or action.dest in ("help", "config", "preset"):
+            raise RobustDistillError(f"{source}: unknown option {key!r}; see `robustdistill {parser.prog.split()[-1]} "
+                                     "--help`")
         if isinstance(action, argparse._AppendAction):
             value = [value] if isinstance(value, str) else list(value)
             value = [action.type(v) if action.type and isinstance(v, str) else v for v in value]
@@ -381,12 +397,12 @@ def option_defaults_from_file(parser: argparse.ArgumentParser, path: str) -> Non
             try:
                 value = action.type(value)
             except argparse.ArgumentTypeError as err:
-                raise RobustDistillError(f"--config {path}: {key}: {err}") from None
+                raise RobustDistillError(f"{source}: {key}: {err}") from None
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and action.type not in (None, str):
             value = action.type(str(value))
         if action.choices is not None and value not in action.choices:
-            raise RobustDistillError(f"--config {path}: {key}: {value!r} is not one of {list(action.choices)}")
+            raise RobustDistillError(f"{source}: {key}: {value!r} is not one of {list(action.choices)}")
         defaults[action.dest] = value
-    parser.set_defaults(**defaults)
+    return defaults
 
 

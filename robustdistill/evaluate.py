@@ -33,19 +33,20 @@ from torch import Tensor, nn
 
 from . import attacks
 from .checkpoint import atomic_write_text
-from .config import resolve_device
 from .folding import fold_or_keep, folded_pairs
-from .config import NORMS
+from .config import AUTOATTACK_VERSIONS, NORMS, resolve_device
 from .registry import EvalAttack, Registry, RobustDistillError
 from .zoo import load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
+APGD_ATTACKS = ("apgd-ce", "apgd-t")
+"""The first two stages of standard AutoAttack, run on their own as the attack ``apgd-ce+apgd-t``."""
 AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
 RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
-                                  "settings", "seconds", "pending"})
+                                  "settings", "seconds", "pending", "preset"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 
@@ -60,6 +61,13 @@ class EvalSettings:
     kappa: float = 50.0
     restarts: int = 1
     norm: str = "linf"
+    cw_restarts: int | None = None
+    autoattack_version: str = "standard"
+
+    @property
+    def cw_runs(self) -> int:
+        """Random restarts of CW∞: ``cw_restarts``, else ``restarts``."""
+        return self.cw_restarts if self.cw_restarts is not None else self.restarts
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -70,8 +78,11 @@ class EvalSettings:
             raise RobustDistillError(f"step size must be a finite number > 0; got {self.step_size}")
         if self.pgd_steps < 1 or self.cw_steps < 1:
             raise RobustDistillError(f"attack steps must be >= 1; got pgd {self.pgd_steps}, cw {self.cw_steps}")
-        if self.restarts < 1:
-            raise RobustDistillError(f"restarts must be >= 1; got {self.restarts}")
+        if self.restarts < 1 or self.cw_runs < 1:
+            raise RobustDistillError(f"restarts must be >= 1; got {self.restarts} (pgd20), {self.cw_runs} (cw)")
+        if self.autoattack_version not in AUTOATTACK_VERSIONS:
+            raise RobustDistillError(f"unknown AutoAttack version {self.autoattack_version!r}; use one of: "
+                                     f"{', '.join(AUTOATTACK_VERSIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,9 +91,10 @@ class EvalSettings:
         """The :class:`~robustdistill.attacks.AttackSpec` of a built-in attack: ``fgsm``, ``pgd20`` or ``cw``."""
         if attack == "fgsm":
             return attacks.fgsm_spec(self.eps, self.norm)
-        loss, steps = {"pgd20": ("ce", self.pgd_steps), "cw": ("cw", self.cw_steps)}[attack]
+        loss, steps, restarts = {"pgd20": ("ce", self.pgd_steps, self.restarts),
+                                 "cw": ("cw", self.cw_steps, self.cw_runs)}[attack]
         return attacks.AttackSpec(eps=self.eps, step_size=self.step_size, steps=steps, norm=self.norm,
-                                  init="uniform", restarts=self.restarts, loss=loss, kappa=self.kappa)
+                                  init="uniform", restarts=restarts, loss=loss, kappa=self.kappa)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,28 +194,39 @@ def _autoattack_logging(verbose: bool) -> Iterator[None]:
         logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
 
 
-def _autoattack(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, *, batch_size: int = 256,
-                verbose: bool = False) -> Tensor:
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via the ``pyautoattack`` package."""
-    AutoAttack = _import_autoattack()
-    device = _model_device(model)
-    with attacks.model_mode(model, train=False):
-        with torch.no_grad():
-            num_classes = int(model(x[:1].to(device)).shape[1])
-        if num_classes < 4:
-            raise RobustDistillError(
-                f"standard AutoAttack needs at least 4 classes (its targeted DLR loss); "
-                f"the model has {num_classes}. Use the other attacks for this model")
-        targets = min(9, num_classes - 1)
-        with _preserved_global_state(device), _autoattack_logging(verbose):
-            adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[settings.norm], eps=settings.eps,
-                                   version="standard", device=device, seed=AUTOATTACK_SEED)
-            adversary.verbose = verbose
-            # The standard version attacks the 9 most likely other classes; fewer exist below 10 classes.
-            adversary.apgd_targeted.n_target_classes = targets
-            adversary.fab.n_target_classes = targets
-            x_adv, _ = adversary.run_standard_evaluation(x, y.long(), batch_size=batch_size)
-    return x_adv.detach()
+def _autoattack(stages: tuple[str, ...] | None = None) -> Callable[..., Tensor]:
+    """AutoAttack via the ``pyautoattack`` package: the version of ``settings.autoattack_version`` (standard:
+    APGD-CE, APGD-T, FAB-T, Square), or only the ``stages`` with the standard version's parameters (one restart,
+    the 9 most likely other classes as targets)."""
+    def run(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, *, batch_size: int = 256,
+            verbose: bool = False) -> Tensor:
+        AutoAttack = _import_autoattack()
+        device = _model_device(model)
+        with attacks.model_mode(model, train=False):
+            with torch.no_grad():
+                num_classes = int(model(x[:1].to(device)).shape[1])
+            if num_classes < 4:
+                raise RobustDistillError(
+                    f"AutoAttack's targeted attacks need at least 4 classes (its targeted DLR loss); "
+                    f"the model has {num_classes}. Use the other attacks for this model")
+            targets = min(9, num_classes - 1)
+            norm = {"linf": "Linf", "l2": "L2"}[settings.norm]
+            with _preserved_global_state(device), _autoattack_logging(verbose):
+                if stages is None:
+                    adversary = AutoAttack(model, norm=norm, eps=settings.eps, version=settings.autoattack_version,
+                                           device=device, seed=AUTOATTACK_SEED)
+                else:
+                    adversary = AutoAttack(model, norm=norm, eps=settings.eps, version="custom",
+                                           attacks=list(stages), device=device, seed=AUTOATTACK_SEED)
+                    adversary.apgd.n_restarts = 1
+                    adversary.apgd_targeted.n_restarts = 1
+                adversary.verbose = verbose
+                # The standard version attacks the 9 most likely other classes; fewer exist below 10 classes.
+                adversary.apgd_targeted.n_target_classes = targets
+                adversary.fab.n_target_classes = targets
+                x_adv, _ = adversary.run_standard_evaluation(x, y.long(), batch_size=batch_size)
+        return x_adv.detach()
+    return run
 
 
 BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
@@ -211,10 +234,18 @@ BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
     EvalAttack("fgsm", _fgsm, "FGSM: one gradient step of size eps"),
     EvalAttack("pgd20", _pgd, "PGD on cross-entropy, --pgd-steps steps (20) of --step-size, random start"),
     EvalAttack("cw", _cw, "CW-inf: PGD on the C&W margin loss, --cw-steps steps (30), kappa --kappa"),
-    EvalAttack("autoattack", _autoattack,
-               "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square); needs pip install pyautoattack",
-               whole_set=True, check=_import_autoattack),
+    EvalAttack("autoattack", _autoattack(),
+               "AutoAttack, --autoattack-version (standard: APGD-CE, APGD-T, FAB-T, Square); needs pip install "
+               "pyautoattack", whole_set=True, check=_import_autoattack),
+    EvalAttack("apgd-ce+apgd-t", _autoattack(APGD_ATTACKS),
+               "the first two stages of standard AutoAttack (APGD-CE, then APGD-T on the 9 most likely other "
+               "classes), with its parameters and seed: an upper bound on its accuracy at a fraction of the cost; "
+               "needs pip install pyautoattack", whole_set=True, check=_import_autoattack),
 ]
+
+
+AUTOATTACK_STAGES = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                     "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]}
 
 
 def attack_details(name: str, settings: EvalSettings) -> dict[str, Any]:
@@ -225,9 +256,12 @@ def attack_details(name: str, settings: EvalSettings) -> dict[str, Any]:
         "pgd20": {"loss": "ce", "steps": settings.pgd_steps, "step_size": settings.step_size,
                   "restarts": settings.restarts, "init": "uniform", "norm": settings.norm},
         "cw": {"loss": "cw", "steps": settings.cw_steps, "step_size": settings.step_size, "kappa": settings.kappa,
-               "restarts": settings.restarts, "init": "uniform", "norm": settings.norm},
-        "autoattack": {"version": "standard", "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+               "restarts": settings.cw_runs, "init": "uniform", "norm": settings.norm},
+        "autoattack": {"version": settings.autoattack_version,
+                       "attacks": AUTOATTACK_STAGES[settings.autoattack_version],
                        "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
+        "apgd-ce+apgd-t": {"version": "custom", "attacks": list(APGD_ATTACKS), "restarts": 1,
+                           "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
     }
     return details.get(name, {})
 
@@ -307,7 +341,7 @@ def attack_cost(name: str, settings: EvalSettings) -> float | None:
     forwards = FORWARD_COST * (1 + settings.restarts)  # the final count, plus picking the worst restart
     costs = {"clean": FORWARD_COST, "fgsm": 1 + FORWARD_COST,
              "pgd20": settings.pgd_steps * settings.restarts + forwards,
-             "cw": settings.cw_steps * settings.restarts + forwards}
+             "cw": settings.cw_steps * settings.cw_runs + FORWARD_COST * (1 + settings.cw_runs)}
     return costs.get(name)
 
 
@@ -700,7 +734,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     eps = args.eps if args.eps is not None else _config_number(config, "eps", info.eps)
     step_size = args.step_size if args.step_size is not None else _config_number(config, "step_size", info.step_size)
     settings = EvalSettings(eps=eps, step_size=step_size, pgd_steps=args.pgd_steps, cw_steps=args.cw_steps,
-                            kappa=args.kappa, restarts=args.restarts, norm=norm)
+                            kappa=args.kappa, restarts=args.restarts, norm=norm, cw_restarts=args.cw_restarts,
+                            autoattack_version=args.autoattack_version)
 
     n_total = int(test_x.shape[0])
     n = n_total if args.subset is None else min(args.subset, n_total)
@@ -709,7 +744,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 
     current: dict[str, Any] = {
         "eps": eps, "n": n, "dataset": info.name, "checkpoint": path, "arch": arch.name,
-        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model),
+        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model), "preset": args.preset,
         "settings": {**settings.to_dict(), "batch_size": args.batch_size, "seed": args.seed,
                      "ops_backend": ops_backend,
                      "attacks": {a.name: attack_details(a.name, settings) for a in selected}},

@@ -133,6 +133,8 @@ def resolve_core(config: RunConfig, info: DatasetInfo, device: torch.device, ops
         step_size=config.step_size if config.step_size is not None else info.step_size,
         attack_steps=config.attack_steps if config.attack_steps is not None else info.attack_steps,
         model=config.model or ("cnn" if info.image_size <= 28 else "resnet18"),
+        milestones=config.milestones if config.milestones is not None or config.lr_schedule != "multistep"
+        else default_milestones(config.epochs),
         amp=config.amp if device.type == "cuda" else "off",
         cudnn_benchmark=config.cudnn_benchmark if device.type == "cuda" else "off",
         channels_last=("on" if device.type == "cuda" else "off") if config.channels_last == "auto"
@@ -166,10 +168,15 @@ def load_teacher(config: RunConfig, host: PluginHost, info: DatasetInfo,
     return teacher, loaded.describe()
 
 
+def default_milestones(epochs: int) -> tuple[int, ...]:
+    """Multistep milestones when none are given: 50% and 75% of the epochs."""
+    return tuple(sorted({m for m in (epochs // 2, (3 * epochs) // 4) if m >= 1}))
+
+
 def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     epochs = config.epochs
     if config.lr_schedule == "multistep":
-        milestones = list(config.milestones or sorted({m for m in (epochs // 2, (3 * epochs) // 4) if m >= 1}))
+        milestones = list(config.milestones or default_milestones(epochs))
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_gamma)
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))

@@ -1,4 +1,6 @@
-"""ARD, RSLAD, AdaAD and IGDM: every loss against values computed by hand, and the composition rules."""
+"""ARD, RSLAD, AdaAD and IGDM: every loss against values computed by hand, every attack against PGD written out,
+and the composition rules."""
+import copy
 import math
 
 import pytest
@@ -8,7 +10,7 @@ from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill.ops import fd_align
-from robustdistill.testing import loss_terms, options, plugin_host, run_step, step_context, tiny_model
+from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
 LN3 = math.log(3)
 
@@ -140,44 +142,134 @@ def test_igdm_default_alpha_per_base_and_dataset():
 
 # -- inner losses -----------------------------------------------------------------------------------------
 
-def test_rslad_attack_maximises_kl_to_the_clean_teacher(host):
-    torch.manual_seed(0)
-    ctx = step_context(host, ["rslad"], teacher=tiny_model(seed=1))
-    x_adv = ctx.hooks.attack(ctx)
-    soft = F.softmax(ctx.teacher(ctx.x), 1)
-    with torch.no_grad():
-        ctx.student.eval()
-        before = F.kl_div(F.log_softmax(ctx.student(ctx.x), 1), soft, reduction="sum")
-        after = F.kl_div(F.log_softmax(ctx.student(x_adv), 1), soft, reduction="sum")
-    assert after > before
-    assert (x_adv - ctx.x).abs().max() <= ctx.config.eps + 1e-6
+def reference_pgd(objective, x, eps, step, steps, init):
+    """Sign-gradient PGD written out: start (clamped to [0, 1]), ascent steps, projection as pgd_step_ref."""
+    noise = torch.empty_like(x).uniform_(-eps, eps) if init == "uniform" else 0.001 * torch.randn_like(x)
+    x_adv = (x + noise).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
+        x_adv = (x + (x_adv.detach() + step * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def kl_rows(student_logits, teacher_logits):
+    """Σ_c KL(σ(T) ‖ σ(S)) per sample."""
+    p = F.softmax(teacher_logits, 1)
+    return (p * (F.log_softmax(teacher_logits, 1) - F.log_softmax(student_logits, 1))).sum(1)
+
+
+def attack_with_seed(ctx, seed=5):
+    torch.manual_seed(seed)
+    return ctx.hooks.attack(ctx)
+
+
+def reference_with_seed(ctx, objective, init, seed=5):
+    torch.manual_seed(seed)
+    cfg = ctx.config
+    return reference_pgd(objective, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, init)
 
 
 def test_adaad_attack_objective_goes_through_both_networks(host):
-    torch.manual_seed(0)
+    # The attack must be PGD from x + 0.001·N on Σ KL(σ(T(x′)) ‖ σ(S(x′))), both nets in eval mode, with the
+    # gradient through the teacher at the perturbed point. Two wrong variants of the objective are checked to
+    # give other examples, so the comparison can tell them apart.
+    student, teacher = tiny_model(seed=0), tiny_model(seed=1)
+    ctx = step_context(host, ["adaad"], student=student, teacher=teacher, batch=16)
+    student.eval(), teacher.eval()
+    right = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa)), "normal")
+    detached = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa).detach()), "normal")
+    at_clean = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(ctx.x)), "normal")
+    assert not torch.equal(right, detached) and not torch.equal(right, at_clean)
+    student.train()
+    adv = attack_with_seed(ctx)
+    assert torch.equal(adv, right)
+    assert student.training, "the student's mode is restored"
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_rslad_attack_is_pgd_on_kl_to_the_clean_teacher_from_a_tiny_normal_start(host):
+    student, teacher = tiny_model(seed=0), tiny_model(seed=1)
+    ctx = step_context(host, ["rslad"], student=student, teacher=teacher, batch=16)
+    student.eval()
+    t_clean = teacher(ctx.x).detach()
+    right = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), t_clean), "normal")
+    at_adv = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa).detach()), "normal")
+    assert not torch.equal(right, at_adv)
+    assert torch.equal(attack_with_seed(ctx), right)
+
+
+def bn_buffers(model):
+    return [b.clone() for name, b in model.named_buffers() if "running" in name]
+
+
+@pytest.mark.parametrize("methods, bn, init", [(["ard"], "train", "uniform"), (["ard", "igdm"], "eval", "uniform")])
+def test_ard_attack_batchnorm_mode_and_start(host, methods, bn, init):
+    # ARD's code attacks with the student in train mode (batch statistics, running statistics updated by every
+    # iterate) from a uniform start; the IGDM code's ARD base attacks in eval mode. Both: PGD on the CE.
     student = tiny_model(seed=0)
-    ctx_a = step_context(host, ["adaad"], student=student, teacher=tiny_model(seed=1))
-    ctx_b = step_context(host, ["adaad"], student=student, teacher=tiny_model(seed=2))
-    torch.manual_seed(5)
-    adv_a = ctx_a.hooks.attack(ctx_a)
-    torch.manual_seed(5)
-    adv_b = ctx_b.hooks.attack(ctx_b)
-    assert not torch.equal(adv_a, adv_b), "the teacher shapes the attack"
-    assert all(p.grad is None for p in ctx_a.teacher.parameters())
-    assert (adv_a - ctx_a.x).abs().max() <= ctx_a.config.eps + 1e-6
+    ctx = step_context(host, methods, student=student, teacher=tiny_model(seed=1), batch=16,
+                       config=options(host, igdm_alpha=1.0))
+    assert ctx.config.ard.attack_bn == bn and ctx.config.ard.init == init
+    reference_student = copy.deepcopy(student).train(bn == "train")
+    right = reference_with_seed(ctx, lambda xa: F.cross_entropy(reference_student(xa), ctx.y, reduction="none"), init)
+    other = copy.deepcopy(student).train(bn != "train")
+    wrong_mode = reference_with_seed(ctx, lambda xa: F.cross_entropy(other(xa), ctx.y, reduction="none"), init)
+    same_mode = copy.deepcopy(student).train(bn == "train")
+    wrong_start = reference_with_seed(ctx, lambda xa: F.cross_entropy(same_mode(xa), ctx.y, reduction="none"),
+                                      "normal")
+    assert not torch.equal(right, wrong_mode) and not torch.equal(right, wrong_start)
+    before = bn_buffers(student)
+    student.train()
+    adv = attack_with_seed(ctx)
+    assert torch.equal(adv, right)
+    after = bn_buffers(student)
+    if bn == "train":
+        assert all(torch.equal(a, r) for a, r in zip(after, bn_buffers(reference_student))), \
+            "train-mode attack: running statistics updated by each PGD iterate"
+        assert not all(torch.equal(a, b) for a, b in zip(after, before))
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(after, before)), "eval-mode attack leaves them alone"
 
 
 # -- composition --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("methods", [["ard"], ["rslad"], ["adaad"], ["rslad", "igdm"], ["adaad", "igdm"],
-                                     ["trades", "igdm"], ["igdm"]])
-def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, methods):
+@pytest.fixture(params=["ref", "auto"])
+def ops_backend(request):
+    """Run with the pure-PyTorch reference ops, then with the fused kernels where built."""
+    from robustdistill import ops
+    previous = ops._backend_override
+    ops.set_backend(request.param)
+    yield request.param
+    ops.set_backend(previous)
+
+
+@pytest.mark.parametrize("methods", [["ard"], ["ard", "igdm"], ["rslad"], ["adaad"], ["rslad", "igdm"],
+                                     ["adaad", "igdm"], ["trades", "igdm"], ["igdm"]])
+def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, methods, ops_backend):
+    # The teacher is left trainable here (requires_grad=True): only the engine's no_grad teacher forward and the
+    # losses' detached teacher sides keep gradient away from it.
     teacher = tiny_model(seed=3)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    terms = run_step(host, methods, teacher=teacher, config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
+    assert all(p.requires_grad for p in teacher.parameters())
+    ctx = step_context(host, methods, teacher=teacher, config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
+    ctx.student.train()
+    ctx.x_adv = ctx.hooks.attack(ctx)
+    terms = loss_terms(ctx)
     assert terms
+    assert ctx._teacher_cache and all(not out.logits.requires_grad for out in ctx._teacher_cache.values()), \
+        "teacher outputs are computed without a graph"
+    sum(t.weight * t.value for t in terms).backward()
+    assert any(p.grad is not None for p in ctx.student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_fd_align_reference_sends_no_gradient_to_the_teacher():
+    from robustdistill.ops import fd_align_ref
+    for distance in ("kl", "l1", "l2"):
+        s_plus, s_minus, t_plus, t_minus = (torch.randn(3, 4, requires_grad=True) for _ in range(4))
+        fd_align_ref(s_plus, s_minus, t_plus, t_minus, distance).backward()
+        assert s_plus.grad.abs().sum() > 0
+        assert t_plus.grad is None and t_minus.grad is None, distance
 
 
 def test_igdm_alone_is_igdm_on_pgd_at(host):

@@ -28,6 +28,7 @@ from robustdistill.evaluate import (
     EvalSettings,
     _AutoAttackLog,
     attack_cost,
+    attack_details,
     eval_command,
     evaluate,
     format_seconds,
@@ -252,6 +253,47 @@ def test_autoattack_on_a_few_images(trained, capsys):
     assert float((x_adv - xf).abs().max()) <= s.eps + 1e-5
     with torch.no_grad():
         assert float((trained(x_adv).argmax(1) == y).float().mean()) == pytest.approx(acc["autoattack"])
+
+
+def test_cw_restarts_apart_from_the_pgd_restarts(trained, monkeypatch):
+    from robustdistill import attacks
+    calls = []
+    real = attacks.pgd
+    monkeypatch.setattr(attacks, "pgd", lambda model, x, y, spec: calls.append((spec.loss, spec.restarts))
+                        or real(model, x, y, spec))
+    data = make_data()
+    x, y = data.test_x[:8], data.test_y[:8]
+    for s, expected in ((settings(restarts=2), [("ce", 2), ("cw", 2)]),
+                        (settings(restarts=1, cw_restarts=3), [("ce", 1), ("cw", 3)])):
+        calls.clear()
+        evaluate(trained, x, y, [ATTACKS["pgd20"], ATTACKS["cw"]], s, device="cpu")
+        assert calls == expected
+        assert (attack_details("pgd20", s)["restarts"], attack_details("cw", s)["restarts"]) == \
+            (expected[0][1], expected[1][1])
+    with pytest.raises(RobustDistillError, match="restarts must be >= 1"):
+        settings(cw_restarts=0)
+    with pytest.raises(RobustDistillError, match="unknown AutoAttack version"):
+        settings(autoattack_version="rand")
+
+
+@pytest.mark.skipif(not HAS_AUTOATTACK, reason="pyautoattack is not installed")
+def test_apgd_ce_and_apgd_t_are_the_first_stages_of_standard_autoattack(trained, capsys):
+    data = make_data()
+    x, y = data.test_x[:16].float() / 255, data.test_y[:16]
+    s = settings(eps=0.05)
+    first_two = ATTACKS["apgd-ce+apgd-t"].run(trained, x, y, s, batch_size=16, verbose=True)
+    log = capsys.readouterr().err
+    assert "running apgd-ce" in log and "running apgd-t" in log
+    assert "fab" not in log and "square" not in log
+    assert float((first_two - x).abs().max()) <= s.eps + 1e-5
+    full = ATTACKS["autoattack"].run(trained, x, y, s, batch_size=16, verbose=True)
+    log = capsys.readouterr().err
+    assert "running apgd-ce" in log and ("running fab-t" in log or "robust accuracy" in log)
+    with torch.no_grad():
+        robust_first_two = trained(first_two).argmax(1) == y
+        robust_full = trained(full).argmax(1) == y
+    assert bool((robust_full <= robust_first_two).all()), "standard AutoAttack continues where they stop"
+    assert attack_details("apgd-ce+apgd-t", s)["attacks"] == ["apgd-ce", "apgd-t"]
 
 
 # ------------------------------------------------------------------------------------ eval CLI

@@ -122,7 +122,7 @@ def test_igam_gradient_difference_by_hand(host, target, expected):
     # true-prob: J = ∇p_y = s·p_y(e_y − p): J_s = [¼, −¼], J_t = [½, −½] → ‖J_s − J_t‖² = 1/8
     # ce:        J = ∇CE = s·(p − e_y):      J_s = [−½, ½], J_t = [−1, 1] → ‖J_s − J_t‖² = 1/2
     x, y = [[0.0, 0.0], [0.0, 0.0]], [0, 1]
-    for reduction, batch_factor in (("sum", 2), ("mean", 1)):
+    for reduction, batch_factor in (("sum32", 32), ("sum", 2), ("mean", 1)):
         for scale in (1.0, 255.0):
             ctx = context(host, ["igam"], x, y, igam_grad_target=target, igam_lambda_adv=0.0, igam_lambda_diff=10.0,
                           igam_diff_reduction=reduction, igam_pixel_scale=scale)
@@ -131,6 +131,18 @@ def test_igam_gradient_difference_by_hand(host, target, expected):
             assert terms["ce"] == (pytest.approx(LN2, abs=1e-6), 1.0)
             assert terms["igam_diff"][0] == pytest.approx(batch_factor * expected / scale ** 2, rel=1e-5)
             assert terms["igam_diff"][1] == 10.0
+
+
+def test_igam_diff_at_the_code_batch_whatever_the_batch_size():
+    # sum32 is the code's Σ over its batch of 32 at any batch size: the same value for 32 and 128 copies of a
+    # sample, where the plain sum grows 4×.
+    j_s, j_t = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    per_sample = ((j_s - j_t) ** 2).sum()
+    for batch in (32, 128):
+        many_s, many_t = j_s.expand(batch, -1, -1, -1), j_t.expand(batch, -1, -1, -1)
+        assert igam.diff_term(many_s, many_t, "sum32") == pytest.approx(32 * per_sample.item(), rel=1e-5)
+        assert igam.diff_term(many_s, many_t, "sum") == pytest.approx(batch * per_sample.item(), rel=1e-5)
+        assert igam.diff_term(many_s, many_t, "mean") == pytest.approx(per_sample.item(), rel=1e-5)
 
 
 def test_igam_adversarial_term_by_hand():
@@ -281,11 +293,15 @@ def test_rrm_without_projection_when_widths_agree(host):
 # -- GradNorm and EdgeReg ---------------------------------------------------------------------------------
 
 def test_gradnorm_by_hand(host):
-    # x = 0: ∇ₓCE = p − e_y = ±[½, −½] → ‖∇‖₁ = 1 per sample; ε = 0.1
+    # x = 0: ∇ₓCE = p − e_y = ±[½, −½] → ‖∇‖₁ = 1 per sample; ε = 4/255, the official constant, whatever --eps is
     ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0, eps=0.1)
     terms = terms_of(ctx)
+    assert ctx.config.gradnorm.eps == pytest.approx(4 / 255)
     assert terms["ce"] == (pytest.approx(LN2, abs=1e-6), 0.8)
-    assert terms["gradnorm"] == (pytest.approx(0.1, abs=1e-6), pytest.approx(1.2))
+    assert terms["gradnorm"] == (pytest.approx(4 / 255, abs=1e-6), pytest.approx(1.2))
+    ctx = context(host, ["gradnorm"], [[0.0, 0.0], [0.0, 0.0]], [0, 1], gradnorm_warmup_epochs=0.0, eps=0.1,
+                  gradnorm_eps=0.1)
+    assert terms_of(ctx)["gradnorm"][0] == pytest.approx(0.1, abs=1e-6)
     ctx = context(host, ["gradnorm"], [[0.0, 0.0]], [0], student=scaled(3.0), gradnorm_warmup_epochs=0.0,
                   gradnorm_eps=4 / 255)
     assert terms_of(ctx)["gradnorm"][0] == pytest.approx(3 * 4 / 255, abs=1e-6), "ε·‖∇ₓCE‖₁ with ∇ = 3(p − e_y)"

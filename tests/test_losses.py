@@ -174,11 +174,58 @@ def test_builtin_methods_train_a_step(host, method):
     assert all(torch.isfinite(t.value) for t in terms)
 
 
+def reference_pgd(objective, x, eps, step, steps, init):
+    """Sign-gradient PGD written out: start (clamped to [0, 1]), ascent steps, projection as pgd_step_ref."""
+    noise = torch.empty_like(x).uniform_(-eps, eps) if init == "uniform" else 0.001 * torch.randn_like(x)
+    x_adv = (x + noise).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
+        x_adv = (x + (x_adv.detach() + step * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def seeded(function, *args, seed=5):
+    torch.manual_seed(seed)
+    return function(*args)
+
+
 def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):
-    ctx = step_context(host, ["at"], config=options(host, eps=0.05, step_size=0.01, attack_steps=3))
-    x_adv = ctx.hooks.attack(ctx)
+    # PGD-AT's attack: CE of the true labels, the student in eval mode, uniform start, --attack-steps steps of
+    # --step-size. Fewer steps or another step size give other examples (checked), so the comparison sees them.
+    student = tiny_model(seed=0)
+    ctx = step_context(host, ["at"], student=student, batch=16, config=options(host, eps=0.05, step_size=0.01,
+                                                                                 attack_steps=4))
+    student.eval()
+    ce = lambda xa: F.cross_entropy(student(xa), ctx.y, reduction="none")  # noqa: E731
+    right = seeded(reference_pgd, ce, ctx.x, 0.05, 0.01, 4, "uniform")
+    for wrong in (seeded(reference_pgd, ce, ctx.x, 0.05, 0.01, 1, "uniform"),
+                  seeded(reference_pgd, ce, ctx.x, 0.05, 0.05 / 4, 4, "uniform")):
+        assert not torch.equal(right, wrong)
+    student.train()
+    x_adv = seeded(ctx.hooks.attack, ctx)
+    assert torch.equal(x_adv, right)
     assert (x_adv - ctx.x).abs().max() <= 0.05 + 1e-6
-    assert not x_adv.requires_grad
+    assert not x_adv.requires_grad and student.training
+
+
+def test_trades_attack_maximises_kl_from_the_clean_prediction(host):
+    # TRADES' inner maximisation: Σ KL(σ(f(x)) ‖ σ(f(x′))) with f in eval mode, the clean prediction a constant
+    # target, from x + 0.001·N (not the CE of the labels, not a uniform start).
+    student = tiny_model(seed=0)
+    ctx = step_context(host, ["trades"], student=student, batch=16)
+    cfg = ctx.config
+    student.eval()
+    with torch.no_grad():
+        target = F.softmax(student(ctx.x), 1)
+    kl = lambda xa: F.kl_div(F.log_softmax(student(xa), 1), target, reduction="none").sum(1)  # noqa: E731
+    ce = lambda xa: F.cross_entropy(student(xa), ctx.y, reduction="none")  # noqa: E731
+    right = seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal")
+    for wrong in (seeded(reference_pgd, ce, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal"),
+                  seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "uniform")):
+        assert not torch.equal(right, wrong)
+    student.train()
+    assert torch.equal(seeded(ctx.hooks.attack, ctx), right)
 
 
 # -- training attacks: registered objectives, selectable with --attack ------------------------------------

@@ -11,7 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-step() { printf '\n== %s (%s)\n' "$1" "$2"; }
+step_started=$started
+step() {  # announce a step, after saying how long the previous one took
+    now=$(date +%s)
+    [ "$now" = "$started" ] || printf '   (took %dm%02ds)\n' $(( (now - step_started) / 60 )) $(( (now - step_started) % 60 ))
+    step_started=$now
+    printf '\n== %s (%s)\n' "$1" "$2"
+}
 
 step "1/6 setting up .venv, PyTorch, robustdistill and Fashion-MNIST" "a few minutes the first time"
 bash scripts/setup.sh
@@ -21,7 +27,7 @@ OUT=runs/quickstart
 if [ "${FULL:-0}" = 1 ]; then
     OUT=runs/quickstart-full
     DATA=(--dataset fashion-mnist)
-    TEACHER_EPOCHS=10 STUDENT_EPOCHS=10
+    TEACHER_EPOCHS=5 STUDENT_EPOCHS=5
     ATTACKS=clean,fgsm,pgd20,cw,autoattack
     SIZE="all 60,000 images"
 else
@@ -33,13 +39,13 @@ fi
 COMMON=("${DATA[@]}" --model cnn --device "${DEVICE:-auto}" --val-size 500 --resume)
 scale() { if [ "${FULL:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }  # time on two CPU cores: quick, full
 
-step "2/6 training the PGD-AT teacher on $SIZE, $TEACHER_EPOCHS epochs" "$(scale 'about 2 minutes' 'about 40 minutes') on two CPU cores"
+step "2/6 training the PGD-AT teacher on $SIZE, $TEACHER_EPOCHS epochs" "$(scale 'about a minute' 'about 15 minutes') on two CPU cores"
 $RD train --plugin at --epochs "$TEACHER_EPOCHS" "${COMMON[@]}" --out "$OUT/teacher"
 
 step "3/6 training the natural baseline (no attack), $STUDENT_EPOCHS epochs" "$(scale 'under a minute' 'about 5 minutes')"
 $RD train --plugin natural --epochs "$STUDENT_EPOCHS" "${COMMON[@]}" --out "$OUT/natural"
 
-step "4/6 distilling the IGDM student from the teacher, $STUDENT_EPOCHS epochs" "$(scale 'about 2 minutes' 'about 45 minutes')"
+step "4/6 distilling the IGDM student from the teacher, $STUDENT_EPOCHS epochs" "$(scale 'about a minute' 'about 20 minutes')"
 $RD train --plugin igdm --teacher "$OUT/teacher" --epochs "$STUDENT_EPOCHS" "${COMMON[@]}" --out "$OUT/igdm"
 
 step "5/6 evaluating the three models on 1,000 test images: $ATTACKS" "$(scale 'about a minute' 'about an hour, most of it AutoAttack')"
@@ -47,9 +53,10 @@ for run in teacher natural igdm; do
     $RD eval "$OUT/$run" --attacks "$ATTACKS" --subset 1000 --json "$OUT/$run/eval.json"
 done
 
-step "6/6 writing the report: curves, robust accuracy against ε, input gradients, results table" "about a minute"
+step "6/6 writing the report: curves, robust accuracy against ε, input gradients, results table" "under a minute"
 $RD report "$OUT/natural" "$OUT/igdm" --teacher "$OUT/teacher" --subset 500 --out "$OUT/report"
 
+step "done" "the three numbers that matter"
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
 .venv/bin/python - "$OUT" "$minutes" <<'EOF'
 import json, sys

@@ -12,6 +12,8 @@ from robustdistill import RobustDistillError
 from robustdistill.ops import fd_align
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
+from conftest import reference_pgd
+
 LN3 = math.log(3)
 
 
@@ -141,17 +143,6 @@ def test_igdm_default_alpha_per_base_and_dataset():
 
 
 # -- inner losses -----------------------------------------------------------------------------------------
-
-def reference_pgd(objective, x, eps, step, steps, init):
-    """Sign-gradient PGD written out: start (clamped to [0, 1]), ascent steps, projection as pgd_step_ref."""
-    noise = torch.empty_like(x).uniform_(-eps, eps) if init == "uniform" else 0.001 * torch.randn_like(x)
-    x_adv = (x + noise).clamp(0, 1)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
-        x_adv = (x + (x_adv.detach() + step * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-    return x_adv.detach()
-
 
 def kl_rows(student_logits, teacher_logits):
     """Σ_c KL(σ(T) ‖ σ(S)) per sample."""

@@ -10,6 +10,8 @@ from robustdistill.attacks import AttackSpec, cw_margin, kl_objective, model_mod
 from robustdistill.ops import pgd_step
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
 
+from conftest import reference_pgd, seeded
+
 E = math.e
 
 
@@ -172,22 +174,6 @@ def test_random_init_normal_is_tiny_and_uniform_fills_the_ball():
 def test_builtin_methods_train_a_step(host, method):
     terms = run_step(host, [method])
     assert all(torch.isfinite(t.value) for t in terms)
-
-
-def reference_pgd(objective, x, eps, step, steps, init):
-    """Sign-gradient PGD written out: start (clamped to [0, 1]), ascent steps, projection as pgd_step_ref."""
-    noise = torch.empty_like(x).uniform_(-eps, eps) if init == "uniform" else 0.001 * torch.randn_like(x)
-    x_adv = (x + noise).clamp(0, 1)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
-        x_adv = (x + (x_adv.detach() + step * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-    return x_adv.detach()
-
-
-def seeded(function, *args, seed=5):
-    torch.manual_seed(seed)
-    return function(*args)
 
 
 def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):

@@ -39,16 +39,16 @@ fi
 COMMON=("${DATA[@]}" --model cnn --device "${DEVICE:-auto}" --val-size 500 --resume)
 scale() { if [ "${FULL:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }  # time on two CPU cores: quick, full
 
-step "2/6 training the PGD-AT teacher on $SIZE, $TEACHER_EPOCHS epochs" "$(scale 'about a minute' 'about 15 minutes') on two CPU cores"
+step "2/6 training the PGD-AT teacher on $SIZE, $TEACHER_EPOCHS epochs" "$(scale 'about a minute' 'about 10 minutes') on two CPU cores"
 $RD train --plugin at --epochs "$TEACHER_EPOCHS" "${COMMON[@]}" --out "$OUT/teacher"
 
-step "3/6 training the natural baseline (no attack), $STUDENT_EPOCHS epochs" "$(scale 'under a minute' 'about 5 minutes')"
+step "3/6 training the natural baseline (no attack), $STUDENT_EPOCHS epochs" "$(scale 'under a minute' 'about 2 minutes')"
 $RD train --plugin natural --epochs "$STUDENT_EPOCHS" "${COMMON[@]}" --out "$OUT/natural"
 
-step "4/6 distilling the IGDM student from the teacher, $STUDENT_EPOCHS epochs" "$(scale 'about a minute' 'about 20 minutes')"
+step "4/6 distilling the IGDM student from the teacher, $STUDENT_EPOCHS epochs" "$(scale 'about a minute' 'about 15 minutes')"
 $RD train --plugin igdm --teacher "$OUT/teacher" --epochs "$STUDENT_EPOCHS" "${COMMON[@]}" --out "$OUT/igdm"
 
-step "5/6 evaluating the three models on 1,000 test images: $ATTACKS" "$(scale 'about a minute' 'about an hour, most of it AutoAttack')"
+step "5/6 evaluating the three models on 1,000 test images: $ATTACKS" "$(scale 'about a minute' 'about 35 minutes, most of it AutoAttack')"
 for run in teacher natural igdm; do
     $RD eval "$OUT/$run" --attacks "$ATTACKS" --subset 1000 --json "$OUT/$run/eval.json"
 done

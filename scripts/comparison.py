@@ -33,6 +33,14 @@ from typing import Any, Iterator
 
 TEACHERS = {"teacher-at": ["at"], "teacher-trades": ["trades"]}
 BASES = ("at", "trades", "ard", "rslad", "adaad")
+IGDM_BASE = "-igdm-base"
+IGDM_BASE_OPTIONS = {
+    "ard": ("--ard-tau", "1", "--ard-kl-reduction", "batchmean", "--ard-attack-bn", "eval"),
+    "adaad": ("--adaad-reduction", "batchmean"),
+}
+"""Rows ``BASE-igdm-base``: the base as ``BASE+igdm`` trains it (the IGDM code's variant, plugins/ard.py and
+plugins/adaad.py) without IGDM's term. Where that variant differs from the base alone, ``BASE+igdm − BASE`` mixes
+the variant with IGDM, and ``BASE+igdm − BASE-igdm-base`` is IGDM's term alone."""
 ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack",
                  "apgd-ce+apgd-t": "APGD-CE+APGD-T"}
 SMALL_FILES = ("config.json", "metrics.jsonl", "environment.json")
@@ -72,6 +80,8 @@ def student_rows(teacher: str) -> list[Row]:
     for base in ("ard", "rslad", "adaad"):
         rows.append(Row(base, (base,), teacher=teacher))
         rows.append(Row(f"{base}+igdm", (base, "igdm"), teacher=teacher))
+        if base in IGDM_BASE_OPTIONS:
+            rows.append(Row(f"{base}{IGDM_BASE}", (base,), IGDM_BASE_OPTIONS[base], teacher=teacher))
     rows += [
         Row("igam", ("igam",), teacher=teacher),
         Row("rrm", ("rrm",), teacher=teacher),
@@ -288,16 +298,19 @@ def collect(out: Path, rows: list[str], seeds: list[int], evals: list[EvalSpec])
 
 
 def igdm_differences(table: dict[str, dict[str, dict[int, float]]]) -> dict[str, dict[str, list[float]]]:
-    """Per base with both rows: ``{column: [IGDM − base of each seed both finished]}``."""
+    """Per reference row (a base, or its ``-igdm-base`` variant) with ``BASE+igdm`` beside it:
+    ``{column: [BASE+igdm − reference of each seed both finished]}``."""
     differences: dict[str, dict[str, list[float]]] = {}
     for base in BASES:
-        with_igdm, alone = table.get(f"{base}+igdm"), table.get(base)
-        if not with_igdm or not alone:
-            continue
-        for column, by_seed in with_igdm.items():
-            paired = [by_seed[s] - alone[column][s] for s in sorted(by_seed) if s in alone.get(column, {})]
-            if paired:
-                differences.setdefault(base, {})[column] = paired
+        with_igdm = table.get(f"{base}+igdm")
+        for reference in (base, f"{base}{IGDM_BASE}"):
+            alone = table.get(reference)
+            if not with_igdm or not alone:
+                continue
+            for column, by_seed in with_igdm.items():
+                paired = [by_seed[s] - alone[column][s] for s in sorted(by_seed) if s in alone.get(column, {})]
+                if paired:
+                    differences.setdefault(reference, {})[column] = paired
     return differences
 
 
@@ -325,9 +338,10 @@ def write_summary(out: Path, rows: list[str], seeds: list[int], evals: list[Eval
         lines.append(f"| {row} | {complete} | " + " | ".join(_cell(list(cells.get(c, {}).values())) for c in columns)
                      + " |")
     if differences:
-        lines += ["", "IGDM − base in points: mean ± sd over the seeds both runs finished, of the difference "
-                  "within each seed (paired: the same seed, hence the same initial weights and data order; "
-                  "per-seed values in summary.json).", "",
+        lines += ["", "IGDM − base in points: `BASE+igdm` minus the row named, mean ± sd over the seeds both runs "
+                  "finished, of the difference within each seed (paired: the same seed, hence the same initial "
+                  "weights and data order; per-seed values in summary.json). A row `BASE-igdm-base` is the base as "
+                  "`BASE+igdm` trains it (the IGDM code's variant), without IGDM's term.", "",
                   "| base | " + " | ".join(titles) + " |", "|---|" + "---|" * len(columns)]
         for base, by_column in differences.items():
             lines.append(f"| {base} | " + " | ".join(_cell(by_column.get(c, [])) for c in columns) + " |")

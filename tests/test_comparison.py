@@ -45,6 +45,16 @@ def test_summary_mean_sd_over_seeds_and_igdm_minus_base_by_hand(tmp_path):
     assert "| ard | 2 | 70.00 ± 0.00 | 33.00 ± 2.65 | 30.00 ± 2.83 |" in text
     assert "| ard+igdm | 2 | 70.00 ± 0.00 | 42.00 ± 2.65 | 38.50 ± 0.71 |" in text
     assert "| ard | 0.00 ± 0.00 | 9.00 ± 1.73 | 8.50 ± 2.12 |" in text.split("IGDM − base")[1]
+    assert "ard-igdm-base" not in summary["igdm_minus_base"]
+
+    # the base as ard+igdm trains it, without IGDM's term: ard+igdm − that row beside ard+igdm − ard
+    for seed, value in enumerate((0.38, 0.40, 0.40)):
+        write_eval(tmp_path / "ard-igdm-base" / f"seed-{seed}", "eval", 1000, clean=0.7, pgd20=value)
+    comparison.write_summary(tmp_path, ["ard", "ard+igdm", "ard-igdm-base"], [0, 1, 2], evals)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["igdm_minus_base"]["ard-igdm-base"]["eval/pgd20"]["per_seed"] == pytest.approx([0.02, 0.01, 0.05])
+    assert summary["igdm_minus_base"]["ard"]["eval/pgd20"]["per_seed"] == pytest.approx([0.10, 0.07, 0.10])
+    assert "| ard-igdm-base | 0.00 ± 0.00 | 2.67 ± 2.08 | — |" in (tmp_path / "summary.md").read_text()
 
     # a later invocation for one seed with another evaluation: the summary keeps every seed and evaluation
     write_eval(tmp_path / "ard" / "seed-0", "aa1000", 1000, autoattack=0.25)

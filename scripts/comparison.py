@@ -303,9 +303,11 @@ def igdm_differences(table: dict[str, dict[str, dict[int, float]]]) -> dict[str,
     differences: dict[str, dict[str, list[float]]] = {}
     for base in BASES:
         with_igdm = table.get(f"{base}+igdm")
+        if not with_igdm:
+            continue
         for reference in (base, f"{base}{IGDM_BASE}"):
             alone = table.get(reference)
-            if not with_igdm or not alone:
+            if not alone:
                 continue
             for column, by_seed in with_igdm.items():
                 paired = [by_seed[s] - alone[column][s] for s in sorted(by_seed) if s in alone.get(column, {})]

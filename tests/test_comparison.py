@@ -126,3 +126,21 @@ def test_comparison_rows_over_seeds_train_evaluate_mirror_and_resume(tmp_path, c
 def test_unknown_row_is_named(tmp_path):
     with pytest.raises(SystemExit, match="unknown rows nope"):
         comparison.main(["--out", str(tmp_path), "--rows", "natural,nope"])
+
+
+@pytest.mark.parametrize("base", sorted(comparison.IGDM_BASE_OPTIONS))
+@pytest.mark.parametrize("classes", [10, 100])
+def test_igdm_base_rows_train_the_base_that_the_igdm_composition_resolves(base, classes):
+    """The control rows' options are written out in the script: they must equal what ``BASE+igdm`` resolves."""
+    from dataclasses import replace as replace_info
+
+    from robustdistill.data import DATASET_INFOS
+    from robustdistill.testing import plugin_host, resolved_config, train_config
+
+    host = plugin_host()
+    info = replace_info(DATASET_INFOS["cifar10"], num_classes=classes)
+    control = resolved_config(host, [base], info, train_config(host, *comparison.IGDM_BASE_OPTIONS[base]))
+    composed = resolved_config(host, [base, "igdm"], info)
+    assert dict(getattr(control, base)) == dict(getattr(composed, base))
+    if (base, classes) != ("adaad", 100):  # AdaAD's own CIFAR-100 code already uses batchmean
+        assert dict(getattr(resolved_config(host, [base], info), base)) != dict(getattr(composed, base))

@@ -125,7 +125,7 @@ def _fused(x_adv, grad, x, eps, step, norm, inplace: bool = False):
 
 
 def _need_kernels(device) -> None:
-    from robustdistill import ops
+    from robustdistill import _ops as ops
 
     status = ops.kernel_status(device)
     if status["backend"] != "ext":
@@ -136,7 +136,7 @@ def stage_shapes(out_dir: Path) -> dict[str, Any]:
     """Odd and large shapes against the reference (fp32: L∞ bit-identical, L2 to 1e-6)."""
     import torch
 
-    from robustdistill import ops
+    from robustdistill import _ops as ops
 
     device = _device()
     _need_kernels(device)
@@ -293,7 +293,7 @@ def stage_graphs(out_dir: Path) -> dict[str, Any]:
     """PGD loops through ops.pgd_step: CUDA graph and torch.compile(mode="reduce-overhead") vs eager."""
     import torch
 
-    from robustdistill import ops
+    from robustdistill import _ops as ops
 
     device = _device()
     _need_kernels(device)
@@ -358,7 +358,7 @@ def _model_attack_in_graph(device, x, eps) -> dict[str, Any]:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from robustdistill import ops
+    from robustdistill import _ops as ops
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
@@ -509,7 +509,7 @@ class Runner:
 
     def _kernel_report(self, result: StageResult) -> dict:
         return self.python_json(result, (
-            "import json\nfrom robustdistill import ops, _ext\n"
+            "import json\nfrom robustdistill import _ops as ops, _ext\n"
             "report = ops.backend_report()\n"
             "report['stale'] = any('stale' in n for n in (report['extension'] or {}).get('notes', []))\n"
             "print(json.dumps(report))"))
@@ -543,7 +543,7 @@ class Runner:
             if problem:
                 raise Failure(f"after a rebuild: {problem}")
         report = self._kernel_report(result)
-        lines = self.python_json(result, "import json\nfrom robustdistill import ops\n"
+        lines = self.python_json(result, "import json\nfrom robustdistill import _ops as ops\n"
                                          "print(json.dumps(ops.doctor_lines()))")
         (self.logs / "doctor.txt").write_text("\n".join(lines) + "\n")
         result.details = {"rebuilt": rebuilt, "extension": report["extension"], "devices": report["devices"]}

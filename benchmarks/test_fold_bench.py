@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill.folding import fold_batchnorm
-from robustdistill.models import build_model
-from robustdistill.registry import ModelArch
+from robustdistill._folding import fold_batchnorm
+from robustdistill._models import build_model
+from robustdistill._registry import ModelArch
 
 HAS_CUDA = torch.cuda.is_available()
 if os.environ.get("RD_BENCH_THREADS"):
@@ -93,7 +93,7 @@ STEP_VARIANTS = {"default": [], "fold-bn-off": ["--fold-bn", "off"], "batch-stud
 def test_rslad_igdm_step(benchmark, tmp_path, device: str, variant: str) -> None:
     from train_step import build_engine_run, parse_args
 
-    from robustdistill.loop import train_step
+    from robustdistill._loop import train_step
 
     models = ["cnn", "cnn", "1", "28"] if device == "cpu" else ["resnet18", "wrn-34-10", "3", "32"]
     args = parse_args(["--device", device, "--batch-sizes", "128", *STEP_VARIANTS[variant],

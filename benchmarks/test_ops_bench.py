@@ -21,7 +21,7 @@ import os
 import pytest
 import torch
 
-from robustdistill import _ext, ops
+from robustdistill import _ext, _ops as ops
 
 HAS_CUDA = torch.cuda.is_available()
 CPU_IMAGENET_BATCH = int(os.environ.get("RD_BENCH_CPU_IMAGENET_BATCH", "32"))

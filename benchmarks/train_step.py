@@ -11,8 +11,8 @@ WRN-34-10 teacher (random weights). Two variants run in the same process:
 
 - ``reference``: :func:`reference_step.reference_step`, the step as the official RSLAD/IGDM scripts write
   it (fp32, eager, NCHW, separate model calls, the PGD update in Python).
-- ``engine``: :func:`robustdistill.loop.train_step` on a run built by
-  :func:`robustdistill.run.build_run` with ``--plugin rslad --plugin igdm`` (the real plugins) and the
+- ``engine``: :func:`robustdistill._loop.train_step` on a run built by
+  :func:`robustdistill._run.build_run` with ``--plugin rslad --plugin igdm`` (the real plugins) and the
   engine's defaults (bf16 autocast on CUDA, batched teacher forwards, fused ops where built, BatchNorm folded
   into the teacher's and the attacked student's convolutions); ``--amp``, ``--channels-last`` and
   ``--fold-bn`` change them; ``--batch-student-forwards`` runs the student's three training-mode forwards as
@@ -53,13 +53,13 @@ from torch.utils.flop_counter import flop_registry
 
 from reference_step import reference_step
 from robustdistill import hookimpl
-from robustdistill.checkpoint import save_checkpoint
-from robustdistill.config import parse_number
-from robustdistill.loop import start, train_step
-from robustdistill.run import Run, build_run, run_environment
-from robustdistill.folding import unfolded
-from robustdistill.models import build_model
-from robustdistill.registry import DatasetEntry, DatasetInfo, ImageData, ModelArch
+from robustdistill._checkpoint import save_checkpoint
+from robustdistill._config import parse_number
+from robustdistill._loop import start, train_step
+from robustdistill._run import Run, build_run, run_environment
+from robustdistill._folding import unfolded
+from robustdistill._models import build_model
+from robustdistill._registry import DatasetEntry, DatasetInfo, ImageData, ModelArch
 from robustdistill.testing import plugin_host, train_config
 
 TARGET_RATIO = 4.0

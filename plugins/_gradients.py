@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robustdistill import RobustDistillError, StepContext
-from robustdistill.attacks import model_mode
+from robustdistill._attacks import model_mode
 
 
 @contextmanager

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, RunConfig, StepContext, hookimpl
-from robustdistill.attacks import INITS, Objective, model_mode
-from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
+from robustdistill._attacks import INITS, Objective, model_mode
+from robustdistill._losses import KL_REDUCTIONS, kl_to_teacher
 
 
 @hookimpl

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, RunConfig, StepContext, hookimpl
-from robustdistill.attacks import BN_MODES, INITS
-from robustdistill.losses import KL_REDUCTIONS, kl_to_teacher
+from robustdistill._attacks import BN_MODES, INITS
+from robustdistill._losses import KL_REDUCTIONS, kl_to_teacher
 
 ARD_CODE = {"tau": 30.0, "kl_reduction": "mean", "attack_bn": "train"}
 """The ARD code's base (goldblum/AdversariallyRobustDistillation ``main.py``)."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import BN_MODES, INITS
+from robustdistill._attacks import BN_MODES, INITS
 
 
 @hookimpl

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
 
-from robustdistill.attacks import BN_MODES
+from robustdistill._attacks import BN_MODES
 
 from ._gradients import epoch_progress, student_forward, student_gradient
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from robustdistill import (DatasetInfo, LossTerm, Method, Option, RobustDistillError, RunConfig, RunView,
                            StepContext, hookimpl)
-from robustdistill.config import FD_DISTANCES
+from robustdistill._config import FD_DISTANCES
 
 ALPHA_CIFAR10 = {"at": 60.0, "trades": 20.0, "ard": 5.0, "rslad": 0.9, "adaad": 5.0}
 ALPHA_CIFAR100 = {"at": 100.0, "trades": 5.0, "ard": 50.0, "rslad": 3.0, "adaad": 15.0}
@@ -103,7 +103,7 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    from robustdistill.ops import fd_align  # the fused kernel (or its reference); loaded on first use
+    from robustdistill._ops import fd_align  # the fused kernel (or its reference); loaded on first use
 
     opts = ctx.config.igdm
     plus_key = "adv" if opts.beta == 1 else "x+βδ"

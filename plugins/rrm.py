@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
-from robustdistill.attacks import model_mode
+from robustdistill._attacks import model_mode
 
 FEAT_LOSSES = ("cosine", "relative-l2")
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import Objective, kl_objective
-from robustdistill.losses import KL_REDUCTIONS, reduce_kl
+from robustdistill._attacks import Objective, kl_objective
+from robustdistill._losses import KL_REDUCTIONS, reduce_kl
 
 
 @hookimpl

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill.attacks import Objective, kl_objective, model_mode
+from robustdistill._attacks import Objective, kl_objective, model_mode
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from robustdistill import RunView, hookimpl
-from robustdistill.attacks import AttackSpec, model_mode, pgd
+from robustdistill._attacks import AttackSpec, model_mode, pgd
 
 
 def validate(run: RunView) -> dict[str, float]:

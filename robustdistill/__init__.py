@@ -6,7 +6,7 @@ first use, so that importing the package (and ``robustdistill --help``) does not
 """
 from typing import Any
 
-from .markers import hookimpl
+from ._markers import hookimpl
 
 __version__ = "0.1.0"
 

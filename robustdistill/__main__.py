@@ -1,6 +1,6 @@
 """``python -m robustdistill`` runs the command line."""
 import sys
 
-from .cli import main
+from ._cli import main
 
 sys.exit(main())

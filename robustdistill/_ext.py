@@ -11,7 +11,7 @@ It is found, in order, as
    into place, so nobody loads a half-written library. Needs a source checkout (``csrc/``).
    ``ROBUSTDISTILL_NO_JIT=1`` turns it off; a failed build is remembered (``*.failed`` log in the
    cache) and not retried until that file is deleted;
-3. nothing: :mod:`robustdistill.ops` then runs the pure-PyTorch reference.
+3. nothing: :mod:`robustdistill._ops` then runs the pure-PyTorch reference.
 
 Once the library is loaded, this module registers fake (meta) kernels for ``torch.compile`` and
 the autograd formula of ``fd_align`` (its backward is the ``fd_align_backward`` kernel).

@@ -1,7 +1,7 @@
 """What hooks see: the run (:class:`RunView`), one training step (:class:`StepContext`) and what a
 step's hooks return (:class:`LossTerm`, :class:`TeacherOutput`).
 
-This module and :mod:`robustdistill.registry` (what plugins register) are the whole surface a plugin
+This module and :mod:`robustdistill._registry` (what plugins register) are the whole surface a plugin
 depends on; the engine behind them may change without breaking plugins.
 """
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import torch
 from torch import Tensor, nn
 
-from .config import PluginOptions, RunConfig
-from .registry import (Attack, DatasetEntry, DatasetInfo, EvalAttack, ImageData, Method, ModelArch, ModelEntry,
+from ._config import PluginOptions, RunConfig
+from ._registry import (Attack, DatasetEntry, DatasetInfo, EvalAttack, ImageData, Method, ModelArch, ModelEntry,
                        Option, RobustDistillError)
 
-from .attacks import AttackSpec
+from ._attacks import AttackSpec
 
 if TYPE_CHECKING:
-    from .attacks import Objective
+    from ._attacks import Objective
 
 __all__ = [
     "RunView", "StepContext", "LossTerm", "TeacherOutput", "RunConfig", "PluginOptions", "exact_input_gradient",
@@ -228,7 +228,7 @@ class StepContext:
     def perturb(self, objective: "Objective", *, init: str, bn: str) -> Tensor:
         """The run's attack (``--eps``, ``--step-size``, ``--attack-steps``) on ``objective``, from ``ctx.x``,
         with the student's BatchNorm in ``bn`` mode (``"eval"`` or ``"train"``); the mode is restored after."""
-        from .attacks import model_mode
+        from ._attacks import model_mode
 
         with model_mode(self.student, train=bn == "train"):
             return self.attack_spec(init).perturb(objective, self.x)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .api import (Attack, DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option, RunConfig,
                   RunView, StepContext, TeacherOutput)
-from .markers import PROJECT, hookimpl, hookspec
+from ._markers import PROJECT, hookimpl, hookspec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 

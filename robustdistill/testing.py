@@ -2,7 +2,7 @@
 
 * :func:`plugin_host` — the built-ins plus the plugins under test (registered under their entry-point name
   when installed, so option prefixes and ``--plugin`` names are the real ones).
-* :func:`train_config` — the ``train`` options as a :class:`~robustdistill.config.RunConfig`.
+* :func:`train_config` — the ``train`` options as a :class:`~robustdistill._config.RunConfig`.
 * :func:`options` — the same from keyword arguments (``options(host, igdm_alpha=1.0, eps=0.1)``).
 * :func:`step_context` / :func:`run_step` — one step on a random batch with given (or tiny) models:
   ``resolve_options``, ``train_start`` and ``epoch_start`` run first; ``run_step`` then runs ``attack``,
@@ -27,10 +27,10 @@ from torch import nn
 
 from . import hookimpl
 from .api import LossTerm, RunView, StepContext
-from .config import RunConfig, config_from_args
-from .data import DATASET_INFOS
-from .plugin_manager import ENTRY_POINT_GROUP, PluginHost, StepHooks, load_plugins
-from .registry import DatasetInfo, ImageData, ModelArch
+from ._config import RunConfig, config_from_args
+from ._data import DATASET_INFOS
+from ._manager import ENTRY_POINT_GROUP, PluginHost, StepHooks, load_plugins
+from ._registry import DatasetInfo, ImageData, ModelArch
 
 SYNTHETIC = "synthetic"
 TEST_ATTACK = {"eps": 0.1, "step_size": 0.02, "attack_steps": 3}
@@ -64,8 +64,8 @@ def plugin_host(*plugins: object, names: Sequence[str] | None = None, autoload: 
 
 def train_config(host: PluginHost, *args: str, **overrides: Any) -> RunConfig:
     """``robustdistill train ARGS`` as a configuration (core ``overrides`` by field name, e.g. ``epochs=2``)."""
-    from .arguments import build_parser
-    from .catalog import Catalog
+    from ._arguments import build_parser
+    from ._catalog import Catalog
 
     config = config_from_args(build_parser(Catalog.of(host)).parse_args(["train", *args]), host.registry.options)
     return replace(config, **overrides)
@@ -73,7 +73,7 @@ def train_config(host: PluginHost, *args: str, **overrides: Any) -> RunConfig:
 
 def tiny_model(num_classes: int = 3, in_channels: int = 1, image_size: int = 8, seed: int = 0) -> nn.Module:
     """A small CNN classifier (inputs in [0,1]) for fast tests."""
-    from .models import build_model
+    from ._models import build_model
 
     torch.manual_seed(seed)
     return build_model(ModelArch("cnn", num_classes, in_channels, image_size))
@@ -184,7 +184,7 @@ def train_run(host: PluginHost, methods: Sequence[str], out: str | Path, *args: 
     """Train ``methods`` with the real engine (every hook, checkpoints, records) on the ``synthetic`` dataset
     for one epoch by default, into ``out``; ``args`` are further ``train`` options. Returns the finished run
     (``run.view.history`` holds the metrics)."""
-    from .loop import train
+    from ._loop import train
 
     argv = ["--dataset", SYNTHETIC, "--epochs", "1", "--batch-size", "64", "--val-size", "32",
             "--val-attack-steps", "2", "--device", "cpu", *args]

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from robustdistill.plugin_manager import DISABLE_AUTOLOAD_ENV
+from robustdistill._manager import DISABLE_AUTOLOAD_ENV
 
 # Tests see only the built-in plugins unless a test installs one itself.
 os.environ[DISABLE_AUTOLOAD_ENV] = "1"
@@ -51,7 +51,7 @@ NATURAL_STUDENT = ["--dataset", "fashion-mnist", "--model", "cnn", "--subset", "
 @pytest.fixture(scope="session")
 def fmnist_teacher(tmp_path_factory):
     """A PGD-AT `cnn` on the first 4096 Fashion-MNIST images, 3 epochs: the teacher of the end-to-end tests."""
-    from robustdistill.cli import main
+    from robustdistill._cli import main
 
     out = tmp_path_factory.mktemp("teacher") / "at"
     assert main(["train", "--plugin", "at", *TEACHER_TRAIN, "--out", str(out)]) == 0
@@ -64,7 +64,7 @@ def fmnist_natural_student(tmp_path_factory):
     test images: the baseline the distilled students are compared with."""
     import json
 
-    from robustdistill.cli import main
+    from robustdistill._cli import main
 
     out = tmp_path_factory.mktemp("natural") / "natural"
     assert main(["train", "--plugin", "natural", *NATURAL_STUDENT, "--out", str(out)]) == 0

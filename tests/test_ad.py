@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustdistill import RobustDistillError
-from robustdistill.ops import fd_align
+from robustdistill._ops import fd_align
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
 from conftest import reference_pgd
@@ -228,7 +228,7 @@ def test_ard_attack_batchnorm_mode_and_start(host, methods, bn, init):
 @pytest.fixture(params=["ref", "auto"])
 def ops_backend(request):
     """Run with the pure-PyTorch reference ops, then with the fused kernels where built."""
-    from robustdistill import ops
+    from robustdistill import _ops as ops
     previous = ops._backend_override
     ops.set_backend(request.param)
     yield request.param
@@ -255,7 +255,7 @@ def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, method
 
 
 def test_fd_align_reference_sends_no_gradient_to_the_teacher():
-    from robustdistill.ops import fd_align_ref
+    from robustdistill._ops import fd_align_ref
     for distance in ("kl", "l1", "l2"):
         s_plus, s_minus, t_plus, t_minus = (torch.randn(3, 4, requires_grad=True) for _ in range(4))
         fd_align_ref(s_plus, s_minus, t_plus, t_minus, distance).backward()

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from robustdistill.checkpoint import load_checkpoint, save_checkpoint
-from robustdistill.cli import main
+from robustdistill._checkpoint import load_checkpoint, save_checkpoint
+from robustdistill._cli import main
 
 from conftest import needs_fashion_mnist
 

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from robustdistill.checkpoint import save_checkpoint
+from robustdistill._checkpoint import save_checkpoint
 from robustdistill import StepContext
-from robustdistill.loop import start, train_step
-from robustdistill.models import build_model
-from robustdistill.registry import ModelArch, RobustDistillError
-from robustdistill.run import build_run
+from robustdistill._loop import start, train_step
+from robustdistill._models import build_model
+from robustdistill._registry import ModelArch, RobustDistillError
+from robustdistill._run import build_run
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from robustdistill.cli import main
+from robustdistill._cli import main
 
 from conftest import needs_fashion_mnist
 
@@ -134,10 +134,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
-    from robustdistill.arguments import build_parser
-    from robustdistill.catalog import Catalog
-    from robustdistill.config import config_from_args, option_defaults_from_file
-    from robustdistill.plugin_manager import load_plugins
+    from robustdistill._arguments import build_parser
+    from robustdistill._catalog import Catalog
+    from robustdistill._config import config_from_args, option_defaults_from_file
+    from robustdistill._manager import load_plugins
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
@@ -188,7 +188,7 @@ def test_doctor_reports_toolchain_and_backend_per_op(capsys):
 
 
 def test_ext_backend_without_kernels_fails_before_training(capsys, tmp_path, monkeypatch):
-    from robustdistill import _ext, ops
+    from robustdistill import _ext, _ops as ops
 
     monkeypatch.setattr(ops, "_backend_override", None)
     monkeypatch.setattr(_ext, "_status", _ext.ExtStatus(loaded=False, error="simulated: no compiler"))
@@ -199,7 +199,7 @@ def test_ext_backend_without_kernels_fails_before_training(capsys, tmp_path, mon
 
 @needs_fashion_mnist
 def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypatch):
-    from robustdistill import ops
+    from robustdistill import _ops as ops
 
     monkeypatch.setattr(ops, "_backend_override", None)
     out = tmp_path / "run"
@@ -230,8 +230,8 @@ def test_resume_with_more_epochs_follows_the_new_schedule(capsys, tmp_path):
 
 @needs_fashion_mnist
 def test_channels_last_layout_gives_the_same_step(tmp_path):
-    from robustdistill.loop import train_step
-    from robustdistill.run import build_run
+    from robustdistill._loop import train_step
+    from robustdistill._run import build_run
     from robustdistill.testing import plugin_host, train_config
 
     host = plugin_host()

@@ -134,7 +134,7 @@ def test_igdm_base_rows_train_the_base_that_the_igdm_composition_resolves(base, 
     """The control rows' options are written out in the script: they must equal what ``BASE+igdm`` resolves."""
     from dataclasses import replace as replace_info
 
-    from robustdistill.data import DATASET_INFOS
+    from robustdistill._data import DATASET_INFOS
     from robustdistill.testing import plugin_host, resolved_config, train_config
 
     host = plugin_host()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from robustdistill import data as D
-from robustdistill.registry import DatasetEntry, ImageData, RobustDistillError
+from robustdistill import _data as D
+from robustdistill._registry import DatasetEntry, ImageData, RobustDistillError
 
 DEBIAN_TRAIN = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 

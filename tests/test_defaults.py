@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from robustdistill.data import DATASET_INFOS
+from robustdistill._data import DATASET_INFOS
 from robustdistill.testing import loss_terms, options, plugin_host, resolved_config, step_context, tiny_model, \
     train_config, train_run
 
@@ -114,8 +114,8 @@ def test_the_clean_term_appears_once_its_weight_is_not_zero(host, method, term):
 
 def test_training_is_fp32_by_default(host):
     assert train_config(host).amp == "off"
-    from robustdistill.arguments import build_parser
-    from robustdistill.catalog import Catalog
+    from robustdistill._arguments import build_parser
+    from robustdistill._catalog import Catalog
     help_text = build_parser(Catalog.of(host))._subparsers._group_actions[0].choices["train"].format_help()
     assert "fp32, as the official codes of the distillation methods train" in " ".join(help_text.split())
 

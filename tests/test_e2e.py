@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from robustdistill.checkpoint import load_checkpoint
-from robustdistill.cli import main
+from robustdistill._checkpoint import load_checkpoint
+from robustdistill._cli import main
 
 from conftest import needs_fashion_mnist
 

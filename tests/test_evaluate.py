@@ -1,4 +1,4 @@
-"""Tests of robustdistill.evaluate: built-in attacks, the evaluation loop and `robustdistill eval`."""
+"""Tests of robustdistill._evaluate: built-in attacks, the evaluation loop and `robustdistill eval`."""
 from __future__ import annotations
 
 import argparse
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill.arguments import add_eval_arguments
-from robustdistill.checkpoint import FORMAT
-from robustdistill.evaluate import (
+from robustdistill._arguments import add_eval_arguments
+from robustdistill._checkpoint import FORMAT
+from robustdistill._evaluate import (
     AUTOATTACK_MISSING,
     BUILTIN_EVAL_ATTACKS,
     EvalProgress,
@@ -35,9 +35,9 @@ from robustdistill.evaluate import (
     run_evaluation,
     weights_fingerprint,
 )
-from robustdistill.models import BUILTIN_MODELS, Classifier, build_model
+from robustdistill._models import BUILTIN_MODELS, Classifier, build_model
 from conftest import needs_fashion_mnist
-from robustdistill.registry import (
+from robustdistill._registry import (
     DatasetEntry,
     DatasetInfo,
     EvalAttack,
@@ -256,7 +256,7 @@ def test_autoattack_on_a_few_images(trained, capsys):
 
 
 def test_cw_restarts_apart_from_the_pgd_restarts(trained, monkeypatch):
-    from robustdistill import attacks
+    from robustdistill import _attacks as attacks
     calls = []
     real = attacks.pgd
     monkeypatch.setattr(attacks, "pgd", lambda model, x, y, spec: calls.append((spec.loss, spec.restarts))

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill.attacks import model_mode
-from robustdistill.checkpoint import save_checkpoint
-from robustdistill.loop import start, train_step
-from robustdistill.run import ResizedTeacher, build_run, run_environment
-from robustdistill.folding import (FoldedModel, FoldError, LiveConvBN, NothingToFold, fold_batchnorm, fold_or_keep,
+from robustdistill._attacks import model_mode
+from robustdistill._checkpoint import save_checkpoint
+from robustdistill._loop import start, train_step
+from robustdistill._run import ResizedTeacher, build_run, run_environment
+from robustdistill._folding import (FoldedModel, FoldError, LiveConvBN, NothingToFold, fold_batchnorm, fold_or_keep,
                                    unfolded)
-from robustdistill.models import build_model
-from robustdistill.registry import ModelArch
+from robustdistill._models import build_model
+from robustdistill._registry import ModelArch
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from robustdistill import DatasetEntry, hookimpl
-from robustdistill.checkpoint import load_checkpoint
-from robustdistill.cli import main
-from robustdistill.data import load_fashion_mnist
-from robustdistill import loop
-from robustdistill.loop import train
-from robustdistill.registry import ImageData
+from robustdistill._checkpoint import load_checkpoint
+from robustdistill._cli import main
+from robustdistill._data import load_fashion_mnist
+from robustdistill import _loop as loop
+from robustdistill._loop import train
+from robustdistill._registry import ImageData
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill.attacks import AttackSpec, cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
-from robustdistill.ops import pgd_step
+from robustdistill._attacks import AttackSpec, cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
+from robustdistill._ops import pgd_step
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
 
 from conftest import reference_pgd, seeded
@@ -228,7 +228,7 @@ def test_each_base_method_runs_its_own_training_attack_unless_told_otherwise(hos
 
 def test_a_base_method_with_another_attack_maximises_that_objective(host):
     """RSLAD's loss on CW∞ examples: the attack is PGD on the C&W margin with RSLAD's start and BatchNorm mode."""
-    from robustdistill.attacks import cw_objective
+    from robustdistill._attacks import cw_objective
 
     teacher = tiny_model(seed=5)
     ctx = step_context(host, ["rslad"], teacher=teacher, config=options(host, attack="cw", eps=0.1, step_size=0.02,
@@ -258,7 +258,7 @@ def test_training_attack_errors_name_the_fix(host):
 
 
 def test_evaluation_attacks_are_attack_specs():
-    from robustdistill.evaluate import EvalSettings
+    from robustdistill._evaluate import EvalSettings
 
     settings = EvalSettings(eps=0.1, step_size=0.01, pgd_steps=20, cw_steps=30, kappa=5.0, restarts=2, norm="l2")
     assert settings.spec("pgd20") == AttackSpec(0.1, 0.01, 20, "l2", "uniform", 2, "ce", 5.0)

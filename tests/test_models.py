@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from robustdistill.models import (
+from robustdistill._models import (
     ACTIVATIONS,
     BUILTIN_MODELS,
     Classifier,
     build_model,
 )
-from robustdistill.registry import ModelArch, ModelEntry, RobustDistillError
+from robustdistill._registry import ModelArch, ModelEntry, RobustDistillError
 
 FAMILIES = ["cnn", "smallcnn", "resnet18", "preact-resnet18", "wrn-16-2", "mobilenetv2"]
 

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from robustdistill import _build, _ext, ops
+from robustdistill import _build, _ext, _ops as ops
 
 REQUIRED = _build.extension_required()
 HAS_CUDA = torch.cuda.is_available()

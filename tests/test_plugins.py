@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, hookimpl, hookspecs
-from robustdistill.plugin_manager import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, PluginError, load_plugins
+from robustdistill._manager import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, PluginError, load_plugins
 from robustdistill.testing import HookRecorder, loss_terms, plugin_host, run_step, step_context, train_config, train_run
 
 
@@ -349,7 +349,7 @@ def test_boolean_plugin_options_are_flags():
 
 
 def test_debug_prints_a_plugin_traceback(tmp_path, capsys, monkeypatch):
-    from robustdistill import cli, plugin_manager
+    from robustdistill import _cli as cli, _manager as plugin_manager
     monkeypatch.setattr(plugin_manager, "load_plugins", lambda: plugin_host(Faulty()))
     args = ["train", "--dataset", "synthetic", "--plugin", "faulty", "--val-size", "0"]
     assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from robustdistill.arguments import build_parser
-from robustdistill.catalog import Catalog
-from robustdistill.cli import main
-from robustdistill.config import config_from_args
-from robustdistill.data import DATASET_INFOS
+from robustdistill._arguments import build_parser
+from robustdistill._catalog import Catalog
+from robustdistill._cli import main
+from robustdistill._config import config_from_args
+from robustdistill._data import DATASET_INFOS
 from robustdistill.plugins.igdm import ALPHA_CIFAR10, ALPHA_CIFAR100
-from robustdistill.presets import IGDM_BASES, PRESETS, apply_preset, preset
+from robustdistill._presets import IGDM_BASES, PRESETS, apply_preset, preset
 from robustdistill.testing import plugin_host, resolved_config, train_config
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from robustdistill import LossTerm, Method, RobustDistillError, hookimpl
-from robustdistill.checkpoint import load_checkpoint, save_checkpoint
-from robustdistill.cli import main
-from robustdistill.loop import train
+from robustdistill._checkpoint import load_checkpoint, save_checkpoint
+from robustdistill._cli import main
+from robustdistill._loop import train
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist
@@ -58,7 +58,7 @@ def straight(tmp_path_factory):
 
 KILL_AFTER_WRITES = """
 import os, signal, sys
-import robustdistill.checkpoint as checkpoint
+import robustdistill._checkpoint as checkpoint
 limit, written, write = int(os.environ["RD_KILL_AFTER_WRITES"]), [], checkpoint._atomic_write
 def counted(path, payload):
     write(path, payload)
@@ -66,7 +66,7 @@ def counted(path, payload):
     if len(written) == limit:
         os.kill(os.getpid(), signal.SIGKILL)
 checkpoint._atomic_write = counted
-from robustdistill.cli import main
+from robustdistill._cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -254,8 +254,8 @@ def error(capsys, *args):
 
 def saved_teacher(path, **arch_changes):
     """A checkpoint of a freshly built teacher whose architecture differs from the data as given."""
-    from robustdistill.models import build_model
-    from robustdistill.registry import ModelArch
+    from robustdistill._models import build_model
+    from robustdistill._registry import ModelArch
 
     arch = ModelArch(**{**dict(name="cnn", num_classes=10, in_channels=1, image_size=28), **arch_changes})
     save_checkpoint(path, {"arch": arch.to_dict(), "model": build_model(arch).state_dict(), "config": {}})

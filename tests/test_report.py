@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustdistill.checkpoint import FORMAT
-from robustdistill.cli import main
-from robustdistill.evaluate import weights_fingerprint
-from robustdistill.models import BUILTIN_MODELS, build_model
-from robustdistill.registry import DatasetInfo, ModelArch, Registry
-from robustdistill.report import (
+from robustdistill._checkpoint import FORMAT
+from robustdistill._cli import main
+from robustdistill._evaluate import weights_fingerprint
+from robustdistill._models import BUILTIN_MODELS, build_model
+from robustdistill._registry import DatasetInfo, ModelArch, Registry
+from robustdistill._report import (
     RunRecord,
     _add_teacher_column,
     curves_figure,

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from robustdistill import catalog
-from robustdistill.plugin_manager import DISABLE_AUTOLOAD_ENV, load_plugins
+from robustdistill import _catalog as catalog
+from robustdistill._manager import DISABLE_AUTOLOAD_ENV, load_plugins
 
 HELP_WITHOUT_TORCH = """
 import sys
-from robustdistill.cli import main
+from robustdistill._cli import main
 try:
     main(sys.argv[1:])
 except SystemExit:

@@ -1,4 +1,4 @@
-"""Model specs and foreign models (robustdistill.zoo): run directories, RobustBench teachers, the official
+"""Model specs and foreign models (robustdistill._zoo): run directories, RobustBench teachers, the official
 WideResNet layout, torchvision and timm models, explicit input normalisation, and their errors.
 
 All offline: RobustBench architectures get random weights saved in RobustBench's file layout, datasets are
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill import zoo
-from robustdistill.checkpoint import save_checkpoint
-from robustdistill.cli import main
-from robustdistill.data import DATASET_INFOS
-from robustdistill.models import build_model
-from robustdistill.registry import ModelArch, RobustDistillError
+from robustdistill import _zoo as zoo
+from robustdistill._checkpoint import save_checkpoint
+from robustdistill._cli import main
+from robustdistill._data import DATASET_INFOS
+from robustdistill._models import build_model
+from robustdistill._registry import ModelArch, RobustDistillError
 from robustdistill.testing import plugin_host
 
 HAS_ROBUSTBENCH = importlib.util.find_spec("robustbench") is not None
@@ -505,7 +505,7 @@ def test_robustbench_teacher_teaches_a_student_and_gives_features(robustbench_se
 
 
 def test_the_teacher_a_step_sees_is_robustbench_s_model(robustbench_setup, tmp_path):
-    from robustdistill.run import build_run
+    from robustdistill._run import build_run
     from robustdistill.testing import train_config
 
     setup = robustbench_setup

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .registry import RobustDistillError
+from ._registry import RobustDistillError
 
 
 class Distributed:

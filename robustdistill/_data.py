@@ -3,7 +3,7 @@
 Loaders
 -------
 Every built-in dataset is read with ``torchvision.datasets`` and returned as
-:class:`~robustdistill.registry.ImageData` (uint8 images ``[N, C, H, W]``, int64 labels).
+:class:`~robustdistill._registry.ImageData` (uint8 images ``[N, C, H, W]``, int64 labels).
 Files are looked for, in order, in:
 
 1. the ``data_dir`` argument (``--data-dir``);
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .registry import DatasetEntry, DatasetInfo, ImageData, RobustDistillError
+from ._registry import DatasetEntry, DatasetInfo, ImageData, RobustDistillError
 
 __all__ = [
     "BUILTIN_DATASETS",

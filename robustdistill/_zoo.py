@@ -47,11 +47,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import model_mode
-from .checkpoint import FORMAT, is_state_dict, load_checkpoint, model_from_checkpoint
-from .config import ROBUSTBENCH_DEFAULT_DIR
-from .models import Classifier, build_model
-from .registry import DatasetInfo, ModelArch, ModelEntry, RobustDistillError
+from ._attacks import model_mode
+from ._checkpoint import FORMAT, is_state_dict, load_checkpoint, model_from_checkpoint
+from ._config import ROBUSTBENCH_DEFAULT_DIR
+from ._models import Classifier, build_model
+from ._registry import DatasetInfo, ModelArch, ModelEntry, RobustDistillError
 
 ROBUSTBENCH = "robustbench:"
 TORCHVISION = "torchvision:"

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from .config import option_defaults
-from .registry import RobustDistillError
+from ._config import option_defaults
+from ._registry import RobustDistillError
 
 
 @dataclass(frozen=True)

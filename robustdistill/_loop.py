@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from .api import LossTerm, StepContext
-from .checkpoint import atomic_write_text
-from .config import RunConfig
-from .data import BatchIterator
-from .plugin_manager import PluginHost
-from .registry import RobustDistillError
-from .run import Run, build_run, run_environment
-from .state import EpochProgress, restore_optimisation_state, restore_training_state, save_run, write_config_json
+from ._checkpoint import atomic_write_text
+from ._config import RunConfig
+from ._data import BatchIterator
+from ._manager import PluginHost
+from ._registry import RobustDistillError
+from ._run import Run, build_run, run_environment
+from ._state import EpochProgress, restore_optimisation_state, restore_training_state, save_run, write_config_json
 
 
 def _autocast(run: Run) -> Any:

@@ -6,11 +6,11 @@ import argparse
 from typing import Any, NoReturn
 
 from . import __version__
-from .catalog import Catalog
-from .config import (AUTOATTACK_VERSIONS, BACKEND_ENV, BACKENDS, NORMS, ROBUSTBENCH_DEFAULT_DIR, add_run_arguments,
+from ._catalog import Catalog
+from ._config import (AUTOATTACK_VERSIONS, BACKEND_ENV, BACKENDS, NORMS, ROBUSTBENCH_DEFAULT_DIR, add_run_arguments,
                      parse_number)
-from .presets import add_presets_arguments
-from .registry import RobustDistillError
+from ._presets import add_presets_arguments
+from ._registry import RobustDistillError
 
 DEBUG_ENV = "ROBUSTDISTILL_DEBUG"
 
@@ -154,14 +154,14 @@ def add_source_arguments(parser: Any, *, prefix: str = "teacher-", what: str = "
 
 
 def add_fold_bn_argument(parser: argparse._ActionsContainer, what: str) -> None:
-    """Add ``--fold-bn on|off`` (see :mod:`robustdistill.folding`)."""
+    """Add ``--fold-bn on|off`` (see :mod:`robustdistill._folding`)."""
     parser.add_argument("--fold-bn", default="on", choices=("on", "off"),
                         help=f"fold eval-mode BatchNorm into the preceding convolutions of {what} "
                              "(the same function, less memory traffic) (default: %(default)s)")
 
 
 def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
-    """Add ``--ops-backend`` (the choice of :func:`robustdistill.ops.set_backend`)."""
+    """Add ``--ops-backend`` (the choice of :func:`robustdistill._ops.set_backend`)."""
     parser.add_argument("--ops-backend", default=None, choices=BACKENDS,
                         help="fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
                              f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)")

@@ -25,21 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import ce_objective, model_mode
-from .checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
-from .config import parse_number, resolve_device
-from .evaluate import (
+from ._attacks import ce_objective, model_mode
+from ._checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
+from ._config import parse_number, resolve_device
+from ._evaluate import (
     RESULT_METADATA_KEYS,
     EvalSettings,
     run_evaluation,
     to_unit_float,
     weights_fingerprint,
 )
-from .folding import fold_or_keep
-from .models import build_model
+from ._folding import fold_or_keep
+from ._models import build_model
 from .api import exact_input_gradient
-from .registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
-from .zoo import ROBUSTBENCH, load_model_spec
+from ._registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
+from ._zoo import ROBUSTBENCH, load_model_spec
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

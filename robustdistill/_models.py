@@ -1,5 +1,5 @@
 """Built-in classifiers: a small CNN, ResNet-18, PreAct ResNet-18, WideResNets and MobileNetV2, and
-torchvision and timm models (``torchvision:NAME``, ``timm:NAME``; see :mod:`robustdistill.zoo`).
+torchvision and timm models (``torchvision:NAME``, ``timm:NAME``; see :mod:`robustdistill._zoo`).
 
 Every model takes images in ``[0, 1]`` and normalises them itself, so attacks work in pixel
 space. All networks use the CIFAR layouts (3x3 stride-1 stems, no max-pooling) and end in
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from robustdistill.registry import ModelArch, ModelEntry, RobustDistillError
+from robustdistill._registry import ModelArch, ModelEntry, RobustDistillError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -336,7 +336,7 @@ BUILTIN_MODELS: list[ModelEntry] = [
 
 
 def _zoo():
-    from robustdistill import zoo  # imports this module
+    from robustdistill import _zoo as zoo  # imports this module
 
     return zoo
 
@@ -349,7 +349,7 @@ def build_model(arch: ModelArch, entries: Sequence[ModelEntry] = BUILTIN_MODELS)
             if not isinstance(model, Classifier):
                 raise RobustDistillError(
                     f"model factory for {arch.name!r} returned {type(model).__name__}; "
-                    f"it must return a robustdistill.models.Classifier"
+                    f"it must return a robustdistill._models.Classifier"
                 )
             return model
     known = ", ".join(e.name for e in entries)

@@ -1,7 +1,7 @@
 """The run configuration: every ``robustdistill train`` option, typed, and immutable once a run is built.
 
 Core options are the fields of :class:`RunConfig`; each field carries its command-line
-:class:`~robustdistill.registry.Option` (flag, help, type, whether ``--resume`` may change it), so the
+:class:`~robustdistill._registry.Option` (flag, help, type, whether ``--resume`` may change it), so the
 parser, ``config.json`` and the resume check all derive from one declaration. Plugin options are kept
 per plugin in :class:`PluginOptions` namespaces: ``config.igdm.alpha``.
 
@@ -17,7 +17,7 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from .registry import Option, RobustDistillError
+from ._registry import Option, RobustDistillError
 
 if TYPE_CHECKING:
     import torch

@@ -15,17 +15,17 @@ from torch import Tensor, nn
 
 from . import __version__
 from .api import RunView
-from .checkpoint import load_checkpoint
-from .config import RunConfig, resolve_device
-from .data import take_subset
-from .distributed import Distributed
-from .folding import fold_or_keep, folded_pairs
-from .models import build_model
-from .ops import kernel_status, select_backend
-from .plugin_manager import PluginHost, StepHooks
-from .registry import DatasetInfo, ModelArch, RobustDistillError
-from .state import CHECKPOINT, EpochProgress, check_resumable, seed_everything
-from .zoo import check_teacher_fits, load_model_spec
+from ._checkpoint import load_checkpoint
+from ._config import RunConfig, resolve_device
+from ._data import take_subset
+from ._distributed import Distributed
+from ._folding import fold_or_keep, folded_pairs
+from ._models import build_model
+from ._ops import kernel_status, select_backend
+from ._manager import PluginHost, StepHooks
+from ._registry import DatasetInfo, ModelArch, RobustDistillError
+from ._state import CHECKPOINT, EpochProgress, check_resumable, seed_everything
+from ._zoo import check_teacher_fits, load_model_spec
 
 
 @dataclass(eq=False)

@@ -16,13 +16,13 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from .config import RunConfig, core_fields, namespace, option_key
-from .registry import Registry, RobustDistillError
+from ._checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ._config import RunConfig, core_fields, namespace, option_key
+from ._registry import Registry, RobustDistillError
 
 if TYPE_CHECKING:
     from .api import LossTerm
-    from .run import Run
+    from ._run import Run
 
 CHECKPOINT = "last.pt"
 
@@ -191,7 +191,7 @@ def restore_training_state(run: "Run", ckpt: dict[str, Any]) -> None:
 def restore_optimisation_state(run: "Run", ckpt: dict[str, Any]) -> None:
     """Optimisers, plugin modules, schedule and RNG: after ``train_start`` added the plugins' modules and
     parameter groups (and drew their initial weights from the RNG)."""
-    from .run import scheduler_at
+    from ._run import scheduler_at
 
     run.optimizer.load_state_dict(ckpt["optimizer"])
     for name, saved_module in ckpt.get("plugin_modules", {}).items():

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .registry import ModelArch, RobustDistillError
+from ._registry import ModelArch, RobustDistillError
 
 FORMAT = "robustdistill-checkpoint-v1"
 
@@ -96,7 +96,7 @@ def model_from_checkpoint(
     build: Callable[[ModelArch], nn.Module],
     source: str,
 ) -> tuple[nn.Module, ModelArch]:
-    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill.zoo`)."""
+    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill._zoo`)."""
     if obj.get("format") != FORMAT:
         raise RobustDistillError(f"{source!r} is not a robustdistill checkpoint")
     arch = ModelArch.from_dict(obj["arch"])

@@ -13,14 +13,14 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import catalog
-from .arguments import DEBUG_ENV, build_parser
-from .config import config_from_args, option_defaults_from_file
-from .presets import apply_preset, presets_command
-from .registry import RobustDistillError
+from . import _catalog as catalog
+from ._arguments import DEBUG_ENV, build_parser
+from ._config import config_from_args, option_defaults_from_file
+from ._presets import apply_preset, presets_command
+from ._registry import RobustDistillError
 
 if TYPE_CHECKING:
-    from .plugin_manager import PluginHost
+    from ._manager import PluginHost
 
 HELP = ("-h", "--help")
 
@@ -39,14 +39,14 @@ def plugins_command(args: argparse.Namespace, host: "PluginHost") -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    from .ops import backend_report, doctor_lines
+    from ._ops import backend_report, doctor_lines
 
     print(json.dumps(backend_report(), indent=2) if args.json else "\n".join(doctor_lines()))
     return 0
 
 
 def train_command(args: argparse.Namespace, host: "PluginHost") -> int:
-    from .loop import train
+    from ._loop import train
 
     train(config_from_args(args, host.registry.options), host, resume=args.resume)
     return 0
@@ -64,7 +64,7 @@ def _config_file(argv: Sequence[str]) -> str | None:
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    from .plugin_manager import PluginWarning
+    from ._manager import PluginWarning
 
     if issubclass(category, PluginWarning):
         print(f"warning: {message}", file=sys.stderr)
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = _catalog_without_plugins(argv)
         host = None
         if known is None:
-            from .plugin_manager import load_plugins
+            from ._manager import load_plugins
 
             host = load_plugins()
             catalog.remember(host)
@@ -111,19 +111,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return train_command(args, host)
         if args.command == "eval":
-            from .evaluate import eval_command
+            from ._evaluate import eval_command
             return eval_command(args, host.registry)
         if args.command == "finetune-head":
-            from .finetune import finetune_command
+            from ._finetune import finetune_command
             return finetune_command(args, host.registry)
         if args.command == "report":
-            from .report import report_command
+            from ._report import report_command
             return report_command(args, host.registry)
         if args.command == "doctor":
             return doctor_command(args)
         return plugins_command(args, host)
     except RobustDistillError as err:
-        from .plugin_manager import PluginError
+        from ._manager import PluginError
 
         if isinstance(err, PluginError) and debug:
             traceback.print_exception(err.__cause__ or err, file=sys.stderr)

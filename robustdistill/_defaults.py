@@ -10,20 +10,20 @@ import torch
 from torch import Tensor, nn
 
 from robustdistill import Attack, StepContext, TeacherOutput, hookimpl
-from robustdistill.attacks import Objective, ce_objective, cw_objective
+from robustdistill._attacks import Objective, ce_objective, cw_objective
 from robustdistill.api import exact_input_gradient
 
 
 @hookimpl
 def register_models(register: Callable) -> None:
-    from robustdistill.models import BUILTIN_MODELS
+    from robustdistill._models import BUILTIN_MODELS
     for entry in BUILTIN_MODELS:
         register(entry)
 
 
 @hookimpl
 def register_datasets(register: Callable) -> None:
-    from robustdistill.data import BUILTIN_DATASETS
+    from robustdistill._data import BUILTIN_DATASETS
     for entry in BUILTIN_DATASETS:
         register(entry)
 
@@ -46,7 +46,7 @@ def register_attacks(register: Callable) -> None:
 
 @hookimpl
 def register_eval_attacks(register: Callable) -> None:
-    from robustdistill.evaluate import BUILTIN_EVAL_ATTACKS
+    from robustdistill._evaluate import BUILTIN_EVAL_ATTACKS
     for entry in BUILTIN_EVAL_ATTACKS:
         register(entry)
 
@@ -54,7 +54,7 @@ def register_eval_attacks(register: Callable) -> None:
 @hookimpl(trylast=True)
 def teacher_forward(ctx: StepContext, x: Tensor) -> TeacherOutput:
     """The frozen teacher in eval mode, without gradient; features where the model exposes them (``None`` for a
-    RobustBench model without a final linear classifier, see :mod:`robustdistill.zoo`)."""
+    RobustBench model without a final linear classifier, see :mod:`robustdistill._zoo`)."""
     with torch.no_grad():
         logits, features = ctx.teacher(x, return_features=True)
     return TeacherOutput(logits=logits.float(), features=features.float() if features is not None else None)

@@ -120,7 +120,7 @@ def perturb(
     The caller chooses the models' modes (see :func:`model_mode`); parameters receive no gradient.
     Returns a detached adversarial batch.
     """
-    from .ops import pgd_step  # loaded on first use: listing plugins need not load torch.compile's machinery
+    from ._ops import pgd_step  # loaded on first use: listing plugins need not load torch.compile's machinery
 
     x = x.detach()
     x_adv = random_init(x, eps, init, norm, lo, hi)

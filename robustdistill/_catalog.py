@@ -2,7 +2,7 @@
 
 Importing the plugins means importing torch (seconds). Their registrations — methods, options, models,
 datasets, attacks — change only when the installed packages or robustdistill's own sources change, so every
-command that loads the plugins writes them to ``~/.cache/robustdistill/catalog-KEY.json``, KEY being a digest of
+command that loads the plugins writes them to ``~/.cache/robustdistill/_catalog-KEY.json``, KEY being a digest of
 the installed distributions and versions, robustdistill's source files (name, size, modification time), the
 Python version and the plugin environment variables. Help is drawn from a catalog with the current KEY and
 never from a stale one; everything else loads the plugins.
@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .registry import Option
+from ._registry import Option
 
 if TYPE_CHECKING:
-    from .plugin_manager import PluginHost
+    from ._manager import PluginHost
 
 CACHE_ENV = "ROBUSTDISTILL_CACHE"
 PLUGIN_ENVS = ("ROBUSTDISTILL_DISABLE_PLUGIN_AUTOLOAD", "ROBUSTDISTILL_BLOCK_PLUGINS")
@@ -100,7 +100,7 @@ def cached() -> Catalog | None:
 
 def remember(host: "PluginHost") -> None:
     """Write the catalog of ``host`` (best effort: an unwritable cache only costs speed)."""
-    from .checkpoint import atomic_write_text
+    from ._checkpoint import atomic_write_text
 
     path = _path()
     try:

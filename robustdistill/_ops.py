@@ -46,8 +46,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .config import BACKEND_ENV, BACKENDS, FD_DISTANCES, NORMS
-from .registry import RobustDistillError
+from ._config import BACKEND_ENV, BACKENDS, FD_DISTANCES, NORMS
+from ._registry import RobustDistillError
 
 OPS = ("pgd_step", "fd_align")
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

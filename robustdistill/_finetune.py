@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import save_checkpoint
-from .config import resolve_device
-from .data import BatchIterator, take_subset
-from .models import Classifier, build_model
-from .registry import ImageData, ModelArch, Registry, RobustDistillError
-from .zoo import load_model_spec, open_source
+from ._checkpoint import save_checkpoint
+from ._config import resolve_device
+from ._data import BatchIterator, take_subset
+from ._models import Classifier, build_model
+from ._registry import ImageData, ModelArch, Registry, RobustDistillError
+from ._zoo import load_model_spec, open_source
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from robustdistill import RunView, hookimpl
-from robustdistill.checkpoint import atomic_write_text
+from robustdistill._checkpoint import atomic_write_text
 
 
 def write_metrics(run: RunView) -> None:

@@ -19,8 +19,8 @@ import pluggy
 
 from . import hookspecs
 from .api import LossTerm, RunConfig, StepContext, TeacherOutput
-from .config import PluginOptions, check_plugin_option, core_options, namespace, option_key
-from .registry import DatasetInfo, Method, Option, Registry, RobustDistillError
+from ._config import PluginOptions, check_plugin_option, core_options, namespace, option_key
+from ._registry import DatasetInfo, Method, Option, Registry, RobustDistillError
 
 ENTRY_POINT_GROUP = "robustdistill"
 DISABLE_AUTOLOAD_ENV = "ROBUSTDISTILL_DISABLE_PLUGIN_AUTOLOAD"
@@ -32,7 +32,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "adaad": "robustdistill.plugins.adaad",
     "ard": "robustdistill.plugins.ard",
     "at": "robustdistill.plugins.at",
-    CORE_PLUGIN: "robustdistill.plugins.core",
+    CORE_PLUGIN: "robustdistill._defaults",
     "edgereg": "robustdistill.plugins.edgereg",
     "gradnorm": "robustdistill.plugins.gradnorm",
     "igam": "robustdistill.plugins.igam",
@@ -40,7 +40,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "natural": "robustdistill.plugins.natural",
     "pag": "robustdistill.plugins.pag",
     "progress": "robustdistill.plugins.progress",
-    "records": "robustdistill.plugins.records",
+    "records": "robustdistill._records",
     "rrm": "robustdistill.plugins.rrm",
     "rslad": "robustdistill.plugins.rslad",
     "tensorboard": "robustdistill.plugins.tensorboard",

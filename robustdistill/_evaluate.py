@@ -1,6 +1,6 @@
 """Robust-accuracy evaluation: clean, FGSM, PGD-20, CW∞ and AutoAttack, and ``robustdistill eval``.
 
-An evaluation attack is an :class:`~robustdistill.registry.EvalAttack` whose
+An evaluation attack is an :class:`~robustdistill._registry.EvalAttack` whose
 ``run(model, x, y, settings)`` returns adversarial inputs for a batch ``x`` (float, in
 ``[0, 1]``, on the model's device); the model is already in eval mode. An attack that batches
 internally (AutoAttack) is registered with ``whole_set=True``: it then receives the whole evaluation set
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import attacks
-from .checkpoint import atomic_write_text
-from .folding import fold_or_keep, folded_pairs
-from .config import AUTOATTACK_VERSIONS, NORMS, resolve_device
-from .registry import EvalAttack, Registry, RobustDistillError
-from .zoo import load_model_spec, open_source
+from . import _attacks as attacks
+from ._checkpoint import atomic_write_text
+from ._folding import fold_or_keep, folded_pairs
+from ._config import AUTOATTACK_VERSIONS, NORMS, resolve_device
+from ._registry import EvalAttack, Registry, RobustDistillError
+from ._zoo import load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")
@@ -88,7 +88,7 @@ class EvalSettings:
         return asdict(self)
 
     def spec(self, attack: str) -> attacks.AttackSpec:
-        """The :class:`~robustdistill.attacks.AttackSpec` of a built-in attack: ``fgsm``, ``pgd20`` or ``cw``."""
+        """The :class:`~robustdistill._attacks.AttackSpec` of a built-in attack: ``fgsm``, ``pgd20`` or ``cw``."""
         if attack == "fgsm":
             return attacks.fgsm_spec(self.eps, self.norm)
         loss, steps, restarts = {"pgd20": ("ce", self.pgd_steps, self.restarts),
@@ -700,7 +700,7 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     if args.redo and not args.json:
         raise RobustDistillError("--redo starts a --json file over; without --json every attack runs anyway")
     device = resolve_device(args.device)
-    from .ops import select_backend
+    from ._ops import select_backend
 
     ops_backend = select_backend(args.ops_backend, device)
     path = str(args.checkpoint)

@@ -82,7 +82,7 @@ class RandomImages:
 
     @hookimpl
     def register_datasets(self, register: Callable[[DatasetEntry], None]) -> None:
-        register(DatasetEntry(DATASET, self.load, "random images of a fixed shape (benchmarks)"))
+        register(DatasetEntry(name=DATASET, load=self.load, summary="random images of a fixed shape (benchmarks)"))
 
     def load(self, data_dir: str | None, download: bool) -> ImageData:
         """The images and labels, drawn from ``seed``; the test split is the first image."""

@@ -29,24 +29,26 @@ from robustdistill._losses import KL_REDUCTIONS, kl_to_teacher
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("adaad", "AdaAD: λ·KL(S(x′), T(x′)) + (1−λ)·KL(S(x), T(x)), attack through both nets",
+    register(Method(name="adaad", summary="AdaAD: λ·KL(S(x′), T(x′)) + (1−λ)·KL(S(x), T(x)), attack through both nets",
                     needs_teacher=True, attack="adaad-kl"))
 
 
 @hookimpl
 def register_attacks(register: Callable) -> None:
-    register(Attack("adaad-kl", adaad_objective, "KL(T(x′) ‖ S(x′)) with the teacher at the same point: the "
-                    "gradient goes through both networks (AdaAD)", needs_teacher=True))
+    register(Attack(name="adaad-kl", objective=adaad_objective, needs_teacher=True,
+                    summary="KL(T(x′) ‖ S(x′)) with the teacher at the same point: the gradient goes through both "
+                            "networks (AdaAD)"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--adaad-lambda", 1.0, "λ, weight of the adversarial term (code: always 1)"))
-    register(Option("--adaad-reduction", None, "KL reduction: mean over B×C (default on data without 100 classes: "
-                    "the AdaAD CIFAR-10 code) or batchmean (default on 100 classes: the AdaAD CIFAR-100 code; "
-                    "default with igdm: the IGDM code)", type=str, choices=KL_REDUCTIONS))
-    register(Option("--adaad-init", "normal", "attack start: x+0.001·N (code) or uniform in the ε-ball",
-                    choices=INITS))
+    register(Option(flag="--adaad-lambda", default=1.0, help="λ, weight of the adversarial term (code: always 1)"))
+    register(Option(flag="--adaad-reduction", default=None, type=str, choices=KL_REDUCTIONS,
+                    help="KL reduction: mean over B×C (default on data without 100 classes: the AdaAD CIFAR-10 code) "
+                         "or batchmean (default on 100 classes: the AdaAD CIFAR-100 code; default with igdm: the "
+                         "IGDM code)"))
+    register(Option(flag="--adaad-init", default="normal", choices=INITS,
+                    help="attack start: x+0.001·N (code) or uniform in the ε-ball"))
 
 
 def official_reduction(num_classes: int, with_igdm: bool) -> str:

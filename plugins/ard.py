@@ -41,22 +41,25 @@ IGDM_CODE = {"tau": 1.0, "kl_reduction": "batchmean", "attack_bn": "eval"}
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("ard", "ARD: α·τ²·KL(T(x)/τ ‖ S(x′)/τ) + (1−α)·CE(S(x), y), PGD-CE attack", needs_teacher=True,
-                    attack="ce"))
+    register(Method(name="ard", needs_teacher=True, attack="ce",
+                    summary="ARD: α·τ²·KL(T(x)/τ ‖ S(x′)/τ) + (1−α)·CE(S(x), y), PGD-CE attack"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--ard-tau", None, "distillation temperature τ (default: 30 as the ARD code; 1 with igdm, as "
-                    "the IGDM code's ARD base)", type=float))
-    register(Option("--ard-alpha", 1.0, "α, weight of the KL term; 1 − α weighs clean CE (ARD and IGDM code: 1)"))
-    register(Option("--ard-kl-reduction", None, "KL reduction: mean = element-wise mean over B×C (default: the ARD "
-                    "code, nn.KLDivLoss()) or batchmean (default with igdm: the IGDM code)", type=str,
-                    choices=KL_REDUCTIONS))
-    register(Option("--ard-attack-bn", None, "BatchNorm mode of the student while attacking: train (default: the "
-                    "ARD code) or eval (default with igdm: the IGDM code)", type=str, choices=BN_MODES))
-    register(Option("--ard-init", "uniform", "PGD start: uniform in the ε-ball (ARD and IGDM code) or x+0.001·N",
-                    choices=INITS))
+    register(Option(flag="--ard-tau", default=None, type=float,
+                    help="distillation temperature τ (default: 30 as the ARD code; 1 with igdm, as the IGDM code's "
+                         "ARD base)"))
+    register(Option(flag="--ard-alpha", default=1.0,
+                    help="α, weight of the KL term; 1 − α weighs clean CE (ARD and IGDM code: 1)"))
+    register(Option(flag="--ard-kl-reduction", default=None, type=str, choices=KL_REDUCTIONS,
+                    help="KL reduction: mean = element-wise mean over B×C (default: the ARD code, nn.KLDivLoss()) or "
+                         "batchmean (default with igdm: the IGDM code)"))
+    register(Option(flag="--ard-attack-bn", default=None, type=str, choices=BN_MODES,
+                    help="BatchNorm mode of the student while attacking: train (default: the ARD code) or eval "
+                         "(default with igdm: the IGDM code)"))
+    register(Option(flag="--ard-init", default="uniform", choices=INITS,
+                    help="PGD start: uniform in the ε-ball (ARD and IGDM code) or x+0.001·N"))
 
 
 @hookimpl

@@ -20,15 +20,16 @@ from robustdistill._attacks import BN_MODES, INITS
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("at", "PGD adversarial training (Madry): CE(f(x_adv), y); trains robust teachers", attack="ce"))
+    register(Method(name="at", attack="ce",
+                    summary="PGD adversarial training (Madry): CE(f(x_adv), y); trains robust teachers"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--at-init", "uniform", "PGD start: uniform in the ε-ball (Madry) or x+0.001·N (AdaAD)",
-                    choices=INITS))
-    register(Option("--at-attack-bn", "eval", "BatchNorm mode while attacking: eval (IGDM/AdaAD code) "
-                    "or train (Madry, Rice et al., ARD)", choices=BN_MODES))
+    register(Option(flag="--at-init", default="uniform", choices=INITS,
+                    help="PGD start: uniform in the ε-ball (Madry) or x+0.001·N (AdaAD)"))
+    register(Option(flag="--at-attack-bn", default="eval", choices=BN_MODES,
+                    help="BatchNorm mode while attacking: eval (IGDM/AdaAD code) or train (Madry, Rice et al., ARD)"))
 
 
 @hookimpl

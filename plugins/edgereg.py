@@ -39,18 +39,22 @@ DERIVATIVE = torch.tensor([[-0.5, 0.0, 0.5], [-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5]]
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("edgereg", "EdgeReg: CE + α·MSE(RMS-normalised ∇ₓ sampled logit, RMS-normalised edge energy); "
-                    "no teacher (use --activation gelu|silu)"))
+    register(Method(name="edgereg",
+                    summary="EdgeReg: CE + α·MSE(RMS-normalised ∇ₓ sampled logit, RMS-normalised edge energy); no "
+                            "teacher (use --activation gelu|silu)"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--edgereg-weight", 1.0, "α at the start of training (code: 1)"))
-    register(Option("--edgereg-weight-step", 0.09, "α grows by this much per epoch (code: 0.09)"))
-    register(Option("--edgereg-weight-max", 19.0, "upper bound of α (code: 19)"))
-    register(Option("--edgereg-temperature", 0.5, "temperature T of the class sampled per image (code: 0.5)"))
-    register(Option("--edgereg-sigma", 1.0, "t of the discrete-Gaussian blur of the edge energy (code: 1)"))
-    register(Option("--edgereg-saliency", False, "compare max over channels of |g| instead of g (code: off)"))
+    register(Option(flag="--edgereg-weight", default=1.0, help="α at the start of training (code: 1)"))
+    register(Option(flag="--edgereg-weight-step", default=0.09, help="α grows by this much per epoch (code: 0.09)"))
+    register(Option(flag="--edgereg-weight-max", default=19.0, help="upper bound of α (code: 19)"))
+    register(Option(flag="--edgereg-temperature", default=0.5,
+                    help="temperature T of the class sampled per image (code: 0.5)"))
+    register(Option(flag="--edgereg-sigma", default=1.0,
+                    help="t of the discrete-Gaussian blur of the edge energy (code: 1)"))
+    register(Option(flag="--edgereg-saliency", default=False,
+                    help="compare max over channels of |g| instead of g (code: off)"))
 
 
 # -- edge energy ------------------------------------------------------------------------------------

@@ -48,19 +48,23 @@ RELU_NOTE = ("the paper finds that {method} fails with ReLU networks (Table 4: 1
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("gradnorm", "GradNorm: λ_CE·CE + λ_GN·ε·‖∇ₓCE‖₁ by double backprop; no teacher "
+    register(Method(name="gradnorm", summary="GradNorm: λ_CE·CE + λ_GN·ε·‖∇ₓCE‖₁ by double backprop; no teacher "
                     "(use --activation gelu|silu)"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--gradnorm-ce-weight", 0.8, "λ_CE (paper: 0.8)"))
-    register(Option("--gradnorm-weight", 1.2, "λ_GN, weight of ε·‖∇ₓCE‖₁ after the warm-up (paper: 1.2)"))
-    register(Option("--gradnorm-eps", 4 / 255, "ε of the regulariser in pixel units (official configuration: 4/255 "
-                    "on every dataset, CIFAR included; the run's --eps is another choice)"))
-    register(Option("--gradnorm-warmup-epochs", 5.0, "λ_GN ramps linearly from 0 over this many epochs (code: 5)"))
-    register(Option("--gradnorm-bn", "train", "BatchNorm mode of the regularised forward: train, or eval "
-                    "(official code: the model is in eval mode throughout)", choices=BN_MODES))
+    register(Option(flag="--gradnorm-ce-weight", default=0.8, help="λ_CE (paper: 0.8)"))
+    register(Option(flag="--gradnorm-weight", default=1.2,
+                    help="λ_GN, weight of ε·‖∇ₓCE‖₁ after the warm-up (paper: 1.2)"))
+    register(Option(flag="--gradnorm-eps", default=4 / 255,
+                    help="ε of the regulariser in pixel units (official configuration: 4/255 on every dataset, CIFAR "
+                         "included; the run's --eps is another choice)"))
+    register(Option(flag="--gradnorm-warmup-epochs", default=5.0,
+                    help="λ_GN ramps linearly from 0 over this many epochs (code: 5)"))
+    register(Option(flag="--gradnorm-bn", default="train", choices=BN_MODES,
+                    help="BatchNorm mode of the regularised forward: train, or eval (official code: the model is in "
+                         "eval mode throughout)"))
 
 
 def gradient_l1(grad: Tensor) -> Tensor:

@@ -65,32 +65,38 @@ STUDENT, TEACHER = 0, 1  # the discriminator's classes
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("igam", "IGAM: CE + λ_adv·GAN loss of a discriminator on input gradients + λ_diff·‖J_s − J_t‖²",
-                    needs_teacher=True))
+    register(Method(name="igam", needs_teacher=True,
+                    summary="IGAM: CE + λ_adv·GAN loss of a discriminator on input gradients + λ_diff·‖J_s − J_t‖²"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--igam-lambda-adv", 2.0, "λ_adv, weight of the adversarial gradient-matching term "
-                    "(code `beta`: 2 for C10→C100, 5 for TinyImageNet→C10)"))
-    register(Option("--igam-lambda-diff", 10.0, "λ_diff, weight of ‖J_s − J_t‖² (code `gamma`)"))
-    register(Option("--igam-grad-target", "true-prob", "J = ∇ₓ of the true-class probability (official code) "
-                    "or of the CE (paper)", choices=GRAD_TARGETS))
-    register(Option("--igam-diff-reduction", "sum32", "L_diff over the batch: sum32 = Σ × 32/B, the code's sum at "
-                    "its batch of 32 whatever --batch-size is; sum = Σ (the code's formula, grows with the batch); "
-                    "mean = Σ/B", choices=REDUCTIONS))
-    register(Option("--igam-pixel-scale", 255.0, "L_diff compares gradients per unit of a pixel value in "
-                    "[0, N]: 255 as the code's raw-pixel inputs, 1 for [0, 1] intensities"))
-    register(Option("--igam-disc-input", "zero-mean-l2", "what D sees: per-sample mean-centred, L2-normalised "
-                    "maps (code) or raw gradients (Algorithm 1)", choices=DISC_INPUTS))
-    register(Option("--igam-disc-layers", 5, "conv layers of D (C10→C100: 5, TinyImageNet→C10: 4)"))
-    register(Option("--igam-disc-width", 16, "channels of D's first layer, doubled per layer (code: 16 or 8)"))
-    register(Option("--igam-disc-every", 5, "one discriminator step every N student steps (code: 5)"))
-    register(Option("--igam-disc-lr", None, "D's SGD-momentum learning rate (default: the student's current lr, "
-                    "as the code)", type=float))
-    register(Option("--igam-disc-weight-decay", 2e-4, "weight decay of D's conv and linear weights (code: 2e-4)"))
-    register(Option("--igam-plain-ce-steps", 0, "train with plain CE for this many steps before IGAM starts "
-                    "(published scripts: 280000 of 320000)"))
+    register(Option(flag="--igam-lambda-adv", default=2.0,
+                    help="λ_adv, weight of the adversarial gradient-matching term (code `beta`: 2 for C10→C100, 5 "
+                         "for TinyImageNet→C10)"))
+    register(Option(flag="--igam-lambda-diff", default=10.0, help="λ_diff, weight of ‖J_s − J_t‖² (code `gamma`)"))
+    register(Option(flag="--igam-grad-target", default="true-prob", choices=GRAD_TARGETS,
+                    help="J = ∇ₓ of the true-class probability (official code) or of the CE (paper)"))
+    register(Option(flag="--igam-diff-reduction", default="sum32", choices=REDUCTIONS,
+                    help="L_diff over the batch: sum32 = Σ × 32/B, the code's sum at its batch of 32 whatever "
+                         "--batch-size is; sum = Σ (the code's formula, grows with the batch); mean = Σ/B"))
+    register(Option(flag="--igam-pixel-scale", default=255.0,
+                    help="L_diff compares gradients per unit of a pixel value in [0, N]: 255 as the code's raw-pixel "
+                         "inputs, 1 for [0, 1] intensities"))
+    register(Option(flag="--igam-disc-input", default="zero-mean-l2", choices=DISC_INPUTS,
+                    help="what D sees: per-sample mean-centred, L2-normalised maps (code) or raw gradients "
+                         "(Algorithm 1)"))
+    register(Option(flag="--igam-disc-layers", default=5, help="conv layers of D (C10→C100: 5, TinyImageNet→C10: 4)"))
+    register(Option(flag="--igam-disc-width", default=16,
+                    help="channels of D's first layer, doubled per layer (code: 16 or 8)"))
+    register(Option(flag="--igam-disc-every", default=5, help="one discriminator step every N student steps (code: 5)"))
+    register(Option(flag="--igam-disc-lr", default=None, type=float,
+                    help="D's SGD-momentum learning rate (default: the student's current lr, as the code)"))
+    register(Option(flag="--igam-disc-weight-decay", default=2e-4,
+                    help="weight decay of D's conv and linear weights (code: 2e-4)"))
+    register(Option(flag="--igam-plain-ce-steps", default=0,
+                    help="train with plain CE for this many steps before IGAM starts (published scripts: 280000 of "
+                         "320000)"))
 
 
 # -- the discriminator ------------------------------------------------------------------------------

@@ -40,20 +40,21 @@ ALPHA_CIFAR100 = {"at": 100.0, "trades": 5.0, "ard": 50.0, "rslad": 3.0, "adaad"
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("igdm", "IGDM: + T(α)·KL(S(x+δ)−S(x−δ), T(x+δ)−T(x−δ)) on the base's δ; composes on any base",
-                    needs_teacher=True, default_base="at"))
+    register(Method(name="igdm", needs_teacher=True, default_base="at",
+                    summary="IGDM: + T(α)·KL(S(x+δ)−S(x−δ), T(x+δ)−T(x−δ)) on the base's δ; composes on any base"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--igdm-alpha", None, "α; default per base method and dataset (App. B.2, see the plugin docs)",
-                    type=float))
-    register(Option("--igdm-distance", "kl", "D: kl of softmaxes (paper and code), l1 or l2", choices=FD_DISTANCES))
-    register(Option("--igdm-ramp-epochs", None, "denominator of the α ramp α·epoch/E (paper: --epochs; "
-                    "official code: 200, or 300 for RSLAD)", type=int))
-    register(Option("--igdm-beta", 1.0, "scale of +δ (code: 1)"))
-    register(Option("--igdm-gamma", 1.0, "scale of −δ (code: 1)"))
-    register(Option("--igdm-clip-minus", False, "clip x−δ to [0, 1] (code: not clipped)"))
+    register(Option(flag="--igdm-alpha", default=None, type=float,
+                    help="α; default per base method and dataset (App. B.2, see the plugin docs)"))
+    register(Option(flag="--igdm-distance", default="kl", choices=FD_DISTANCES,
+                    help="D: kl of softmaxes (paper and code), l1 or l2"))
+    register(Option(flag="--igdm-ramp-epochs", default=None, type=int,
+                    help="denominator of the α ramp α·epoch/E (paper: --epochs; official code: 200, or 300 for RSLAD)"))
+    register(Option(flag="--igdm-beta", default=1.0, help="scale of +δ (code: 1)"))
+    register(Option(flag="--igdm-gamma", default=1.0, help="scale of −δ (code: 1)"))
+    register(Option(flag="--igdm-clip-minus", default=False, help="clip x−δ to [0, 1] (code: not clipped)"))
 
 
 def default_alpha(base: str, num_classes: int) -> float:

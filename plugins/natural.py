@@ -11,7 +11,7 @@ from robustdistill import LossTerm, Method, StepContext, hookimpl
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("natural", "standard training: CE(f(x), y) on clean inputs"))
+    register(Method(name="natural", summary="standard training: CE(f(x), y) on clean inputs"))
 
 
 @hookimpl

@@ -47,21 +47,25 @@ from ._gradients import log_prob_objective, student_forward, student_gradient, t
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("pag", "PAG: CE + λ·(1 − mean cos(∇ₓ log p(c|x), g*(x, c))); targets from a robust teacher "
-                    "or a tensor file"))
+    register(Method(name="pag",
+                    summary="PAG: CE + λ·(1 − mean cos(∇ₓ log p(c|x), g*(x, c))); targets from a robust teacher or a "
+                            "tensor file"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--pag-coeff", 1.5, "λ (code: 1.5 for ResNet-18, 3.0 for the ViT)"))
-    register(Option("--pag-scale", 10.0, "s, the constant multiplying (1 − mean cos) in the code's PAG loss"))
-    register(Option("--pag-classes", 0, "classes per image whose gradients are aligned: 0 = all (paper), "
-                    "K = a random K per image"))
-    register(Option("--pag-targets", "teacher", "target gradients: 'teacher' (its ∇ₓ log p_T(c|x)) or a "
-                    "tensor file {images, targets[N, K, C, H, W]}"))
-    register(Option("--pag-early-epochs", 0, "multiply λ by --pag-early-factor in the first N epochs "
+    register(Option(flag="--pag-coeff", default=1.5, help="λ (code: 1.5 for ResNet-18, 3.0 for the ViT)"))
+    register(Option(flag="--pag-scale", default=10.0,
+                    help="s, the constant multiplying (1 − mean cos) in the code's PAG loss"))
+    register(Option(flag="--pag-classes", default=0,
+                    help="classes per image whose gradients are aligned: 0 = all (paper), K = a random K per image"))
+    register(Option(flag="--pag-targets", default="teacher",
+                    help="target gradients: 'teacher' (its ∇ₓ log p_T(c|x)) or a tensor file {images, targets[N, K, "
+                         "C, H, W]}"))
+    register(Option(flag="--pag-early-epochs", default=0, help="multiply λ by --pag-early-factor in the first N epochs "
                     "(code's ViT: 50)"))
-    register(Option("--pag-early-factor", 2 / 3, "λ factor of the first --pag-early-epochs epochs (code: 2/3)"))
+    register(Option(flag="--pag-early-factor", default=2 / 3,
+                    help="λ factor of the first --pag-early-epochs epochs (code: 2/3)"))
 
 
 def alignment_loss(grads: Tensor, targets: Tensor) -> Tensor:

@@ -20,8 +20,8 @@ EARLY_REPORT_STEP = 10  # a log file hears from a new launch after this many ste
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--progress-interval", 60.0, "seconds between progress lines when stderr is not a terminal "
-                    "(a log file)", fixed_on_resume=False))
+    register(Option(flag="--progress-interval", default=60.0, fixed_on_resume=False,
+                    help="seconds between progress lines when stderr is not a terminal (a log file)"))
 
 
 def format_duration(seconds: float) -> str:

@@ -34,17 +34,18 @@ FEAT_LOSSES = ("cosine", "relative-l2")
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("rrm", "RRM: w·CE + (1 − cos) match of penultimate features to the teacher's; clean inputs only",
-                    needs_teacher=True))
+    register(Method(name="rrm", needs_teacher=True,
+                    summary="RRM: w·CE + (1 − cos) match of penultimate features to the teacher's; clean inputs only"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--rrm-xent-weight", 0.005, "w_ce, weight of the CE (CIFAR-10 L∞: 0.005, L2: 5e-5, "
-                    "Restricted-ImageNet: 0.001)"))
-    register(Option("--rrm-feat-weight", 1.0, "w_feat, weight of the feature-matching term (code: 1)"))
-    register(Option("--rrm-feat-loss", "cosine", "1 − cosine similarity (CIFAR) or relative L2 ‖φ_s − φ_t‖/‖φ_t‖ "
-                    "(Restricted-ImageNet)", choices=FEAT_LOSSES))
+    register(Option(flag="--rrm-xent-weight", default=0.005,
+                    help="w_ce, weight of the CE (CIFAR-10 L∞: 0.005, L2: 5e-5, Restricted-ImageNet: 0.001)"))
+    register(Option(flag="--rrm-feat-weight", default=1.0,
+                    help="w_feat, weight of the feature-matching term (code: 1)"))
+    register(Option(flag="--rrm-feat-loss", default="cosine", choices=FEAT_LOSSES,
+                    help="1 − cosine similarity (CIFAR) or relative L2 ‖φ_s − φ_t‖/‖φ_t‖ (Restricted-ImageNet)"))
 
 
 def feature_loss(student: Tensor, teacher: Tensor, kind: str = "cosine") -> Tensor:

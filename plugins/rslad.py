@@ -26,23 +26,25 @@ from robustdistill._losses import KL_REDUCTIONS, reduce_kl
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("rslad", "RSLAD: 5/6·KL(S(x′), T(x)) + 1/6·KL(S(x), T(x)), KL-to-teacher attack",
+    register(Method(name="rslad", summary="RSLAD: 5/6·KL(S(x′), T(x)) + 1/6·KL(S(x), T(x)), KL-to-teacher attack",
                     needs_teacher=True, attack="teacher-kl"))
 
 
 @hookimpl
 def register_attacks(register: Callable) -> None:
-    register(Attack("teacher-kl", teacher_kl_objective, "KL(T(x) ‖ S(x′)) to the teacher's clean soft labels (RSLAD)",
-                    needs_teacher=True))
+    register(Attack(name="teacher-kl", objective=teacher_kl_objective, needs_teacher=True,
+                    summary="KL(T(x) ‖ S(x′)) to the teacher's clean soft labels (RSLAD)"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--rslad-adv-weight", 5 / 6, "weight of the adversarial term; the clean term gets 1 − it (paper: 5/6)"))
-    register(Option("--rslad-reduction", "mean", "KL reduction: mean over B×C elements (RSLAD code) or batchmean",
-                    choices=KL_REDUCTIONS))
-    register(Option("--rslad-scale", None, "multiplies both terms (default: 10 on 100-class data as the official "
-                    "CIFAR-100 script and the IGDM code, else 1 as the CIFAR-10 script)", type=float))
+    register(Option(flag="--rslad-adv-weight", default=5 / 6,
+                    help="weight of the adversarial term; the clean term gets 1 − it (paper: 5/6)"))
+    register(Option(flag="--rslad-reduction", default="mean", choices=KL_REDUCTIONS,
+                    help="KL reduction: mean over B×C elements (RSLAD code) or batchmean"))
+    register(Option(flag="--rslad-scale", default=None, type=float,
+                    help="multiplies both terms (default: 10 on 100-class data as the official CIFAR-100 script and "
+                         "the IGDM code, else 1 as the CIFAR-10 script)"))
 
 
 def official_scale(num_classes: int) -> float:

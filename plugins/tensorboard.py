@@ -14,8 +14,9 @@ SCALARS = ("loss", "lr", "val_clean", "val_pgd", "images_per_s", "train_seconds"
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--tensorboard", False, "also log the per-epoch metrics for TensorBoard into DIR/tensorboard "
-                    "(needs the tensorboard package)", fixed_on_resume=False))
+    register(Option(flag="--tensorboard", default=False, fixed_on_resume=False,
+                    help="also log the per-epoch metrics for TensorBoard into DIR/tensorboard (needs the tensorboard "
+                         "package)"))
 
 
 def summary_writer_class() -> Any:

@@ -21,17 +21,20 @@ from robustdistill._attacks import Objective, kl_objective, model_mode
 
 @hookimpl
 def register_methods(register: Callable) -> None:
-    register(Method("trades", "TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')); trains robust teachers", attack="trades-kl"))
+    register(Method(name="trades", attack="trades-kl",
+                    summary="TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')); trains robust teachers"))
 
 
 @hookimpl
 def register_attacks(register: Callable) -> None:
-    register(Attack("trades-kl", trades_objective, "KL(S(x) ‖ S(x′)) to the student's own clean prediction (TRADES)"))
+    register(Attack(name="trades-kl", objective=trades_objective,
+                    summary="KL(S(x) ‖ S(x′)) to the student's own clean prediction (TRADES)"))
 
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option("--trades-beta", 6.0, "β, the weight of the robustness KL term (paper: 6)", type=float))
+    register(Option(flag="--trades-beta", default=6.0, type=float,
+                    help="β, the weight of the robustness KL term (paper: 6)"))
 
 
 def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:

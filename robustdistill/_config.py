@@ -94,7 +94,8 @@ def _option(flag: str, default: Any, help: str, group: str, *, type: Callable[[s
             choices: tuple[Any, ...] | None = None, fixed_on_resume: bool = True, metavar: str | None = None,
             repeat: bool = False) -> Any:
     """A :class:`RunConfig` field declared with its command-line option."""
-    option = Option(flag, default, help, type, choices, fixed_on_resume, metavar)
+    option = Option(flag=flag, default=default, help=help, type=type, choices=choices, fixed_on_resume=fixed_on_resume,
+                    metavar=metavar)
     return field(default=default, metadata={"option": option, "group": group, "repeat": repeat})
 
 

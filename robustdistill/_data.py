@@ -781,15 +781,17 @@ def load_synthetic(data_dir: str | None = None, download: bool = False) -> Image
 
 
 BUILTIN_DATASETS: list[DatasetEntry] = [
-    DatasetEntry("fashion-mnist", load_fashion_mnist,
-                 "Fashion-MNIST, 10 classes of grey 28x28 clothing (default; Debian dataset-fashion-mnist)"),
-    DatasetEntry("mnist", load_mnist, "MNIST, 10 classes of grey 28x28 handwritten digits"),
-    DatasetEntry("cifar10", load_cifar10, "CIFAR-10, 10 classes of colour 32x32 images"),
-    DatasetEntry("cifar100", load_cifar100, "CIFAR-100, 100 classes of colour 32x32 images"),
-    DatasetEntry("svhn", load_svhn, "SVHN, 10 classes of colour 32x32 house-number digits (needs scipy)"),
-    DatasetEntry("imagefolder", load_imagefolder,
-                 "DIR/train/<class>/* and DIR/test|val/<class>/*, RGB, e.g. Tiny-ImageNet"),
-    DatasetEntry("synthetic", load_synthetic, "10 classes of 8x8 grey patterns made in memory, for plugin tests"),
+    DatasetEntry(name="fashion-mnist", load=load_fashion_mnist,
+                 summary="Fashion-MNIST, 10 classes of grey 28x28 clothing (default; Debian dataset-fashion-mnist)"),
+    DatasetEntry(name="mnist", load=load_mnist, summary="MNIST, 10 classes of grey 28x28 handwritten digits"),
+    DatasetEntry(name="cifar10", load=load_cifar10, summary="CIFAR-10, 10 classes of colour 32x32 images"),
+    DatasetEntry(name="cifar100", load=load_cifar100, summary="CIFAR-100, 100 classes of colour 32x32 images"),
+    DatasetEntry(name="svhn", load=load_svhn,
+                 summary="SVHN, 10 classes of colour 32x32 house-number digits (needs scipy)"),
+    DatasetEntry(name="imagefolder", load=load_imagefolder,
+                 summary="DIR/train/<class>/* and DIR/test|val/<class>/*, RGB, e.g. Tiny-ImageNet"),
+    DatasetEntry(name="synthetic", load=load_synthetic,
+                 summary="10 classes of 8x8 grey patterns made in memory, for plugin tests"),
 ]
 
 

@@ -40,8 +40,9 @@ def cw_attack(ctx: StepContext) -> Objective:
 
 @hookimpl
 def register_attacks(register: Callable) -> None:
-    register(Attack("ce", ce_attack, "PGD on the cross-entropy of the true labels (PGD-AT, ARD)"))
-    register(Attack("cw", cw_attack, "PGD on the C&W margin of the true labels, κ = 50 (CW∞)"))
+    register(Attack(name="ce", objective=ce_attack,
+                    summary="PGD on the cross-entropy of the true labels (PGD-AT, ARD)"))
+    register(Attack(name="cw", objective=cw_attack, summary="PGD on the C&W margin of the true labels, κ = 50 (CW∞)"))
 
 
 @hookimpl

@@ -230,15 +230,16 @@ def _autoattack(stages: tuple[str, ...] | None = None) -> Callable[..., Tensor]:
 
 
 BUILTIN_EVAL_ATTACKS: list[EvalAttack] = [
-    EvalAttack("clean", _clean, "no attack: accuracy on the clean inputs"),
-    EvalAttack("fgsm", _fgsm, "FGSM: one gradient step of size eps"),
-    EvalAttack("pgd20", _pgd, "PGD on cross-entropy, --pgd-steps steps (20) of --step-size, random start"),
-    EvalAttack("cw", _cw, "CW-inf: PGD on the C&W margin loss, --cw-steps steps (30), kappa --kappa"),
-    EvalAttack("autoattack", _autoattack(),
-               "AutoAttack, --autoattack-version (standard: APGD-CE, APGD-T, FAB-T, Square); needs pip install "
+    EvalAttack(name="clean", run=_clean, summary="no attack: accuracy on the clean inputs"),
+    EvalAttack(name="fgsm", run=_fgsm, summary="FGSM: one gradient step of size eps"),
+    EvalAttack(name="pgd20", run=_pgd,
+               summary="PGD on cross-entropy, --pgd-steps steps (20) of --step-size, random start"),
+    EvalAttack(name="cw", run=_cw, summary="CW-inf: PGD on the C&W margin loss, --cw-steps steps (30), kappa --kappa"),
+    EvalAttack(name="autoattack", run=_autoattack(),
+               summary="AutoAttack, --autoattack-version (standard: APGD-CE, APGD-T, FAB-T, Square); needs pip install "
                "pyautoattack", whole_set=True, check=_import_autoattack),
-    EvalAttack("apgd-ce+apgd-t", _autoattack(APGD_ATTACKS),
-               "the first two stages of standard AutoAttack (APGD-CE, then APGD-T on the 9 most likely other "
+    EvalAttack(name="apgd-ce+apgd-t", run=_autoattack(APGD_ATTACKS),
+               summary="the first two stages of standard AutoAttack (APGD-CE, then APGD-T on the 9 most likely other "
                "classes), with its parameters and seed: an upper bound on its accuracy at a fraction of the cost; "
                "needs pip install pyautoattack", whole_set=True, check=_import_autoattack),
 ]

@@ -310,28 +310,28 @@ def _build_wrn(arch: ModelArch) -> WideResNet:
 
 
 BUILTIN_MODELS: list[ModelEntry] = [
-    ModelEntry("cnn", lambda arch: SmallCNN(arch, ((16,), (32,), (64,)), pooled=3, features=128),
-               "light 3-conv CNN for 28x28 images; fast enough for adversarial training on a CPU"),
-    ModelEntry("smallcnn", lambda arch: SmallCNN(arch, ((32, 32), (64, 64)), pooled=4, features=256),
-               "4-conv CNN in the layout of TRADES' MNIST SmallCNN"),
-    ModelEntry("resnet18", ResNet18, "CIFAR ResNet-18 (11.2M parameters)"),
+    ModelEntry(name="cnn", factory=lambda arch: SmallCNN(arch, ((16,), (32,), (64,)), pooled=3, features=128),
+               summary="light 3-conv CNN for 28x28 images; fast enough for adversarial training on a CPU"),
+    ModelEntry(name="smallcnn", factory=lambda arch: SmallCNN(arch, ((32, 32), (64, 64)), pooled=4, features=256),
+               summary="4-conv CNN in the layout of TRADES' MNIST SmallCNN"),
+    ModelEntry(name="resnet18", factory=ResNet18, summary="CIFAR ResNet-18 (11.2M parameters)"),
     ModelEntry(
-        "preact-resnet18",
-        lambda arch: ResNet18(arch, preact=True),
-        "CIFAR pre-activation ResNet-18 (Rice et al.)",
+        name="preact-resnet18",
+        factory=lambda arch: ResNet18(arch, preact=True),
+        summary="CIFAR pre-activation ResNet-18 (Rice et al.)",
     ),
     ModelEntry(
-        "wrn-D-K",
-        _build_wrn,
-        "CIFAR WideResNet of depth D and widen factor K, e.g. wrn-34-10, wrn-28-10",
+        name="wrn-D-K",
+        factory=_build_wrn,
+        summary="CIFAR WideResNet of depth D and widen factor K, e.g. wrn-34-10, wrn-28-10",
         pattern=WRN_PATTERN,
     ),
-    ModelEntry("mobilenetv2", MobileNetV2, "CIFAR MobileNetV2 (2.3M parameters)"),
-    ModelEntry("torchvision:NAME", lambda arch: _zoo().build_torchvision(arch),
-               "any torchvision classification model, random weights (e.g. torchvision:resnet50)",
+    ModelEntry(name="mobilenetv2", factory=MobileNetV2, summary="CIFAR MobileNetV2 (2.3M parameters)"),
+    ModelEntry(name="torchvision:NAME", factory=lambda arch: _zoo().build_torchvision(arch),
+               summary="any torchvision classification model, random weights (e.g. torchvision:resnet50)",
                pattern=r"torchvision:.+"),
-    ModelEntry("timm:NAME", lambda arch: _zoo().build_timm(arch),
-               "any timm model, random weights (e.g. timm:resnet18; pip install timm)", pattern=r"timm:.+"),
+    ModelEntry(name="timm:NAME", factory=lambda arch: _zoo().build_timm(arch),
+               summary="any timm model, random weights (e.g. timm:resnet18; pip install timm)", pattern=r"timm:.+"),
 ]
 
 

@@ -54,7 +54,7 @@ class ModelArch:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelEntry:
     """A model family. ``pattern`` (a regex) lets one entry serve names like ``wrn-34-10``."""
 
@@ -96,7 +96,7 @@ class ImageData:
     test_y: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetEntry:
     """A dataset: ``load(data_dir, download)`` returns :class:`ImageData`."""
 
@@ -105,7 +105,7 @@ class DatasetEntry:
     summary: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Option:
     """A command-line option of ``robustdistill train``.
 
@@ -137,7 +137,7 @@ class Option:
         return self.type is None and isinstance(self.default, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
     """A training method selectable with ``--plugin NAME``.
 
@@ -155,7 +155,7 @@ class Method:
     attack: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Attack:
     """A training attack's objective, selectable with ``--attack NAME``: ``objective(ctx)`` returns the per-sample
     loss ``x′ ↦ [B]`` that the base method's attack maximises in this step (the run's ε, step and steps
@@ -167,7 +167,7 @@ class Attack:
     needs_teacher: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalAttack:
     """An evaluation attack: ``run(model, x, y, settings)`` returns adversarial inputs for a batch.
 

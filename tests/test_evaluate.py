@@ -190,7 +190,7 @@ def test_modes_restored_and_no_parameter_gradients():
         seen.append([mod.training for mod in m.modules()])
         return x
 
-    evaluate(model, data.test_x[:4], data.test_y[:4], [EvalAttack("spy", spy, "")], settings(), device="cpu")
+    evaluate(model, data.test_x[:4], data.test_y[:4], [EvalAttack(name="spy", run=spy, summary="")], settings(), device="cpu")
     assert seen and not any(any(modes) for modes in seen)  # attacks see eval mode everywhere
     assert model.training and model.bn.training
     assert torch.equal(model.bn.running_mean, running)
@@ -198,7 +198,7 @@ def test_modes_restored_and_no_parameter_gradients():
 
 def test_attack_leaving_the_ball_is_caught(trained):
     data = make_data()
-    cheat = EvalAttack("cheat", lambda m, x, y, s: (x + 2 * s.eps).clamp(0, 1), "moves too far")
+    cheat = EvalAttack(name="cheat", run=lambda m, x, y, s: (x + 2 * s.eps).clamp(0, 1), summary="moves too far")
     with pytest.raises(RobustDistillError, match="cheat"):
         evaluate(trained, data.test_x[:8], data.test_y[:8], [cheat], settings(), device="cpu")
 
@@ -211,7 +211,7 @@ def test_whole_set_attack_gets_everything_at_once(trained):
         calls.append((x.shape[0], x.dtype, batch_size, verbose))
         return x
 
-    chosen = [ATTACKS["clean"], EvalAttack("whole", whole, "", whole_set=True)]
+    chosen = [ATTACKS["clean"], EvalAttack(name="whole", run=whole, summary="", whole_set=True)]
     result = run_evaluation(trained, data.test_x, data.test_y, chosen, settings(), batch_size=16, device="cpu")
     assert calls == [(60, torch.float32, 16, False)]
     assert result.accuracy["whole"] == result.accuracy["clean"]
@@ -316,11 +316,11 @@ def make_registry(loads: list | None = None, recorder: Recorder | None = None) -
         return make_data()
 
     reg = Registry()
-    reg.models.append(ModelEntry("tiny", TinyNet, "test model"))
-    reg.datasets["tinyset"] = DatasetEntry("tinyset", load, "test data")
+    reg.models.append(ModelEntry(name="tiny", factory=TinyNet, summary="test model"))
+    reg.datasets["tinyset"] = DatasetEntry(name="tinyset", load=load, summary="test data")
     reg.eval_attacks.update(ATTACKS)
     if recorder is not None:
-        reg.eval_attacks["recorder"] = EvalAttack("recorder", recorder, "counts images")
+        reg.eval_attacks["recorder"] = EvalAttack(name="recorder", run=recorder, summary="counts images")
     return reg
 
 
@@ -557,7 +557,8 @@ def test_each_attack_starts_from_the_seed(trained):
         torch.rand(1000)
         return x
 
-    drawing, consuming = EvalAttack("draw", draw, ""), EvalAttack("consume", consume, "")
+    drawing, consuming = EvalAttack(name="draw", run=draw, summary=""), EvalAttack(name="consume", run=consume,
+                                                                                   summary="")
     run_evaluation(trained, data.test_x, data.test_y, [drawing], settings(), batch_size=64, device="cpu", seed=3)
     run_evaluation(trained, data.test_x, data.test_y, [consuming, drawing], settings(), batch_size=64,
                    device="cpu", seed=3)
@@ -588,7 +589,7 @@ def test_json_is_written_after_each_attack_and_a_rerun_continues(checkpoint, tmp
     out = tmp_path / "eval.json"
     rec, slow = Recorder(), Interrupting()
     registry = make_registry(recorder=rec)
-    registry.eval_attacks["slow"] = EvalAttack("slow", slow, "interrupted")
+    registry.eval_attacks["slow"] = EvalAttack(name="slow", run=slow, summary="interrupted")
     assert eval_command(eval_args(checkpoint, out), registry) == 130
     assert "2 finished attack(s) are in" in capsys.readouterr().err
     kept = json.loads(out.read_text())
@@ -597,7 +598,7 @@ def test_json_is_written_after_each_attack_and_a_rerun_continues(checkpoint, tmp
     assert rec.seen == 60
 
     # The rerun skips what is in the file and evaluates the rest.
-    registry.eval_attacks["slow"] = EvalAttack("slow", Recorder(), "now quick")
+    registry.eval_attacks["slow"] = EvalAttack(name="slow", run=Recorder(), summary="now quick")
     assert eval_command(eval_args(checkpoint, out), registry) == 0
     assert rec.seen == 60  # not evaluated again
     stdout = capsys.readouterr().out

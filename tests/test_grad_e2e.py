@@ -159,7 +159,7 @@ def load_first_five(data_dir, download):
 class FirstFive:
     @hookimpl
     def register_datasets(self, register):
-        register(DatasetEntry("fashion-mnist-5", load_first_five, "Fashion-MNIST classes 0-4"))
+        register(DatasetEntry(name="fashion-mnist-5", load=load_first_five, summary="Fashion-MNIST classes 0-4"))
 
 
 def test_finetune_head_turns_a_teacher_of_another_label_set_into_a_teacher(root, capsys):

@@ -144,7 +144,7 @@ def test_state_dict_round_trip() -> None:
 
 
 def test_custom_entries() -> None:
-    entries = [ModelEntry("tiny", lambda arch: nn.Linear(2, 2), "not a classifier")]
+    entries = [ModelEntry(name="tiny", factory=lambda arch: nn.Linear(2, 2), summary="not a classifier")]
     with pytest.raises(RobustDistillError, match="Classifier"):
         build_model(ModelArch("tiny", 10, 1, 28), entries)
     with pytest.raises(RobustDistillError, match="known models: tiny"):

@@ -46,11 +46,11 @@ class AddOn:
 
     @hookimpl
     def register_methods(self, register):
-        register(Method("addon", "test add-on", default_base="at"))
+        register(Method(name="addon", summary="test add-on", default_base="at"))
 
     @hookimpl
     def register_options(self, register):
-        register(Option("--addon-weight", 0.5, "weight of the add-on term"))
+        register(Option(flag="--addon-weight", default=0.5, help="weight of the add-on term"))
 
     @hookimpl
     def loss(self, ctx):
@@ -108,7 +108,7 @@ def test_student_forward_is_shared_between_composed_plugins():
 class Faulty:
     @hookimpl
     def register_methods(self, register):
-        register(Method("faulty", "raises in its loss"))
+        register(Method(name="faulty", summary="raises in its loss"))
 
     @hookimpl
     def loss(self, ctx):
@@ -305,7 +305,7 @@ def test_third_party_method_is_usable(site, monkeypatch):
 class Unprefixed:
     @hookimpl
     def register_options(self, register):
-        register(Option("--weight", 1.0, "an option without its plugin's prefix"))
+        register(Option(flag="--weight", default=1.0, help="an option without its plugin's prefix"))
 
 
 class RaisingRegistration:
@@ -363,7 +363,7 @@ def test_debug_prints_a_plugin_traceback(tmp_path, capsys, monkeypatch):
 class DeclaresAdv:
     @hookimpl
     def register_methods(self, register):
-        register(Method("declares-adv", "declares S(x_adv) and reads another tensor under its name",
+        register(Method(name="declares-adv", summary="declares S(x_adv) and reads another tensor under its name",
                         default_base="at"))
 
     @hookimpl

@@ -205,7 +205,7 @@ def test_checkpoint_every_steps_records_the_data_position(tmp_path):
 class GoesNaN:
     @hookimpl
     def register_methods(self, register):
-        register(Method("nan-at-2", "a loss that turns NaN in epoch 2"))
+        register(Method(name="nan-at-2", summary="a loss that turns NaN in epoch 2"))
 
     @hookimpl
     def loss(self, ctx):
@@ -227,7 +227,7 @@ def test_non_finite_loss_stops_names_the_term_and_keeps_the_last_good_checkpoint
 class RunsOutOfMemory:
     @hookimpl
     def register_methods(self, register):
-        register(Method("oom", "always out of memory"))
+        register(Method(name="oom", summary="always out of memory"))
 
     @hookimpl
     def loss(self, ctx):

@@ -16,13 +16,13 @@ from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView,
 
 @hookimpl
 def register_methods(register: Callable[[Method], None]) -> None:
-    register(Method("logit-pairing", "adversarial logit pairing: + λ·‖S(x′) − S(x)‖² on the base's x′",
+    register(Method(name="logit-pairing", summary="adversarial logit pairing: + λ·‖S(x′) − S(x)‖² on the base's x′",
                     default_base="at"))
 
 
 @hookimpl
 def register_options(register: Callable[[Option], None]) -> None:
-    register(Option("--logit-pairing-weight", 0.5, "λ, the weight of the pairing term (paper: 0.5)"))
+    register(Option(flag="--logit-pairing-weight", default=0.5, help="λ, the weight of the pairing term (paper: 0.5)"))
 
 
 @hookimpl

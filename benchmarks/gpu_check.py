@@ -613,7 +613,7 @@ class Runner:
             run_dir = self.out / f"amp-{amp}"
             shutil.rmtree(run_dir, ignore_errors=True)
             train = [self.python, "-m", "robustdistill", "train", "--plugin", "at", "--dataset", "fashion-mnist",
-                     "--model", "cnn", "--subset", "10000", "--epochs", "2", "--val-size", "200", "--seed", "0",
+                     "--model", "cnn", "--subset", "10000", "--epochs", "2", "--val-split", "200", "--seed", "0",
                      "--device", "cuda", "--amp", amp, "--out", str(run_dir)]
             proc = self.command(result, train, 120)
             if proc is None or proc.returncode != 0:

@@ -93,7 +93,7 @@ STEP_VARIANTS = {"default": [], "fold-bn-off": ["--fold-bn", "off"], "batch-stud
 def test_rslad_igdm_step(benchmark, tmp_path, device: str, variant: str) -> None:
     from train_step import build_engine_run, parse_args
 
-    from robustdistill._loop import train_step
+    from robustdistill._loop import new_step, train_step
 
     models = ["cnn", "cnn", "1", "28"] if device == "cpu" else ["resnet18", "wrn-34-10", "3", "32"]
     args = parse_args(["--device", device, "--batch-sizes", "128", *STEP_VARIANTS[variant],
@@ -104,7 +104,7 @@ def test_rslad_igdm_step(benchmark, tmp_path, device: str, variant: str) -> None
     y = run.view.data.train_y[:128].to(run.device)
 
     def step() -> None:
-        train_step(run, x, y, 1, 0)
+        train_step(run, new_step(run, x, y, 1, 0))
         if device == "cuda":
             torch.cuda.synchronize()
 

@@ -55,8 +55,8 @@ from reference_step import reference_step
 from robustdistill import hookimpl
 from robustdistill._checkpoint import save_checkpoint
 from robustdistill._config import parse_number
-from robustdistill._loop import start, train_step
-from robustdistill._run import Run, build_run, run_environment
+from robustdistill._loop import new_step, start, train_step
+from robustdistill._run import Run, build_run
 from robustdistill._folding import unfolded
 from robustdistill._models import build_model
 from robustdistill._registry import DatasetEntry, DatasetInfo, ImageData, ModelArch
@@ -230,7 +230,7 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
                               steps=cfg.attack_steps, igdm_weight=igdm_weight)
 
     def engine() -> tuple[Tensor, dict[str, Tensor]]:
-        total, terms = train_step(run, x, y, epoch, 0)
+        total, terms = train_step(run, new_step(run, x, y, epoch, 0))
         return total, {t.name: t.value.detach() for t in terms}
 
     torch.manual_seed(args.seed)
@@ -251,7 +251,7 @@ def bench_batch(args: Namespace, run: Run, ref_student: torch.nn.Module, ref_tea
 
 def environment(run: Run) -> dict[str, Any]:
     """The engine's run environment plus the TF32 switches that change matmul and convolution speed."""
-    return {**run_environment(run), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    return {**run.environment(), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 

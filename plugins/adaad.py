@@ -10,8 +10,8 @@ the clean term is added only when λ ≠ 1 (a zero-weight term is not a term).
 
 KL reduction (``--adaad-reduction``, resolved per run): the official CIFAR-10 code uses
 ``nn.KLDivLoss()``'s element-wise ``mean`` and its CIFAR-100 code the per-sample sum (``batchmean``), so
-alone AdaAD gets ``batchmean`` on 100-class data and ``mean`` on every other dataset; composed with igdm
-it gets ``batchmean``, the IGDM code's AdaAD base on which IGDM's α for AdaAD was tuned. The official
+AdaAD gets ``batchmean`` on 100-class data and ``mean`` on every other dataset, unless an add-on's
+composition says otherwise (igdm: ``batchmean``, the IGDM code's AdaAD base on which its α was tuned). The official
 ``main.py`` defaults are ε = 16/255, step 4/255; its README commands (and this plugin, through
 ``--eps``/``--step-size``) use 8/255, 2/255. Weight decay in the code: 5e-4.
 """
@@ -22,9 +22,9 @@ from typing import Any, Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, RunConfig, StepContext, hookimpl
-from robustdistill._attacks import INITS, Objective, model_mode
-from robustdistill._losses import KL_REDUCTIONS, kl_to_teacher
+from robustdistill import hookimpl
+from robustdistill.api import (INITS, KL_REDUCTIONS, Attack, DatasetInfo, Default, LossTerm, Method, Objective, Option,
+                               StepContext, kl_elements, kl_per_sample, model_mode, reduce_kl)
 
 
 @hookimpl
@@ -45,20 +45,22 @@ def register_options(register: Callable) -> None:
     register(Option(flag="--adaad-lambda", default=1.0, help="λ, weight of the adversarial term (code: always 1)"))
     register(Option(flag="--adaad-reduction", default=None, type=str, choices=KL_REDUCTIONS,
                     help="KL reduction: mean over B×C (default on data without 100 classes: the AdaAD CIFAR-10 code) "
-                         "or batchmean (default on 100 classes: the AdaAD CIFAR-100 code; default with igdm: the "
-                         "IGDM code)"))
+                         "or batchmean (default on 100 classes: the AdaAD CIFAR-100 code; with igdm: the IGDM "
+                         "code)"))
     register(Option(flag="--adaad-init", default="normal", choices=INITS,
                     help="attack start: x+0.001·N (code) or uniform in the ε-ball"))
 
 
-def official_reduction(num_classes: int, with_igdm: bool) -> str:
-    """The KL reduction of the official code this composition follows."""
-    return "batchmean" if with_igdm or num_classes == 100 else "mean"
+def official_reduction(num_classes: int) -> Default:
+    """The KL reduction of the official AdaAD code for this number of classes."""
+    if num_classes == 100:
+        return Default(value="batchmean", source="the AdaAD CIFAR-100 code")
+    return Default(value="mean", source="the AdaAD CIFAR-10 code (nn.KLDivLoss())")
 
 
 @hookimpl
-def resolve_options(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
-    return {"reduction": official_reduction(dataset.num_classes, "igdm" in config.plugin)}
+def resolve_options(dataset: DatasetInfo) -> dict[str, Any]:
+    return {"reduction": official_reduction(dataset.num_classes)}
 
 
 def adaad_objective(ctx: StepContext) -> Objective:
@@ -86,11 +88,15 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 @hookimpl
 def loss(ctx: StepContext) -> list[LossTerm]:
     opts = ctx.config.adaad
-    teacher_adv = ctx.teacher_out("adv", ctx.x_adv).logits
-    terms = [LossTerm("kl_adv", kl_to_teacher(ctx.student_out("adv"), teacher_adv, opts.reduction),
-                      weight=opts.lambda_)]
+    terms = [kl_term("kl_adv", ctx.student_out("adv"), ctx.teacher_out("adv", ctx.x_adv).logits, opts.reduction,
+                     opts.lambda_)]
     if opts.lambda_ != 1:
-        teacher_clean = ctx.teacher_out("clean", ctx.x).logits
-        terms.append(LossTerm("kl_clean", kl_to_teacher(ctx.student_out("clean"), teacher_clean, opts.reduction),
-                              weight=1 - opts.lambda_))
+        terms.append(kl_term("kl_clean", ctx.student_out("clean"), ctx.teacher_out("clean", ctx.x).logits,
+                             opts.reduction, 1 - opts.lambda_))
     return terms
+
+
+def kl_term(name: str, student: Tensor, teacher: Tensor, reduction: str, weight: float) -> LossTerm:
+    """KL(σ(T) ‖ σ(S)) reduced as ``reduction``, with its per-sample values."""
+    kl = kl_elements(student, teacher)
+    return LossTerm(name, reduce_kl(kl, reduction), weight=weight, per_sample=lambda: kl_per_sample(kl, reduction))

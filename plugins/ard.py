@@ -6,15 +6,12 @@ Teacher on **clean** x, student on the adversarial x′ = PGD-10 on the student'
 labels from a uniform start. KL(p ‖ q) has the teacher as p (PyTorch's ``kl_div(log σ(S), σ(T))``), in
 the ARD code and in the IGDM code alike.
 
-The defaults depend on the composition (``resolve_options``):
-
-* ``--plugin ard`` alone trains the ARD code's ARD: τ = 30, the legacy element-wise ``mean`` KL
-  reduction (``nn.KLDivLoss()``), and the attack run with the student in **train** mode (BatchNorm batch
-  statistics; its running statistics are updated by every PGD iterate, as in the code).
-* ``--plugin ard --plugin igdm`` trains the IGDM code's ARD base, the one IGDM's α table (App. B.2) was
-  tuned on: τ = 1, ``batchmean``, the attack with the student in **eval** mode.
-
-Any of ``--ard-tau``, ``--ard-kl-reduction``, ``--ard-attack-bn`` given on the command line wins. In both
+The defaults are the ARD code's ARD (``resolve_options``): τ = 30, the legacy element-wise ``mean`` KL
+reduction (``nn.KLDivLoss()``), and the attack run with the student in **train** mode (BatchNorm batch
+statistics; its running statistics are updated by every PGD iterate, as in the code). An add-on may declare
+another base for its composition: ``--plugin ard --plugin igdm`` trains the IGDM code's ARD base (τ = 1,
+``batchmean``, eval-mode attack; see the igdm plugin). Any of ``--ard-tau``, ``--ard-kl-reduction``,
+``--ard-attack-bn`` given on the command line wins. In both
 codes α = 1, and the clean forward S(x) still runs in train mode with weight 0 on its CE, so BatchNorm
 running statistics see the clean batch: it is declared in ``student_inputs`` and always runs, after S(x′)
 as in the ARD code; the CE term is added only when α ≠ 1 (a zero-weight term is not a term).
@@ -29,14 +26,12 @@ from typing import Any, Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RunConfig, StepContext, hookimpl
-from robustdistill._attacks import BN_MODES, INITS
-from robustdistill._losses import KL_REDUCTIONS, kl_to_teacher
+from robustdistill import hookimpl
+from robustdistill.api import (BN_MODES, INITS, KL_REDUCTIONS, Default, LossTerm, Method, Option, StepContext,
+                               kl_elements, kl_per_sample, reduce_kl)
 
 ARD_CODE = {"tau": 30.0, "kl_reduction": "mean", "attack_bn": "train"}
 """The ARD code's base (goldblum/AdversariallyRobustDistillation ``main.py``)."""
-IGDM_CODE = {"tau": 1.0, "kl_reduction": "batchmean", "attack_bn": "eval"}
-"""The IGDM code's ARD base (``ard_IGDM_cifar100.py``), on which IGDM's α for ARD was tuned."""
 
 
 @hookimpl
@@ -63,9 +58,9 @@ def register_options(register: Callable) -> None:
 
 
 @hookimpl
-def resolve_options(config: RunConfig) -> dict[str, Any]:
-    """The IGDM code's ARD base when composed with igdm, else the ARD code's."""
-    return dict(IGDM_CODE if "igdm" in config.plugin else ARD_CODE)
+def resolve_options() -> dict[str, Any]:
+    """The ARD code's ARD (where an add-on's composition has not set these already)."""
+    return {key: Default(value=value, source="the ARD code (main.py)") for key, value in ARD_CODE.items()}
 
 
 @hookimpl
@@ -82,8 +77,11 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 def loss(ctx: StepContext) -> list[LossTerm]:
     opts = ctx.config.ard
     teacher = ctx.teacher_out("clean", ctx.x).logits
-    kl = kl_to_teacher(ctx.student_out("adv"), teacher, opts.kl_reduction, opts.tau)
-    terms = [LossTerm("kl", kl, weight=opts.alpha * opts.tau ** 2)]
+    kl = kl_elements(ctx.student_out("adv"), teacher, opts.tau)
+    terms = [LossTerm("kl", reduce_kl(kl, opts.kl_reduction), weight=opts.alpha * opts.tau ** 2,
+                      per_sample=lambda: kl_per_sample(kl, opts.kl_reduction))]
     if opts.alpha != 1:
-        terms.append(LossTerm("ce", F.cross_entropy(ctx.student_out("clean"), ctx.y), weight=1 - opts.alpha))
+        clean = ctx.student_out("clean")
+        terms.append(LossTerm("ce", F.cross_entropy(clean, ctx.y), weight=1 - opts.alpha,
+                              per_sample=lambda: F.cross_entropy(clean, ctx.y, reduction="none")))
     return terms

@@ -14,8 +14,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill._attacks import BN_MODES, INITS
+from robustdistill import hookimpl
+from robustdistill.api import BN_MODES, INITS, LossTerm, Method, Option, StepContext
 
 
 @hookimpl
@@ -44,4 +44,6 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    return LossTerm("ce_adv", F.cross_entropy(ctx.student_out("adv"), ctx.y))
+    adv = ctx.student_out("adv")
+    return LossTerm("ce_adv", F.cross_entropy(adv, ctx.y),
+                    per_sample=lambda: F.cross_entropy(adv, ctx.y, reduction="none"))

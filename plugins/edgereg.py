@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
+from robustdistill import hookimpl
+from robustdistill.api import (LossTerm, Method, Option, RobustDistillError, RunView, StepContext, student_forward,
+                               student_gradient)
 
-from ._gradients import epoch_progress, student_forward, student_gradient
 from .gradnorm import note_relu
 
 DERIVATIVE = torch.tensor([[-0.5, 0.0, 0.5], [-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5]])
@@ -134,6 +135,6 @@ def loss(ctx: StepContext) -> list[LossTerm]:
         energy = edge_energy(ctx.x, opts.sigma)
     grad = student_gradient(ctx, x_in, logits, lambda out: out.float().gather(1, sampled[:, None]).sum(),
                             create_graph=True)
-    weight = alpha(epoch_progress(ctx), opts.weight, opts.weight_step, opts.weight_max)
+    weight = alpha(ctx.epoch_progress, opts.weight, opts.weight_step, opts.weight_max)
     return [LossTerm("ce", F.cross_entropy(logits, ctx.y)),
             LossTerm("edgereg", edge_loss(grad, energy, opts.saliency), weight=weight)]

@@ -36,11 +36,9 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
-
-from robustdistill._attacks import BN_MODES
-
-from ._gradients import epoch_progress, student_forward, student_gradient
+from robustdistill import hookimpl
+from robustdistill.api import (BN_MODES, LossTerm, Method, Option, RobustDistillError, RunView, StepContext,
+                               student_forward, student_gradient)
 
 RELU_NOTE = ("the paper finds that {method} fails with ReLU networks (Table 4: 16.94% clean / 6.82% AutoAttack "
              "against 60.34% / 30.00% with GELU); train with --activation gelu or silu")
@@ -99,6 +97,6 @@ def loss(ctx: StepContext) -> list[LossTerm]:
     y = ctx.y
     grad = student_gradient(ctx, x_in, logits, lambda out: F.cross_entropy(out.float(), y, reduction="sum"),
                             create_graph=True, train=train)
-    weight = opts.weight * ramp(epoch_progress(ctx), opts.warmup_epochs)
+    weight = opts.weight * ramp(ctx.epoch_progress, opts.warmup_epochs)
     return [LossTerm("ce", F.cross_entropy(logits, y), weight=opts.ce_weight),
             LossTerm("gradnorm", opts.eps * gradient_l1(grad), weight=weight)]

@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustdistill import LossTerm, Method, Option, PluginOptions, RobustDistillError, RunView, StepContext, hookimpl
-
-from ._gradients import student_forward, student_gradient, teacher_gradient
+from robustdistill import hookimpl
+from robustdistill.api import (LossTerm, Method, Option, PluginOptions, RobustDistillError, RunView, StepContext,
+                               student_forward, student_gradient, teacher_gradient)
 
 GRAD_TARGETS = ("true-prob", "ce")
 DISC_INPUTS = ("zero-mean-l2", "raw")

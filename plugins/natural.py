@@ -6,7 +6,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, StepContext, hookimpl
+from robustdistill import hookimpl
+from robustdistill.api import LossTerm, Method, StepContext
 
 
 @hookimpl
@@ -21,4 +22,6 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 
 @hookimpl
 def loss(ctx: StepContext) -> LossTerm:
-    return LossTerm("ce", F.cross_entropy(ctx.student_out("clean"), ctx.y))
+    clean = ctx.student_out("clean")
+    return LossTerm("ce", F.cross_entropy(clean, ctx.y),
+                    per_sample=lambda: F.cross_entropy(clean, ctx.y, reduction="none"))

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
-
-from ._gradients import log_prob_objective, student_forward, student_gradient, teacher_gradient
+from robustdistill import hookimpl
+from robustdistill.api import (LossTerm, Method, Option, RobustDistillError, RunView, StepContext, log_prob_objective,
+                               student_forward, student_gradient, teacher_gradient)
 
 
 @hookimpl

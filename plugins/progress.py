@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from robustdistill import LossTerm, Option, RunView, StepContext, hookimpl
+from robustdistill import hookimpl
+from robustdistill.api import LossTerm, Option, RunView, StepContext
 
 EARLY_REPORT_STEP = 10  # a log file hears from a new launch after this many steps, whatever the interval
 
@@ -114,6 +115,16 @@ def epoch_end(run: RunView, epoch: int, metrics: dict[str, Any]) -> None:
     if progress is None:
         return
     progress.close_bar()
-    print(f"epoch {epoch}/{run.config.epochs}  {weighted_loss_line(metrics)}"
-          f"  val clean {metrics.get('val_clean', float('nan')):.3f}  val pgd {metrics.get('val_pgd', float('nan')):.3f}"
+    print(f"epoch {epoch}/{run.config.epochs}  {weighted_loss_line(metrics)}{accuracy_line(metrics)}"
           f"  {metrics['images_per_s']:.0f} img/s", flush=True)
+
+
+def accuracy_line(metrics: dict[str, Any]) -> str:
+    """``  val clean 0.812  val pgd 0.521`` for every clean/PGD pair in the epoch's metrics (the validation split,
+    an averaged model's, the monitored test images)."""
+    parts = []
+    for key in metrics:
+        if key.endswith("_clean") and f"{key[:-6]}_pgd" in metrics:
+            name = key[:-6].replace("_", " ")
+            parts.append(f"  {name} clean {metrics[key]:.3f}  {name} pgd {metrics[key[:-6] + '_pgd']:.3f}")
+    return "".join(parts)

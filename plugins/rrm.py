@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
-from robustdistill._attacks import model_mode
+from robustdistill import hookimpl
+from robustdistill.api import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, model_mode
 
 FEAT_LOSSES = ("cosine", "relative-l2")
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import Attack, DatasetInfo, LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill._attacks import Objective, kl_objective
-from robustdistill._losses import KL_REDUCTIONS, reduce_kl
+from robustdistill import hookimpl
+from robustdistill.api import (KL_REDUCTIONS, Attack, DatasetInfo, Default, LossTerm, Method, Objective, Option,
+                               StepContext, kl_objective, kl_per_sample, reduce_kl)
 
 
 @hookimpl
@@ -47,9 +47,11 @@ def register_options(register: Callable) -> None:
                          "the IGDM code, else 1 as the CIFAR-10 script)"))
 
 
-def official_scale(num_classes: int) -> float:
+def official_scale(num_classes: int) -> Default:
     """The official scripts' factor on both terms: ×10 in the CIFAR-100 script, ×1 in the CIFAR-10 one."""
-    return 10.0 if num_classes == 100 else 1.0
+    if num_classes == 100:
+        return Default(value=10.0, source="the RSLAD CIFAR-100 script (×10 on both terms)")
+    return Default(value=1.0, source="the RSLAD CIFAR-10 script")
 
 
 @hookimpl
@@ -57,10 +59,15 @@ def resolve_options(dataset: DatasetInfo) -> dict[str, Any]:
     return {"scale": official_scale(dataset.num_classes)}
 
 
+def rslad_kl_elements(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """The official element-wise ``b·(log(b + 1e-5) − log σ(a))`` ``[B, C]``."""
+    b = teacher_probs.detach().float()
+    return b * (torch.log(b + 1e-5) - F.log_softmax(student_logits.float(), dim=1))
+
+
 def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: str) -> Tensor:
     """The official element-wise ``b·(log(b + 1e-5) − log σ(a))``, reduced."""
-    b = teacher_probs.detach().float()
-    return reduce_kl(b * (torch.log(b + 1e-5) - F.log_softmax(student_logits.float(), dim=1)), reduction)
+    return reduce_kl(rslad_kl_elements(student_logits, teacher_probs), reduction)
 
 
 def teacher_kl_objective(ctx: StepContext) -> Objective:
@@ -82,7 +89,9 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 def loss(ctx: StepContext) -> list[LossTerm]:
     opts = ctx.config.rslad
     soft_labels = F.softmax(ctx.teacher_out("clean", ctx.x).logits, dim=1)
-    adv = rslad_kl(ctx.student_out("adv"), soft_labels, opts.reduction)
-    clean = rslad_kl(ctx.student_out("clean"), soft_labels, opts.reduction)
-    return [LossTerm("kl_adv", adv, weight=opts.scale * opts.adv_weight),
-            LossTerm("kl_clean", clean, weight=opts.scale * (1 - opts.adv_weight))]
+    adv = rslad_kl_elements(ctx.student_out("adv"), soft_labels)
+    clean = rslad_kl_elements(ctx.student_out("clean"), soft_labels)
+    return [LossTerm("kl_adv", reduce_kl(adv, opts.reduction), weight=opts.scale * opts.adv_weight,
+                     per_sample=lambda: kl_per_sample(adv, opts.reduction)),
+            LossTerm("kl_clean", reduce_kl(clean, opts.reduction), weight=opts.scale * (1 - opts.adv_weight),
+                     per_sample=lambda: kl_per_sample(clean, opts.reduction))]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from robustdistill import Option, RobustDistillError, RunView, hookimpl
+from robustdistill import hookimpl
+from robustdistill.api import Option, RobustDistillError, RunView
 
 SCALARS = ("loss", "lr", "val_clean", "val_pgd", "images_per_s", "train_seconds")
 

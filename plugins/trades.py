@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustdistill import Attack, LossTerm, Method, Option, StepContext, hookimpl
-from robustdistill._attacks import Objective, kl_objective, model_mode
+from robustdistill import hookimpl
+from robustdistill.api import Attack, LossTerm, Method, Objective, Option, StepContext, kl_objective, model_mode
 
 
 @hookimpl
@@ -43,6 +43,11 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
                     reduction="sum") / clean_logits.shape[0]
 
 
+def trades_kl_per_sample(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
+    """Each sample's KL(σ(clean) ‖ σ(adv)) ``[B]`` (their mean is :func:`trades_kl`)."""
+    return F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="none").sum(dim=1)
+
+
 def trades_objective(ctx: StepContext) -> Objective:
     """Σ KL(σ(S(x)) ‖ σ(S(x′))), the clean prediction taken once, in eval mode, without gradient."""
     with model_mode(ctx.student, train=False), torch.no_grad():
@@ -64,5 +69,7 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
 def loss(ctx: StepContext) -> list[LossTerm]:
     clean = ctx.student_out("clean")
     adv = ctx.student_out("adv")
-    return [LossTerm("ce", F.cross_entropy(clean, ctx.y)),
-            LossTerm("kl", trades_kl(clean, adv), weight=ctx.config.trades.beta)]
+    return [LossTerm("ce", F.cross_entropy(clean, ctx.y),
+                     per_sample=lambda: F.cross_entropy(clean, ctx.y, reduction="none")),
+            LossTerm("kl", trades_kl(clean, adv), weight=ctx.config.trades.beta,
+                     per_sample=lambda: trades_kl_per_sample(clean, adv))]

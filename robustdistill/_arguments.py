@@ -167,9 +167,26 @@ def add_ops_backend_argument(parser: argparse._ActionsContainer) -> None:
                              f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)")
 
 
+class Replaced(argparse.Action):
+    """An option that no longer exists: using it says what replaced it (on the command line and in --config)."""
+
+    def __init__(self, option_strings: list[str], dest: str, replaced_by: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.replaced_by = replaced_by
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        raise RobustDistillError(f"{option_string} was replaced: {self.replaced_by}")
+
+
+VAL_SIZE_REPLACED = ("--val-split N holds out N training images for the per-epoch check (the test set is for "
+                     "evaluation), and --val-test N monitors the first N test images")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, catalog: Catalog) -> None:
     """Add the options of ``robustdistill train``: the core ones and those of the plugins in ``catalog``."""
     add_run_arguments(parser, catalog.options, catalog.known())
+    parser.add_argument("--val-size", action=Replaced, replaced_by=VAL_SIZE_REPLACED, dest="replaced_val_size")
     g = parser.add_argument_group("this command")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (a run "
                    "directory without one starts anew, so the same command relaunches a preempted job)")

@@ -147,21 +147,26 @@ class RunConfig:
         "--preset", None, "the training protocol of a paper as defaults: model, schedule, optimiser, attack, method "
         "options (`robustdistill presets` lists them; other options given here win)", METHOD, metavar="NAME",
         fixed_on_resume=False)
-    teacher: str | None = _option(
-        "--teacher", None, "teacher for distillation methods: a checkpoint, a run directory (its last.pt), a plain "
-        "state_dict with --teacher-arch, or robustbench:NAME (a RobustBench model for --dataset, Linf; pip install "
-        "'robustdistill[robustbench]')", METHOD, metavar="SPEC")
-    teacher_arch: str | None = _option(
+    teacher: tuple[str, ...] | None = _option(
+        "--teacher", None, "teacher for distillation methods: a checkpoint, a run directory (its final model), a "
+        "plain state_dict with --teacher-arch, or robustbench:NAME (a RobustBench model for --dataset, Linf; pip "
+        "install 'robustdistill[robustbench]'); ROLE=SPEC names a teacher of a method that distils from several "
+        "(MTARD: --teacher robust=SPEC --teacher clean=SPEC); repeat it for each", METHOD, metavar="[ROLE=]SPEC",
+        repeat=True)
+    teacher_arch: tuple[str, ...] | None = _option(
         "--teacher-arch", None, "architecture of a --teacher that is a plain state_dict saved by another tool: a model "
         "name (wrn-34-10, torchvision:resnet50, timm:resnet18), or official-wrn for a WideResNet from the TRADES, ARD, "
-        "RSLAD or IGDM code (depth and width read from the weights, no normalisation)", METHOD, metavar="NAME")
-    teacher_normalize: str | None = _option(
+        "RSLAD or IGDM code (depth and width read from the weights, no normalisation); ROLE=NAME for one teacher "
+        "of several, a bare NAME for every other", METHOD, metavar="[ROLE=]NAME", repeat=True)
+    teacher_normalize: tuple[str, ...] | None = _option(
         "--teacher-normalize", None, "input normalisation of a --teacher that is a plain state_dict that does not "
         "record it: none (images in [0, 1] as they are), dataset (the dataset's mean and std), or MEAN/STD, e.g. "
-        "0.4914,0.4822,0.4465/0.2471,0.2435,0.2616", METHOD, metavar="none|dataset|MEAN/STD")
+        "0.4914,0.4822,0.4465/0.2471,0.2435,0.2616; ROLE=... for one teacher of several", METHOD,
+        metavar="[ROLE=]none|dataset|MEAN/STD", repeat=True)
     robustbench_dir: str | None = _option(
-        "--robustbench-dir", None, "where robustbench:NAME weights are, in RobustBench's layout DIR/DATASET/THREAT/NAME.pt "
-        "(default: RobustBench's own ./models)", METHOD, metavar="DIR", fixed_on_resume=False)
+        "--robustbench-dir", None, "where robustbench:NAME weights are, in RobustBench's layout "
+        "DIR/DATASET/THREAT/NAME.pt (default: RobustBench's own ./models)", METHOD, metavar="DIR",
+        fixed_on_resume=False)
     teacher_resize: bool = _option("--teacher-resize", False, "resize inputs inside a teacher trained at another "
                                    "image size (cross-resolution transfer)", METHOD)
     dataset: str = _option("--dataset", "fashion-mnist", "dataset to train on", DATA)
@@ -218,8 +223,13 @@ class RunConfig:
     step_size: float | None = _option("--step-size", None, "step of the training attack, e.g. 2/255", ATTACK,
                                       type=parse_number)
     attack_steps: int | None = _option("--attack-steps", None, "steps of the training attack", ATTACK, type=parse_int)
-    val_size: int = _option("--val-size", 500, "test images of the per-epoch clean and PGD check (0: none)",
-                            VALIDATION, fixed_on_resume=False)
+    val_split: int | None = _option(
+        "--val-split", None, "training images held out from the end of the training set for the per-epoch clean and "
+        "PGD check, and excluded from training (default: 500, or a tenth of the training images when that is "
+        "fewer; 0: none held out, nothing validated)", VALIDATION, type=parse_int, metavar="N")
+    val_test: int = _option("--val-test", 0, "also check the first N test images every epoch (test_clean, "
+                            "test_pgd): for monitoring only, since selecting an epoch or a setting on them leaks the "
+                            "test set", VALIDATION, metavar="N", fixed_on_resume=False)
     val_attack_steps: int = _option("--val-attack-steps", 20, "PGD steps of the per-epoch check", VALIDATION,
                                     fixed_on_resume=False)
     out: str | None = _option("--out", None, "run directory (default: runs/<plugins>-<dataset>)", OUTPUT,
@@ -331,9 +341,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, plugin_options: Mapping[s
 def option_key(plugin: str, option: Option) -> str:
     """The name a plugin reads an option under: ``--igdm-alpha`` of ``igdm`` → ``alpha``; ``--adaad-lambda``
     → ``lambda_`` (a Python keyword gets a trailing underscore); ``--tensorboard`` of ``tensorboard`` →
-    ``enabled``."""
+    ``enabled`` (a flag) and ``--average`` of ``average`` → ``mode`` (an option with a value)."""
     if option.flag == f"--{plugin}":
-        return "enabled"
+        return "enabled" if option.is_flag else "mode"
     key = option.flag[len(f"--{plugin}-"):].replace("-", "_")
     return f"{key}_" if keyword.iskeyword(key) else key
 
@@ -391,6 +401,8 @@ def option_defaults(parser: argparse.ArgumentParser, values: Mapping[str, Any], 
         if action is None or action.dest in ("help", "config", "preset"):
             raise RobustDistillError(f"{source}: unknown option {key!r}; see `robustdistill {parser.prog.split()[-1]} "
                                      "--help`")
+        if getattr(action, "replaced_by", None):
+            raise RobustDistillError(f"{source}: {key} was replaced: {action.replaced_by}")
         if isinstance(action, argparse._AppendAction):
             value = [value] if isinstance(value, str) else list(value)
             value = [action.type(v) if action.type and isinstance(v, str) else v for v in value]

@@ -67,6 +67,7 @@ __all__ = [
     "load_svhn",
     "load_synthetic",
     "take_subset",
+    "hold_out",
 ]
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -819,6 +820,17 @@ def take_subset(data: ImageData, train: int | None = None, test: int | None = No
         test_x=data.test_x[:vn],
         test_y=data.test_y[:vn],
     )
+
+
+def hold_out(data: ImageData, subset: int | None, split: int) -> ImageData:
+    """The images of a training run: the last ``split`` training images held out as the validation split, and
+    the first ``subset`` (``None``: all the others) training on. The two never overlap (the resolution checks
+    it), so a ``--subset N`` run trains on the same first N images whatever the split."""
+    total = data.train_x.shape[0]
+    train = total - split if subset is None else min(int(subset), total - split)
+    return ImageData(info=data.info, train_x=data.train_x[:train], train_y=data.train_y[:train],
+                     test_x=data.test_x, test_y=data.test_y,
+                     val_x=data.train_x[total - split:], val_y=data.train_y[total - split:])
 
 
 # ---------------------------------------------------------------------------------------

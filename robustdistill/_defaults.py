@@ -1,6 +1,6 @@
-"""Core defaults, registered like any plugin: built-in models, datasets, the ``ce`` and ``cw`` training attacks,
-the evaluation attacks, the teacher forward and the exact input gradient (``trylast``, so a plugin can
-replace them).
+"""The engine's defaults, registered like any plugin (named ``core``): built-in models, datasets, the ``ce``
+and ``cw`` training attacks, the evaluation attacks, the teacher forward and the exact input gradient
+(``trylast``, so a plugin can replace them).
 """
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from robustdistill import Attack, StepContext, TeacherOutput, hookimpl
-from robustdistill._attacks import Objective, ce_objective, cw_objective
-from robustdistill.api import exact_input_gradient
+from ._attacks import Objective, ce_objective, cw_objective
+from ._context import StepContext, TeacherOutput, exact_input_gradient
+from ._markers import hookimpl
+from ._registry import Attack
 
 
 @hookimpl
 def register_models(register: Callable) -> None:
-    from robustdistill._models import BUILTIN_MODELS
+    from ._models import BUILTIN_MODELS
     for entry in BUILTIN_MODELS:
         register(entry)
 
 
 @hookimpl
 def register_datasets(register: Callable) -> None:
-    from robustdistill._data import BUILTIN_DATASETS
+    from ._data import BUILTIN_DATASETS
     for entry in BUILTIN_DATASETS:
         register(entry)
 
@@ -47,7 +48,7 @@ def register_attacks(register: Callable) -> None:
 
 @hookimpl
 def register_eval_attacks(register: Callable) -> None:
-    from robustdistill._evaluate import BUILTIN_EVAL_ATTACKS
+    from ._evaluate import BUILTIN_EVAL_ATTACKS
     for entry in BUILTIN_EVAL_ATTACKS:
         register(entry)
 

@@ -61,6 +61,14 @@ class Distributed:
         dist.all_reduce(t)
         return float(t.item())
 
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        """The sum of ``tensor`` over processes (a new tensor; ``tensor`` itself in one process)."""
+        if self.world == 1:
+            return tensor
+        total = tensor.detach().clone().to(self.device)
+        dist.all_reduce(total)
+        return total.to(tensor.device)
+
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
             return [obj]

@@ -1,8 +1,11 @@
-"""The training loop: epochs of steps (attack → student inputs → loss terms → optimiser step), checkpoints
-at epoch ends, every ``--checkpoint-every`` steps and every ``--checkpoint-minutes`` of training."""
+"""The training loop: epochs of steps (attack → student inputs → loss terms → optimiser step), checkpoints at
+epoch ends, every ``--checkpoint-every`` steps and every ``--checkpoint-minutes`` of training.
+
+A step is a few phases (:func:`new_step`, :func:`attack`, :func:`student_inputs`, :func:`loss_terms`,
+:func:`optimise`); :func:`train_step` runs them in order, and the author kit runs the same functions.
+"""
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -11,40 +14,90 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .api import LossTerm, StepContext
-from ._checkpoint import atomic_write_text
+from ._context import LossTerm, StepContext
 from ._config import RunConfig
 from ._data import BatchIterator
 from ._manager import PluginHost
 from ._registry import RobustDistillError
-from ._run import Run, build_run, run_environment
-from ._state import EpochProgress, restore_optimisation_state, restore_training_state, save_run, write_config_json
+from ._run import Run, build_run
+from ._state import EpochProgress
 
 
-def _autocast(run: Run) -> Any:
+def autocast(run: Run) -> Any:
     if run.config.amp == "bf16" and run.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
 
-def train_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> tuple[Tensor, list[LossTerm]]:
-    """One step: attack (firstresult) → declared student inputs → loss terms of every active plugin → optimiser."""
+def new_step(run: Run, x: Tensor, y: Tensor, epoch: int, step: int) -> StepContext:
+    """The context of one step over the batch ``(x, y)`` (channels_last where the run uses it)."""
     if run.config.channels_last == "on":
         x = x.contiguous(memory_format=torch.channels_last)
-    ctx = StepContext(x=x, y=y, run=run.view, epoch=epoch, step=step, hooks=run.hooks, trainer=run.trainer)
-    run.student.train()
-    with _autocast(run):
-        ctx.x_adv = run.hooks.attack(ctx)
-        ctx.run_student_inputs(run.hooks.student_inputs(ctx), batched=run.config.batch_student_forwards)
-        terms = run.hooks.loss(ctx)
+    return StepContext(x=x, y=y, run=run.view, epoch=epoch, step=step, _engine=run)
+
+
+def attack(run: Run, ctx: StepContext) -> None:
+    """The ``attack`` hook (firstresult): sets ``ctx.x_adv``."""
+    ctx.x_adv = run.hooks.attack(ctx)
+
+
+def student_inputs(run: Run, ctx: StepContext) -> None:
+    """Run every declared student input through the student (training mode) before the ``loss`` hooks.
+
+    Separately by default, in declaration order — the forwards the losses would make.
+    ``--batch-student-forwards`` concatenates them into one forward (not exact: BatchNorm then normalises over
+    the whole concatenated batch and updates its running statistics once).
+    """
+    inputs = run.hooks.student_inputs(ctx)
+    ctx._declared.update(inputs)
+    missing = {key: x for key, x in inputs.items() if key not in ctx._student_cache}
+    if not missing:
+        return
+    model = run.trainer
+    if not run.config.batch_student_forwards or len(missing) == 1:
+        for key, x in missing.items():
+            logits, feats = model(x, return_features=True)
+            ctx._student_cache[key] = logits
+            ctx._student_cache[f"{key}|features"] = (logits, feats)
+        return
+    logits, feats = model(torch.cat(list(missing.values())), return_features=True)
+    sizes = [len(x) for x in missing.values()]
+    for key, lg, ft in zip(missing, logits.split(sizes), feats.split(sizes)):
+        ctx._student_cache[key] = lg
+        ctx._student_cache[f"{key}|features"] = (lg, ft)
+
+
+def loss_terms(run: Run, ctx: StepContext) -> list[LossTerm]:
+    """Every active plugin's loss terms, re-weighted per sample where a ``sample_weights`` hook says so."""
+    terms = run.hooks.loss(ctx)
     if not terms:
         raise RobustDistillError(f"the selected plugins ({', '.join(run.view.methods)}) contributed no loss term")
-    total = sum(term.weight * term.value.float() for term in terms)
+    return terms
+
+
+def total_loss(terms: list[LossTerm]) -> Tensor:
+    """Σ weight · value, in float32."""
+    return sum(term.weight * term.value.float() for term in terms)  # type: ignore[return-value]
+
+
+def optimise(run: Run, ctx: StepContext, terms: list[LossTerm]) -> Tensor:
+    """Backpropagate the summed loss, step the optimiser, then call ``step_end``; returns the loss."""
+    total = total_loss(terms)
     run.optimizer.zero_grad(set_to_none=True)
     total.backward()
     run.optimizer.step()
     run.hooks.event("step_end", run=run.view, ctx=ctx, terms=terms)
-    return total.detach(), terms
+    return total.detach()
+
+
+def train_step(run: Run, ctx: StepContext) -> tuple[Tensor, list[LossTerm]]:
+    """One step: attack (firstresult) → declared student inputs → loss terms of every active plugin → optimiser."""
+    run.student.train()
+    with autocast(run):
+        attack(run, ctx)
+        student_inputs(run, ctx)
+        terms = loss_terms(run, ctx)
+    return optimise(run, ctx, terms), terms
 
 
 def check_finite(run: Run, epoch: int) -> None:
@@ -93,13 +146,14 @@ def train_epoch(run: Run, batches: BatchIterator, epoch: int, clock: CheckpointC
     started = time.perf_counter() - progress.seconds
     for x, y in batches.batches(start=progress.batch):
         x, y = run.dist.shard(x), run.dist.shard(y)
-        loss, terms = train_step(run, x, y, epoch, (epoch - 1) * len(batches) + progress.batch)
+        ctx = new_step(run, x, y, epoch, (epoch - 1) * len(batches) + progress.batch)
+        loss, terms = train_step(run, ctx)
         progress.add(loss, terms, len(y))
         progress.batch += 1
         progress.seconds = time.perf_counter() - started
         if progress.batch < len(batches) and clock.due(progress.batch):
             check_finite(run, epoch)
-            save_run(run)
+            run.save()
             clock.saved()
     check_finite(run, epoch)
     seen = run.dist.sum(float(progress.seen))
@@ -125,20 +179,13 @@ def train(config: RunConfig, host: PluginHost, resume: bool = False) -> Run:
 
 
 def start(run: Run) -> None:
-    """Return to the checkpoint (if any), call ``train_start``, and write the run's records — in that order,
-    so that a plugin refusing the run in ``train_start`` leaves the directory untouched."""
-    ckpt = run.resume_from
-    if ckpt is not None:
-        restore_training_state(run, ckpt)
+    """Return to the checkpoint (if any) and call ``train_start`` — the run's records are written by the last of
+    its implementations, so a plugin refusing the run there leaves the directory untouched."""
+    if run.resume_from is not None:
+        run.restore_training_state()
     run.hooks.event("train_start", run=run.view)
-    if ckpt is not None:
-        restore_optimisation_state(run, ckpt)
-    if run.dist.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        for leftover in run.out.glob(".*.tmp"):  # a kill during a write leaves its temporary file
-            leftover.unlink(missing_ok=True)
-        write_config_json(run, ckpt["config"] if ckpt is not None else run.config.to_dict())
-        atomic_write_text(run.out / "environment.json", json.dumps(run_environment(run), indent=2) + "\n")
+    if run.resume_from is not None:
+        run.restore_optimisation_state()
 
 
 def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
@@ -164,7 +211,7 @@ def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
         view.history.append(metrics)
         view.epoch = epoch
         run.progress = EpochProgress.start(run.device)
-        save_run(run)
+        run.save()
         clock.saved()
     run.hooks.event("train_end", run=view)
     run.dist.close()

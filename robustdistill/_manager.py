@@ -12,15 +12,14 @@ import importlib.metadata as metadata
 import os
 import warnings
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
-from .api import LossTerm, RunConfig, StepContext, TeacherOutput
-from ._config import PluginOptions, check_plugin_option, core_options, namespace, option_key
-from ._registry import DatasetInfo, Method, Option, Registry, RobustDistillError
+from .api import API_VERSION, LossTerm, StepContext, TeacherOutput
+from ._config import check_plugin_option, core_options
+from ._registry import Method, Option, Registry, RobustDistillError
 
 ENTRY_POINT_GROUP = "robustdistill"
 DISABLE_AUTOLOAD_ENV = "ROBUSTDISTILL_DISABLE_PLUGIN_AUTOLOAD"
@@ -47,7 +46,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "trades": "robustdistill.plugins.trades",
     "validation": "robustdistill.plugins.validation",
 }
-STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "student_inputs", "loss")
+STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "student_inputs", "loss", "sample_weights")
 LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "checkpoint_saved", "train_end")
 
 
@@ -91,7 +90,12 @@ class PluginHost:
     # -- loading ----------------------------------------------------------------------------------
 
     def register(self, plugin: object, name: str, version: str, source: str) -> None:
-        """Register a plugin object or module under ``name``."""
+        """Register a plugin object or module under ``name``; warn when it was built for a newer plugin API."""
+        built_for = getattr(plugin, "robustdistill_api", None)
+        if built_for is not None and _newer(str(built_for), API_VERSION):
+            warnings.warn(f"robustdistill: plugin {name!r} was built for plugin API {built_for} and this is "
+                          f"robustdistill {API_VERSION}'s API; it may use what this version lacks: upgrade "
+                          "robustdistill", PluginWarning, stacklevel=3)
         self.pm.register(plugin, name=name)
         self.versions[name] = (version, source)
         self.failed.pop(name, None)
@@ -174,11 +178,13 @@ class PluginHost:
         self._call_each("register_datasets", lambda owner: lambda e: reg.datasets.__setitem__(e.name, e))
         self._call_each("register_attacks", lambda owner: lambda e: reg.attacks.__setitem__(e.name, e))
         self._call_each("register_eval_attacks", lambda owner: lambda e: reg.eval_attacks.__setitem__(e.name, e))
+        self._call_each("register_compositions", lambda owner: reg.compositions.append)
         # a plugin skipped half-way must leave nothing behind
         for name in [m for m, owner in reg.method_plugin.items() if not self.pm.has_plugin(owner)]:
             del reg.methods[name], reg.method_plugin[name]
         for owner in [o for o in reg.options if not self.pm.has_plugin(o)]:
             del reg.options[owner]
+        reg.compositions = [c for c in reg.compositions if c.addon in reg.methods]
 
     # -- introspection ----------------------------------------------------------------------------
 
@@ -256,37 +262,6 @@ class PluginHost:
         owners = set(self.registry.method_plugin.values())
         return [name for name, _ in self.loaded() if name in selected or name not in owners]
 
-    def resolve_plugin_options(self, config: RunConfig, dataset: DatasetInfo) -> RunConfig:
-        """Keep the options of the active plugins and fill their unset values through ``resolve_options``."""
-        from dataclasses import replace
-
-        active = self.active_plugins(config.plugin)
-        options = {name: config.plugin_options.get(namespace(name), PluginOptions(name, MappingProxyType(
-            {option_key(name, o): o.default for o in self.registry.options[name]})))
-            for name in active if name in self.registry.options}
-        config = replace(config, plugin_options=MappingProxyType({namespace(n): o for n, o in options.items()}))
-        resolved = dict(options)
-        base = next(iter(self.attack_owners(config.plugin)), None)
-        for impl in self.pm.hook.resolve_options.get_hookimpls():
-            name = impl.plugin_name
-            if name not in active:
-                continue
-            try:
-                arguments = {"config": config, "dataset": dataset, "base_method": base}
-                values = impl.function(**{k: arguments[k] for k in impl.argnames}) or {}
-            except RobustDistillError:
-                raise
-            except Exception as err:
-                raise PluginError(f"plugin {name!r} failed in hook 'resolve_options': {type(err).__name__}: {err}") \
-                    from err
-            own = dict(options[name].values) if name in options else {}
-            unknown = set(values) - set(own)
-            if unknown:
-                raise PluginError(f"plugin {name!r} resolved options it does not own: {sorted(unknown)}")
-            own.update({key: value for key, value in values.items() if own[key] is None})
-            resolved[name] = PluginOptions(name, MappingProxyType(own))
-        return replace(config, plugin_options=MappingProxyType({namespace(n): o for n, o in resolved.items()}))
-
     def step_hooks(self, methods: Iterable[str]) -> "StepHooks":
         active = set(self.active_plugins(methods))
         inactive = [p for name, p in self.loaded() if name not in active]
@@ -299,9 +274,6 @@ class StepHooks:
     def __init__(self, pm: pluggy.PluginManager, inactive: list[object]) -> None:
         self._callers = {name: pm.subset_hook_caller(name, inactive) for name in STEP_HOOKS + LIFECYCLE_HOOKS}
 
-    def plugins_implementing(self, hook: str) -> list[str]:
-        return [impl.plugin_name for impl in self._callers[hook].get_hookimpls()]
-
     def _call(self, hook: str, **kwargs: Any) -> Any:
         try:
             return self._callers[hook](**kwargs)
@@ -313,8 +285,8 @@ class StepHooks:
             plugin = _failing_plugin(err, self._callers[hook])
             raise PluginError(f"plugin {plugin!r} failed in hook {hook!r}: {type(err).__name__}: {err}") from err
 
-    def teacher_forward(self, ctx: StepContext, x: Any) -> TeacherOutput:
-        return self._call("teacher_forward", ctx=ctx, x=x)
+    def teacher_forward(self, ctx: StepContext, x: Any, role: str) -> TeacherOutput:
+        return self._call("teacher_forward", ctx=ctx, x=x, role=role)
 
     def input_gradient(self, ctx: StepContext, model: Any, x: Any, objective: Callable[[Any], Any],
                        create_graph: bool) -> Any:
@@ -345,10 +317,39 @@ class StepHooks:
         if twice:
             raise RobustDistillError(f"two loss terms are named {', '.join(map(repr, twice))}; each term is logged by "
                                      "name, so the composed plugins must name their terms apart")
-        return terms
+        return self.reweighted(ctx, terms)
+
+    def reweighted(self, ctx: StepContext, terms: list[LossTerm]) -> list[LossTerm]:
+        """``terms`` with the per-sample weights of the ``sample_weights`` hooks applied (unchanged without any)."""
+        if not self._callers["sample_weights"].get_hookimpls():
+            return terms
+        weights: dict[str, Any] = {}
+        for result in self._call("sample_weights", ctx=ctx, terms=terms):
+            for name, w in (result or {}).items():
+                weights[name] = weights[name] * w if name in weights else w
+        by_name = {t.name: t for t in terms}
+        unknown = sorted(set(weights) - set(by_name))
+        if unknown:
+            raise RobustDistillError(f"sample_weights names loss terms that this step does not have: {unknown} "
+                                     f"(its terms: {sorted(by_name)})")
+        out = []
+        for term in terms:
+            if term.name in weights:
+                samples = weights[term.name] * term.samples()
+                term = LossTerm(term.name, samples.mean(), weight=term.weight, per_sample=samples)
+            out.append(term)
+        return out
 
     def event(self, hook: str, **kwargs: Any) -> None:
         self._call(hook, **kwargs)
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether plugin-API ``version`` (``"2.1"``) is newer than ``than``; an unreadable version counts as newer."""
+    try:
+        return tuple(int(p) for p in version.split(".")[:2]) > tuple(int(p) for p in than.split(".")[:2])
+    except ValueError:
+        return True
 
 
 def _failing_plugin(err: BaseException, caller: pluggy.HookCaller) -> str:

@@ -1,27 +1,47 @@
-"""``metrics.jsonl``: one JSON object per finished epoch, always exactly the history ``last.pt`` holds.
+"""The run's records beside ``last.pt``: ``config.json`` (the resolved options and the sources of their
+defaults), ``environment.json`` (software, hardware, data, teachers) and ``metrics.jsonl`` (one JSON object per
+finished epoch). One mechanism writes all three, so that no kill leaves them ahead of the checkpoint:
 
-Written after every checkpoint, and again when a run starts (which repairs it after a kill that fell
-between the checkpoint and this file); last of the ``train_start`` hooks, so a plugin that refuses the run
-leaves no file behind.
+* when a run starts (the last ``train_start`` implementation, so a plugin that refuses the run leaves the
+  directory untouched): from what ``last.pt`` holds when resuming — which repairs a kill that fell between
+  the checkpoint and the records — else from the new run;
+* after every checkpoint (``checkpoint_saved``): from the checkpoint just written.
 """
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
-from robustdistill import RunView, hookimpl
-from robustdistill._checkpoint import atomic_write_text
+from ._checkpoint import atomic_write_text
+from ._context import RunView
+from ._markers import hookimpl
+
+if TYPE_CHECKING:
+    from ._run import Run
 
 
-def write_metrics(run: RunView) -> None:
+def _engine(run: RunView) -> "Run":
+    return run._engine  # type: ignore[return-value]
+
+
+def _write(run: RunView, config: dict[str, Any]) -> None:
+    atomic_write_text(run.out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history))
 
 
 @hookimpl(trylast=True)
 def train_start(run: RunView) -> None:
-    if run.is_main:
-        write_metrics(run)
+    if not run.is_main:
+        return
+    engine = _engine(run)
+    run.out.mkdir(parents=True, exist_ok=True)
+    for leftover in run.out.glob(".*.tmp"):  # a kill during a write leaves its temporary file
+        leftover.unlink(missing_ok=True)
+    resumed = engine.resume_from
+    _write(run, resumed["config"] if resumed is not None else engine.config_record())
+    atomic_write_text(run.out / "environment.json", json.dumps(engine.environment(), indent=2) + "\n")
 
 
 @hookimpl
 def checkpoint_saved(run: RunView) -> None:
-    write_metrics(run)
+    _write(run, _engine(run).config_record())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -87,13 +87,19 @@ class DatasetInfo:
 
 @dataclass
 class ImageData:
-    """A dataset held in memory as uint8 images ``[N, C, H, W]`` and int64 labels."""
+    """A dataset held in memory as uint8 images ``[N, C, H, W]`` and int64 labels.
+
+    In a training run, ``train_x``/``train_y`` are the images that train and ``val_x``/``val_y`` the
+    validation split held out from the end of the training set (``--val-split``; empty when 0).
+    """
 
     info: DatasetInfo
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,16 +149,50 @@ class Method:
 
     The plugin that registers a method is the plugin made active when the method is selected.
     ``default_base`` names the method that supplies the attack when this one is selected alone
-    (IGDM on top of PGD-AT); ``needs_teacher`` makes ``--teacher`` required. ``attack`` names the registered
-    training :class:`Attack` whose objective the method's ``attack`` hook maximises unless ``--attack`` names
+    (IGDM on top of PGD-AT); ``needs_teacher`` makes the default teacher (``--teacher SPEC``) required;
+    ``teachers`` names further teacher roles the method distils from, each given as
+    ``--teacher ROLE=SPEC`` (MTARD: ``("robust", "clean")``). ``attack`` names the registered training
+    :class:`Attack` whose objective the method's ``attack`` hook maximises unless ``--attack`` names
     another (PGD-AT: ``ce``; RSLAD: ``teacher-kl``).
     """
 
     name: str
     summary: str
     needs_teacher: bool = False
+    teachers: tuple[str, ...] = ()
     default_base: str | None = None
     attack: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Composition:
+    """What an add-on method changes in a base method it composes with.
+
+    When ``addon`` and ``base`` are selected together (on a dataset with ``num_classes`` classes, when given),
+    each of ``options`` — the base plugin's option keys as it reads them (``{"tau": 1.0}`` for
+    ``--ard-tau``) — takes its value wherever the user left that option unset, before the base resolves
+    its own defaults. ``source`` says where the values come from; ``config.json`` records it.
+    """
+
+    addon: str
+    base: str
+    options: Mapping[str, Any]
+    source: str
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Default:
+    """A value returned from ``resolve_options`` together with where it comes from.
+
+    ``source`` is recorded in ``config.json``. ``borrowed=True`` marks a value taken from another setting
+    than the run's (a paper's CIFAR-10 value on Fashion-MNIST): the run then also prints one line naming
+    the option, the value and its source.
+    """
+
+    value: Any
+    source: str
+    borrowed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +234,7 @@ class Registry:
     attacks: dict[str, Attack] = field(default_factory=dict)
     eval_attacks: dict[str, EvalAttack] = field(default_factory=dict)
     options: dict[str, list[Option]] = field(default_factory=dict)
+    compositions: list[Composition] = field(default_factory=list)
 
     def model(self, name: str) -> ModelEntry:
         for entry in self.models:

@@ -37,7 +37,8 @@ from ._evaluate import (
 )
 from ._folding import fold_or_keep
 from ._models import build_model
-from .api import exact_input_gradient
+from ._context import DEFAULT_TEACHER, exact_input_gradient
+from ._resolve import role_values
 from ._registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
 from ._zoo import ROBUSTBENCH, load_model_spec
 
@@ -261,8 +262,9 @@ def curves_figure(runs: list[RunRecord]) -> Any:
         ax.set_title("training loss relative to its first epoch (objectives differ)", fontsize=10)
         ax.set_ylabel("loss ÷ loss of the first epoch")
         loss_axes.append(ax)
-    val_size, val_steps, eps = _common(runs, "val_size"), _common(runs, "val_attack_steps"), _common(runs, "eps")
-    images = f"first {val_size} test images" if val_size else "validation images"
+    split, val_steps, eps = _common(runs, "val_split"), _common(runs, "val_attack_steps"), _common(runs, "eps")
+    images = (f"{split} validation images held out from training" if split
+              else "first test images" if _common(runs, "val_size") else "validation images")
     attack = f"PGD-{val_steps}" if val_steps else "PGD"
     radius = f", ε = {eps:g}" if isinstance(eps, (int, float)) else ""
     start = len(loss_axes)
@@ -683,8 +685,12 @@ def _teacher_options(args: argparse.Namespace, runs: list[RunRecord]) -> dict[st
     config = next((r.config for r in runs if r.config.get("teacher")), None)
     if config is None:
         return None
-    return {"spec": str(config["teacher"]), "arch": config.get("teacher_arch"),
-            "normalize": config.get("teacher_normalize"),
+    teachers = role_values(config["teacher"], "--teacher")
+    role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
+    archs = role_values(config.get("teacher_arch"), "--teacher-arch")
+    norms = role_values(config.get("teacher_normalize"), "--teacher-normalize")
+    return {"spec": teachers[role], "arch": archs.get(role, archs.get(DEFAULT_TEACHER)),
+            "normalize": norms.get(role, norms.get(DEFAULT_TEACHER)),
             "robustbench_dir": args.robustbench_dir or config.get("robustbench_dir"),
             "activation": config.get("activation", "relu"), "explicit": False}
 

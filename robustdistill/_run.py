@@ -1,5 +1,5 @@
-"""Building a training run: resolve and validate the configuration, load data, student and teacher, and
-set up the optimiser — everything that can fail does so here, before any training."""
+"""A training run: built in one phase from the resolved configuration — data, student, teachers, optimiser —
+so that everything that can fail does so before any training; its checkpoint, and the return to it."""
 from __future__ import annotations
 
 import platform
@@ -7,79 +7,31 @@ import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .api import RunView
-from ._checkpoint import load_checkpoint
+from ._attacks import AttackSpec, model_mode, pgd
+from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import RunConfig, resolve_device
-from ._data import take_subset
+from ._context import DEFAULT_TEACHER, AttackObserver, RunView
+from ._data import BatchIterator, hold_out
 from ._distributed import Distributed
 from ._folding import fold_or_keep, folded_pairs
+from ._manager import PluginHost, StepHooks
 from ._models import build_model
 from ._ops import kernel_status, select_backend
-from ._manager import PluginHost, StepHooks
-from ._registry import DatasetInfo, ModelArch, RobustDistillError
-from ._state import CHECKPOINT, EpochProgress, check_resumable, seed_everything
+from ._registry import DatasetInfo, ImageData, ModelArch, RobustDistillError
+from ._resolve import Resolution, default_milestones, resolve_config, role_values
+from ._state import (CHECKPOINT, EpochProgress, check_resumable, check_saveable, rng_state, seed_everything,
+                     set_rng_state, to_device)
 from ._zoo import check_teacher_fits, load_model_spec
 
-
-@dataclass(eq=False)
-class Run:
-    """The engine's side of a run; hooks see only ``view`` (:class:`~robustdistill.api.RunView`).
-
-    ``requested`` is the configuration as given (unset values ``None``), ``view.config`` as resolved.
-    ``trainer`` is the module the loss forwards run through: the DDP wrapper of the student when
-    distributed. ``resume_from`` is the checkpoint being resumed (``None`` for a new run).
-    """
-
-    view: RunView
-    requested: RunConfig
-    host: PluginHost
-    hooks: StepHooks
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    dist: Distributed
-    trainer: nn.Module
-    ops_backend: dict[str, str]
-    teacher_source: dict[str, Any] | None = None
-    resume_from: dict[str, Any] | None = None
-    progress: EpochProgress = field(default_factory=lambda: EpochProgress.start(torch.device("cpu")))
-    plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
-
-    @property
-    def config(self) -> RunConfig:
-        return self.view.config
-
-    @property
-    def student(self) -> nn.Module:
-        return self.view.student
-
-    @property
-    def device(self) -> torch.device:
-        return self.view.device
-
-    @property
-    def out(self) -> Path:
-        return self.view.out
-
-    # -- the view's sink ---------------------------------------------------------------------------
-
-    def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None,
-                   joint: bool) -> None:
-        module.to(self.device)
-        self.dist.share_module(module)
-        if joint:
-            self.optimizer.add_param_group({"params": list(module.parameters())})
-            self.scheduler = make_scheduler(self.config, self.optimizer)  # schedule the new group too
-        self.plugin_modules[name] = (module, optimizer)
-
-    def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+VAL_BATCH = 256
 
 
 class ResizedTeacher(nn.Module):
@@ -96,69 +48,212 @@ class ResizedTeacher(nn.Module):
         return self.teacher(x, return_features=return_features)
 
 
-# -- configuration ----------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Run:
+    """The engine's side of a run; hooks see only ``view`` (:class:`~robustdistill.api.RunView`).
+
+    ``requested`` is the configuration as given (unset values ``None``), ``resolution.config`` as resolved.
+    ``trainer`` is the module the loss forwards run through: the DDP wrapper of the student when distributed.
+    ``resume_from`` is the checkpoint being resumed (``None`` for a new run).
+    """
+
+    requested: RunConfig
+    resolution: Resolution
+    host: PluginHost
+    hooks: StepHooks
+    data: ImageData
+    arch: ModelArch
+    device: torch.device
+    out: Path
+    student: nn.Module
+    attack_student: nn.Module
+    trainer: nn.Module
+    teachers: Mapping[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dist: Distributed
+    ops_backend: dict[str, str]
+    teacher_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resume_from: dict[str, Any] | None = None
+    plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
+    attack_observers: list[AttackObserver] = field(default_factory=list)
+    final_model: tuple[str, nn.Module] | None = None
+    view: RunView = field(init=False)
+    progress: EpochProgress = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.resolution.config
+        self.progress = EpochProgress.start(self.device)
+        self.view = RunView(
+            config=config, data=self.data, arch=self.arch, device=self.device, student=self.student,
+            attack_student=self.attack_student, teachers=MappingProxyType(dict(self.teachers)),
+            default_teacher=self.resolution.default_teacher, methods=config.plugin,
+            base_method=self.resolution.base_method,
+            attack=self.host.registry.attacks.get(config.attack) if config.attack else None, out=self.out,
+            steps_per_epoch=max(1, -(-len(self.data.train_y) // config.batch_size)), is_main=self.dist.is_main,
+            world_size=self.dist.world, _engine=self)
+
+    @property
+    def config(self) -> RunConfig:
+        return self.resolution.config
+
+    # -- what the views ask of the engine ------------------------------------------------------------
+
+    def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None,
+                   joint: bool) -> None:
+        module.to(self.device)
+        self.dist.share_module(module)
+        if joint:
+            self.optimizer.add_param_group({"params": list(module.parameters())})
+            self.scheduler = make_scheduler(self.config, self.optimizer)  # schedule the new group too
+        self.plugin_modules[name] = (module, optimizer)
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_final_model(self, name: str, module: nn.Module) -> None:
+        if name in ("student", "final"):
+            raise RobustDistillError(f"set_final_model: {name!r} is reserved; name the model after what it is "
+                                     "(e.g. 'average')")
+        self.final_model = (name, module)
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        return self.dist.reduce_sum(tensor)
+
+    def train_batches(self, augment: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = BatchIterator(self.data.train_x, self.data.train_y, self.config.batch_size, shuffle=False,
+                                seed=self.config.seed, device=self.device,
+                                augment=self.data.info.augment if augment else "none")
+        batches.set_epoch(self.view.epoch)
+        return iter(batches)
+
+    def validate(self, model: nn.Module, on: str) -> dict[str, float]:
+        if on == "split":
+            x_all, y_all = self.data.val_x, self.data.val_y
+        elif on == "test":
+            x_all, y_all = self.data.test_x[:self.config.val_test], self.data.test_y[:self.config.val_test]
+        else:
+            raise ValueError(f"validate(on={on!r}): use 'split' or 'test'")
+        if x_all is None or len(y_all) == 0:
+            return {}
+        config = self.config
+        spec = AttackSpec(eps=config.eps, step_size=config.step_size, steps=config.val_attack_steps)
+        clean = robust = 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), model_mode(model, train=False):
+            for start in range(0, len(y_all), VAL_BATCH):
+                x = x_all[start:start + VAL_BATCH].to(self.device).float() / 255
+                y = y_all[start:start + VAL_BATCH].to(self.device)
+                with torch.no_grad():
+                    clean += int((model(x).argmax(1) == y).sum())
+                x_adv = pgd(model, x, y, spec)
+                with torch.no_grad():
+                    robust += int((model(x_adv).argmax(1) == y).sum())
+        return {"clean": clean / len(y_all), "pgd": robust / len(y_all)}
+
+    # -- the checkpoint --------------------------------------------------------------------------------
+
+    def config_record(self) -> dict[str, Any]:
+        """The resolved configuration as ``config.json`` and the checkpoint record it: the options, and where the
+        defaults that plugins or compositions filled come from."""
+        return {**self.config.to_dict(), "sources": dict(self.resolution.sources)}
+
+    def save(self) -> None:
+        """Checkpoint the run (rank 0 writes; every rank contributes its RNG state), then let the records follow
+        it (``checkpoint_saved``: ``config.json``, ``metrics.jsonl``)."""
+        rng = self.dist.gather(rng_state())
+        if self.dist.is_main:
+            for name, value in self.view.checkpointed.items():
+                check_saveable(value, repr(name))
+            final = self.final_model
+            save_checkpoint(self.out / CHECKPOINT, {
+                "version": __version__,
+                "arch": self.arch.to_dict(),
+                "model": self.student.state_dict(),
+                "models": {final[0]: final[1].state_dict()} if final else {},
+                "final": final[0] if final else "student",
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.view.epoch,
+                "progress": self.progress.to_dict(),
+                "world_size": self.dist.world,
+                "config": self.config_record(),
+                "requested": self.requested.to_dict(),
+                "plugins": [info.to_dict() for info in self.host.plugin_infos()],
+                "plugin_modules": {name: {"module": m.state_dict(), "optimizer": o.state_dict() if o else None}
+                                   for name, (m, o) in self.plugin_modules.items()},
+                "checkpointed": self.view.checkpointed,
+                "history": self.view.history,
+                "rng": rng,
+            })
+            self.hooks.event("checkpoint_saved", run=self.view)
+        self.dist.barrier()
+
+    def restore_training_state(self) -> None:
+        """Weights, epoch, position in the epoch, history and plugin state: before ``train_start``, so hooks see
+        them."""
+        ckpt = self.resume_from
+        assert ckpt is not None
+        self.student.load_state_dict(ckpt["model"])
+        self.view.epoch = int(ckpt["epoch"])
+        self.progress = EpochProgress.from_dict(ckpt["progress"], self.device)
+        self.view.history[:] = list(ckpt.get("history", []))
+        self.view.checkpointed.update(to_device(ckpt.get("checkpointed", {}), self.device))
+
+    def restore_optimisation_state(self) -> None:
+        """Optimisers, plugin modules, schedule and RNG: after ``train_start`` added the plugins' modules and
+        parameter groups (and drew their initial weights from the RNG)."""
+        ckpt = self.resume_from
+        assert ckpt is not None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for name, saved in ckpt.get("plugin_modules", {}).items():
+            if name in self.plugin_modules:
+                module, optimizer = self.plugin_modules[name]
+                module.load_state_dict(saved["module"])
+                if optimizer is not None and saved["optimizer"] is not None:
+                    optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler = scheduler_at(self.config, self.optimizer, self.view.epoch)
+        set_rng_state(ckpt["rng"][self.dist.rank])
+
+    def environment(self) -> dict[str, Any]:
+        """Software and hardware the run trains on, its data, teachers, and which backend the fused ops use
+        (``environment.json``)."""
+        device = self.device
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        config = self.config
+        total = len(self.data.train_y) + (len(self.data.val_y) if self.data.val_y is not None else 0)
+        return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+                "python": platform.python_version(), "command": sys.argv, "device": str(device),
+                "device_name": device_name, "processes": self.dist.world, "cpu_threads": torch.get_num_threads(),
+                "ops_backend": self.ops_backend, "kernels": kernel_status(device), "amp": config.amp,
+                "channels_last": config.channels_last == "on",
+                "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
+                "folded_conv_bn": {"student": folded_pairs(self.attack_student),
+                                   **{f"teacher:{role}" if role != DEFAULT_TEACHER else "teacher": folded_pairs(t)
+                                      for role, t in self.teachers.items()}},
+                "data": {"train_images": [0, len(self.data.train_y)],
+                         "validation_images": [total - (config.val_split or 0), total] if config.val_split else None,
+                         "test_images_monitored": config.val_test},
+                "teacher": self.teacher_sources.get(self.resolution.default_teacher or ""),
+                "teachers": self.teacher_sources}
+
+
+# -- building it ------------------------------------------------------------------------------------------
 
 def default_out(config: RunConfig) -> str:
     return str(Path("runs") / f"{'-'.join(config.plugin)}-{config.dataset}")
 
 
-def check_options(config: RunConfig, host: PluginHost, world: int) -> None:
-    """Checks that need neither data nor models."""
-    if config.epochs < 1:
-        raise RobustDistillError(f"--epochs {config.epochs} must be at least 1")
-    if config.batch_size < 1:
-        raise RobustDistillError(f"--batch-size {config.batch_size} must be at least 1")
-    if config.batch_size % world:
-        raise RobustDistillError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
-                                 f"{world} processes")
-    if config.checkpoint_every is not None and config.checkpoint_every < 1:
-        raise RobustDistillError(f"--checkpoint-every {config.checkpoint_every} must be at least 1 (steps)")
-    if config.checkpoint_minutes < 0:
-        raise RobustDistillError(f"--checkpoint-minutes {config.checkpoint_minutes} must be 0 (off) or positive")
-    if config.model is not None:
-        host.registry.model(config.model)
-    host.registry.dataset(config.dataset)
-    needs_teacher = [m for m in config.plugin if host.registry.methods[m].needs_teacher]
-    if needs_teacher and not config.teacher:
-        raise RobustDistillError(
-            f"plugin {needs_teacher[0]!r} distils from a teacher: pass --teacher CKPT. Train one with "
-            f"`robustdistill train --plugin at --dataset {config.dataset} --out runs/teacher`")
-
-
-def resolve_core(config: RunConfig, info: DatasetInfo, device: torch.device, ops_backend: str) -> RunConfig:
-    """Fill what the user left unset from the dataset and the device, and record what the run will use."""
-    resolved = replace(
-        config,
-        eps=config.eps if config.eps is not None else info.eps,
-        step_size=config.step_size if config.step_size is not None else info.step_size,
-        attack_steps=config.attack_steps if config.attack_steps is not None else info.attack_steps,
-        model=config.model or ("cnn" if info.image_size <= 28 else "resnet18"),
-        milestones=config.milestones if config.milestones is not None or config.lr_schedule != "multistep"
-        else default_milestones(config.epochs),
-        amp=config.amp if device.type == "cuda" else "off",
-        cudnn_benchmark=config.cudnn_benchmark if device.type == "cuda" else "off",
-        channels_last=("on" if device.type == "cuda" else "off") if config.channels_last == "auto"
-        else config.channels_last,
-        ops_backend=ops_backend,
-    )
-    if not 0 < resolved.eps <= 1:
-        raise RobustDistillError(f"--eps {resolved.eps} is outside (0, 1]; inputs are in [0,1], e.g. --eps 8/255 or 0.1")
-    if not 0 < resolved.step_size <= 1:
-        raise RobustDistillError(f"--step-size {resolved.step_size} is outside (0, 1]; e.g. --step-size 2/255")
-    if resolved.attack_steps < 1:
-        raise RobustDistillError(f"--attack-steps {resolved.attack_steps} must be at least 1")
-    return resolved
-
-
-# -- models -----------------------------------------------------------------------------------------------
-
-def load_teacher(config: RunConfig, host: PluginHost, info: DatasetInfo,
+def load_teacher(spec: str, role: str, config: RunConfig, host: PluginHost, info: DatasetInfo,
                  device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The frozen teacher ``--teacher`` names (checkpoint, run directory, state_dict or robustbench:NAME) and
-    what was loaded (spec, architecture, input normalisation) for environment.json."""
-    loaded = load_model_spec(config.teacher, info=info, models=host.registry.models, arch=config.teacher_arch,
-                             normalize=config.teacher_normalize, robustbench_dir=config.robustbench_dir,
-                             download=config.download, activation=config.activation)
+    """The frozen teacher of ``role`` (checkpoint, run directory, state_dict or robustbench:NAME) and what was
+    loaded (spec, architecture, input normalisation) for environment.json."""
+    archs = role_values(config.teacher_arch, "--teacher-arch")
+    norms = role_values(config.teacher_normalize, "--teacher-normalize")
+    loaded = load_model_spec(spec, info=info, models=host.registry.models,
+                             arch=archs.get(role, archs.get(DEFAULT_TEACHER)),
+                             normalize=norms.get(role, norms.get(DEFAULT_TEACHER)),
+                             robustbench_dir=config.robustbench_dir, download=config.download,
+                             activation=config.activation)
     teacher = loaded.model
     if check_teacher_fits(loaded, info, resize=config.teacher_resize):
         teacher = ResizedTeacher(teacher, loaded.arch.image_size)
@@ -166,11 +261,6 @@ def load_teacher(config: RunConfig, host: PluginHost, info: DatasetInfo,
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher, loaded.describe()
-
-
-def default_milestones(epochs: int) -> tuple[int, ...]:
-    """Multistep milestones when none are given: 50% and 75% of the epochs."""
-    return tuple(sorted({m for m in (epochs // 2, (3 * epochs) // 4) if m >= 1}))
 
 
 def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -199,50 +289,60 @@ def scheduler_at(config: RunConfig, optimizer: torch.optim.Optimizer, epoch: int
     return scheduler
 
 
-# -- the run ----------------------------------------------------------------------------------------------
-
-def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> Run:
+def build_run(requested: RunConfig, host: PluginHost, resume: bool = False, *, data: ImageData | None = None,
+              student: nn.Module | None = None, teachers: Mapping[str, nn.Module] | None = None) -> Run:
     """Validate everything that can be validated and build the run, before any training.
 
     ``resume`` continues the run in ``--out`` from its checkpoint; a run directory without one starts anew.
+    ``data``, ``student`` and ``teachers`` (by role) replace what the configuration would load or build (the
+    author kit's tiny runs).
     """
-    requested = replace(requested, plugin=tuple(host.resolve_methods(requested.plugin)))
-    requested = replace(requested, out=requested.out or default_out(requested))
+    host.registry.dataset(requested.dataset)  # names known before anything is loaded
+    if requested.model is not None:
+        host.registry.model(requested.model)
     distributed = Distributed()
-    check_options(requested, host, distributed.world)
-    out = Path(requested.out)
+    device = distributed.setup(resolve_device(requested.device))
+    ops_backend = select_backend(requested.ops_backend, device)
+    seed_everything(requested.seed)
+    if data is None:
+        data = host.registry.dataset(requested.dataset).load(requested.data_dir, requested.download)
+    info = data.info
+    resolution = resolve_config(requested, host, info, train_images=len(data.train_y), device_type=device.type,
+                                ops_backend=ops_backend["requested"], world=distributed.world)
+    config = resolution.config
+    requested = replace(requested, plugin=config.plugin, out=requested.out or default_out(config))
+    config = replace(config, out=requested.out)
+    resolution = replace(resolution, config=config)
+    out = Path(config.out)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise RobustDistillError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
                                  "or choose another --out")
     saved = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
-    device = distributed.setup(resolve_device(requested.device))
-    ops_backend = select_backend(requested.ops_backend, device)
-    seed_everything(requested.seed)
-    data = host.registry.dataset(requested.dataset).load(requested.data_dir, requested.download)
-    data = take_subset(data, train=requested.subset)
-    info = data.info
-    config = resolve_core(requested, info, device, ops_backend["requested"])
-    config = replace(config, attack=host.resolve_attack(config.plugin, config.attack, config.teacher is not None))
-    config = host.resolve_plugin_options(config, info)
     if saved is not None:
         check_resumable(saved, requested, config, host.registry, distributed.world)
-    arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size,
-                     config.activation, info.mean, info.std)
-    student = build_model(arch, host.registry.models).to(device)
-    teacher, teacher_source = load_teacher(config, host, info, device) if config.teacher else (None, None)
+    for line in resolution.borrowed():
+        distributed.print(f"robustdistill: {line}", flush=True)
+    data = hold_out(data, config.subset, config.val_split or 0)
+    arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size, config.activation, info.mean,
+                     info.std)
+    student = (student if student is not None else build_model(arch, host.registry.models)).to(device)
+    sources: dict[str, dict[str, Any]] = {}
+    if teachers is None:
+        loaded = {}
+        for role, spec in resolution.teachers.items():
+            loaded[role], sources[role] = load_teacher(spec, role, config, host, info, device)
+        teachers = loaded
+    else:
+        teachers = {role: t.to(device).eval() for role, t in teachers.items()}
+        sources = {role: {"spec": spec} for role, spec in resolution.teachers.items()}
     if config.channels_last == "on":
-        for model in (student, teacher):
-            if model is not None:
-                model.to(memory_format=torch.channels_last)
+        for model in (student, *teachers.values()):
+            model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark == "on"
-    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
+    optimizer = torch.optim.SGD([{"params": list(student.parameters())}], lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, optimizer)
-    methods = config.plugin
-    hooks = host.step_hooks(methods)
-    base = next(iter(host.attack_owners(methods)), None)
     trainer = distributed.wrap(student, device, config.sync_bn)
     if distributed.world > 1:
         student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers
@@ -250,29 +350,9 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False) -> R
     attack_student = student
     if config.fold_bn == "on":  # after every move and layer conversion: the views share them
         attack_student = fold_or_keep(student, live=True, what="student", log=distributed.print)
-        if teacher is not None:
-            teacher = fold_or_keep(teacher, live=False, what="teacher", log=distributed.print)
-    steps_per_epoch = max(1, -(-len(data.train_y) // config.batch_size))
-    run = Run(view=None, requested=requested, host=host, hooks=hooks, optimizer=optimizer,  # type: ignore[arg-type]
-              scheduler=scheduler, dist=distributed, trainer=trainer, ops_backend=ops_backend,
-              teacher_source=teacher_source, resume_from=saved,
-              progress=EpochProgress.start(device))
-    run.view = RunView(config=config, data=data, arch=arch, device=device, student=student, teacher=teacher,
-                       attack_student=attack_student, methods=tuple(methods), base_method=base, out=out,
-                       steps_per_epoch=steps_per_epoch, is_main=distributed.is_main, world_size=distributed.world,
-                       sink=run, attack=host.registry.attacks.get(config.attack) if config.attack else None)
-    return run
-
-
-def run_environment(run: Run) -> dict[str, Any]:
-    """Software and hardware a run trains on, and which backend the fused ops use (``environment.json``)."""
-    device = run.device
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "command": sys.argv, "device": str(device),
-            "device_name": device_name, "processes": run.dist.world, "cpu_threads": torch.get_num_threads(),
-            "ops_backend": run.ops_backend, "kernels": kernel_status(device), "amp": run.config.amp, "channels_last": run.config.channels_last == "on",
-            "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
-            "folded_conv_bn": {"student": folded_pairs(run.view.attack_student),
-                               "teacher": folded_pairs(run.view.teacher)},
-            "teacher": run.teacher_source}
+        teachers = {role: fold_or_keep(t, live=False, what="teacher" if role == DEFAULT_TEACHER else f"teacher {role}",
+                                       log=distributed.print) for role, t in teachers.items()}
+    return Run(requested=requested, resolution=resolution, host=host, hooks=host.step_hooks(config.plugin), data=data,
+               arch=arch, device=device, out=out, student=student, attack_student=attack_student, trainer=trainer,
+               teachers=teachers, optimizer=optimizer, scheduler=make_scheduler(config, optimizer), dist=distributed,
+               ops_backend=ops_backend, teacher_sources=sources, resume_from=saved)

@@ -1,12 +1,9 @@
-"""What a checkpoint holds and how a run returns to it: weights, optimiser, plugin modules, RNG states of
-every process, the position inside the epoch, the run's history and its configuration.
-
-``last.pt`` is the truth of a run directory. ``config.json`` is written from the same configuration right
-after it (and again when a run resumes), so no kill leaves the two disagreeing.
+"""The parts of a checkpoint that are not models: the position inside the epoch, the RNG states, plugin state,
+and the check that a resumed run keeps its options. The run assembles and restores the checkpoint
+(:mod:`robustdistill._run`); ``last.pt`` is the truth of a run directory.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,14 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import __version__
-from ._checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from ._config import RunConfig, core_fields, namespace, option_key
 from ._registry import Registry, RobustDistillError
 
 if TYPE_CHECKING:
-    from .api import LossTerm
-    from ._run import Run
+    from ._context import LossTerm
 
 CHECKPOINT = "last.pt"
 
@@ -91,44 +85,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-# -- saving ---------------------------------------------------------------------------------------------
+# -- plugin state ---------------------------------------------------------------------------------------
 
-def save_run(run: "Run") -> None:
-    """Checkpoint the run (rank 0 writes; every rank contributes its RNG state), then the records that
-    follow it: ``config.json`` and, through ``checkpoint_saved``, the plugins' (``metrics.jsonl``)."""
-    rng = run.dist.gather(rng_state())
-    if run.dist.is_main:
-        config = run.config.to_dict()
-        save_checkpoint(run.out / CHECKPOINT, {
-            "version": __version__,
-            "arch": run.view.arch.to_dict(),
-            "model": run.student.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "epoch": run.view.epoch,
-            "progress": run.progress.to_dict(),
-            "world_size": run.dist.world,
-            "config": config,
-            "requested": run.requested.to_dict(),
-            "plugins": [info.to_dict() for info in run.host.plugin_infos()],
-            "plugin_modules": {name: {"module": m.state_dict(), "optimizer": o.state_dict() if o else None}
-                               for name, (m, o) in run.plugin_modules.items()},
-            "history": run.view.history,
-            "rng": rng,
-        })
-        write_config_json(run, config)
-        run.hooks.event("checkpoint_saved", run=run.view)
-    run.dist.barrier()
+def check_saveable(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` could not read back, naming where it is."""
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_saveable(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RobustDistillError(f"run.checkpointed: {where} has the key {key!r}; keys must be strings")
+            check_saveable(item, f"{where}[{key!r}]")
+        return
+    hint = " (give trainable modules to run.add_module)" if isinstance(value, torch.nn.Module) else ""
+    raise RobustDistillError(f"run.checkpointed: {where} is a {type(value).__name__}, which a checkpoint cannot hold; "
+                             f"keep tensors, numbers, strings, booleans, None and lists or dicts of them{hint}")
 
 
-def write_config_json(run: "Run", config: dict[str, Any]) -> None:
-    atomic_write_text(run.out / "config.json", json.dumps(config, indent=2) + "\n")
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it moved to ``device`` (tuples stay tuples)."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 # -- resuming -------------------------------------------------------------------------------------------
-
-def read_checkpoint(run_dir: Any) -> dict[str, Any]:
-    return load_checkpoint(run_dir / CHECKPOINT)
-
 
 def check_resumable(saved: dict[str, Any], requested: RunConfig, resolved: RunConfig, registry: Registry,
                     world: int) -> None:
@@ -164,9 +153,14 @@ def _fixed_options(config: RunConfig, registry: Registry) -> list[tuple[str, str
 
 
 def _flat(config: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    """Core options by name, plugin options as ``plugin.key``; in checkpoints of robustdistill 0.1, whose
-    configuration is one flat mapping, ``igdm_alpha`` is read as ``igdm.alpha``."""
-    flat = {k: v for k, v in config.items() if k != "plugins"}
+    """Core options by name, plugin options as ``plugin.key``. Earlier checkpoints are read as what they
+    trained: one flat mapping (``igdm_alpha`` is ``igdm.alpha``), a single ``teacher`` string (one teacher),
+    no ``val_split`` (every training image trained: 0)."""
+    flat = {k: v for k, v in config.items() if k not in ("plugins", "sources")}
+    for key in ("teacher", "teacher_arch", "teacher_normalize"):
+        if isinstance(flat.get(key), str):
+            flat[key] = [flat[key]]
+    flat.setdefault("val_split", 0)
     for plugin, values in (config.get("plugins") or {}).items():
         flat.update({f"{plugin}.{k}": v for k, v in values.items()})
     if "plugins" not in config:
@@ -178,28 +172,3 @@ def _flat(config: dict[str, Any], registry: Registry) -> dict[str, Any]:
 
 def _show(value: Any) -> str:
     return "unset" if value is None else repr(value)
-
-
-def restore_training_state(run: "Run", ckpt: dict[str, Any]) -> None:
-    """Weights, epoch, position in the epoch and history: before ``train_start``, so hooks see them."""
-    run.student.load_state_dict(ckpt["model"])
-    run.view.epoch = int(ckpt["epoch"])
-    run.progress = EpochProgress.from_dict(ckpt["progress"], run.device)
-    run.view.history[:] = list(ckpt.get("history", []))
-
-
-def restore_optimisation_state(run: "Run", ckpt: dict[str, Any]) -> None:
-    """Optimisers, plugin modules, schedule and RNG: after ``train_start`` added the plugins' modules and
-    parameter groups (and drew their initial weights from the RNG)."""
-    from ._run import scheduler_at
-
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    for name, saved_module in ckpt.get("plugin_modules", {}).items():
-        if name in run.plugin_modules:
-            module, optimizer = run.plugin_modules[name]
-            module.load_state_dict(saved_module["module"])
-            if optimizer is not None and saved_module["optimizer"] is not None:
-                optimizer.load_state_dict(saved_module["optimizer"])
-    run.scheduler = scheduler_at(run.config, run.optimizer, run.view.epoch)
-    set_rng_state(ckpt["rng"][run.dist.rank])
-

@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
-from .api import (Attack, DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option, RunConfig,
-                  RunView, StepContext, TeacherOutput)
+from .api import (Attack, Composition, DatasetEntry, DatasetInfo, EvalAttack, LossTerm, Method, ModelEntry, Option,
+                  RunConfig, RunView, StepContext, TeacherOutput)
 from ._markers import PROJECT, hookimpl, hookspec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -67,6 +67,12 @@ def register_eval_attacks(register: Callable[[EvalAttack], None]) -> None:
     """Register attacks usable with ``robustdistill eval --attacks``."""
 
 
+@hookspec
+def register_compositions(register: Callable[[Composition], None]) -> None:
+    """Register what this plugin's add-on methods change in the base methods they compose with (igdm: ARD's
+    τ = 1, ``batchmean`` and eval-mode attack, as the IGDM code trains ARD)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Building the run: once, active plugins only.
 # ---------------------------------------------------------------------------------------------
@@ -75,9 +81,13 @@ def register_eval_attacks(register: Callable[[EvalAttack], None]) -> None:
 def resolve_options(config: RunConfig, dataset: DatasetInfo, base_method: str | None) -> Mapping[str, Any] | None:
     """Values for this plugin's options that the user left unset (``None``) and that depend on the run.
 
-    ``config`` has the core options resolved (ε, model, methods with the default base) and the plugins'
-    options as given; ``base_method`` is the selected method that runs the attack (``None``: none does). Return ``{option name: value}`` for this plugin's own options (names as read:
-    ``"alpha"`` for ``--igdm-alpha``); only unset options take them. ``config.json`` records the result.
+    ``config`` has the core options resolved (ε, model, epochs, methods with the default base) and the
+    plugins' options as given, with what add-ons declare for their base (``register_compositions``) already
+    filled in; ``base_method`` is the selected method that runs the attack (``None``: none does). Return
+    ``{option name: value}`` for this plugin's own options (names as read: ``"alpha"`` for ``--igdm-alpha``);
+    only unset options take them. A value may be a :class:`~robustdistill.api.Default` that says where it
+    comes from (recorded in ``config.json``; a borrowed one is also printed). Raise ``RobustDistillError``
+    when no defensible value exists and the user must give one.
     """
 
 
@@ -86,10 +96,11 @@ def resolve_options(config: RunConfig, dataset: DatasetInfo, base_method: str | 
 # ---------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def teacher_forward(ctx: StepContext, x: Tensor) -> TeacherOutput | None:
-    """Teacher logits (and features) for ``x``: frozen, eval mode, no grad.
+def teacher_forward(ctx: StepContext, x: Tensor, role: str) -> TeacherOutput | None:
+    """Logits (and features) of the teacher of ``role`` (``ctx.teachers[role]``) for ``x``: frozen, eval
+    mode, no grad.
 
-    Call it through ``ctx.teacher_out(key, x)``, which caches the result per step.
+    Call it through ``ctx.teacher_out(key, x, teacher=role)``, which caches the result per step.
     """
 
 
@@ -120,6 +131,17 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor] | None:
 @hookspec
 def loss(ctx: StepContext) -> list[LossTerm] | LossTerm | None:
     """This plugin's named, weighted terms of the training loss for the step."""
+
+
+@hookspec
+def sample_weights(ctx: StepContext, terms: list[LossTerm]) -> Mapping[str, Tensor] | None:
+    """Per-sample weights ``[B]`` for loss terms of this step, by term name (``terms`` holds every active
+    plugin's terms, before reduction).
+
+    Each named term becomes ``mean(w · term.samples())``; weights from several plugins multiply. A term
+    without per-sample values cannot be re-weighted (an error names it). Terms nobody re-weights, and every
+    term when no plugin implements this hook, are summed exactly as returned.
+    """
 
 
 # ---------------------------------------------------------------------------------------------

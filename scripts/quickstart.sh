@@ -36,7 +36,7 @@ else
     ATTACKS=clean,fgsm,pgd20,cw
     SIZE="the first 6,000 images"
 fi
-COMMON=("${DATA[@]}" --model cnn --device "${DEVICE:-auto}" --val-size 500 --resume)
+COMMON=("${DATA[@]}" --model cnn --device "${DEVICE:-auto}" --val-split 500 --resume)
 scale() { if [ "${FULL:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }  # time on two CPU cores: quick, full
 
 step "2/6 training the PGD-AT teacher on $SIZE, $TEACHER_EPOCHS epochs" "$(scale 'about a minute' 'about 10 minutes') on two CPU cores"

@@ -43,9 +43,9 @@ def seeded(function, *args, seed=5):
 # -- trained models that several slow test files need, trained once per session ------------------------------
 
 TEACHER_TRAIN = ["--dataset", "fashion-mnist", "--model", "cnn", "--subset", "4096", "--epochs", "3",
-                 "--lr", "0.05", "--seed", "0", "--val-size", "200"]
+                 "--lr", "0.05", "--seed", "0", "--val-split", "200"]
 NATURAL_STUDENT = ["--dataset", "fashion-mnist", "--model", "cnn", "--subset", "2048", "--epochs", "2",
-                   "--lr", "0.05", "--seed", "0", "--val-size", "100"]
+                   "--lr", "0.05", "--seed", "0", "--val-split", "100"]
 
 
 @pytest.fixture(scope="session")

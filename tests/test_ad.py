@@ -10,6 +10,7 @@ from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill._ops import fd_align
+from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
 from conftest import reference_pgd
@@ -135,11 +136,30 @@ def test_fd_align_gradient_reaches_only_the_student():
 
 
 def test_igdm_default_alpha_per_base_and_dataset():
+    """App. B.2's rows, by base; a dataset without a row borrows the row with as many classes and says so; none
+    is borrowed where no setting has as many classes, nor for a base the paper did not compose."""
+    from dataclasses import replace
+
+    from robustdistill._data import DATASET_INFOS, _imagefolder_info
     from robustdistill.plugins.igdm import default_alpha
-    assert [default_alpha(b, 10) for b in ("at", "trades", "ard", "rslad", "adaad")] == [60, 20, 5, 0.9, 5]
-    assert [default_alpha(b, 100) for b in ("at", "trades", "ard", "rslad", "adaad")] == [100, 5, 50, 3, 15]
+    bases = ("at", "trades", "ard", "iad", "akd", "rslad", "adaad", "adaiad")
+    rows = {"cifar10": [60, 20, 5, 50, 7, 0.9, 5, 5], "cifar100": [100, 5, 50, 20, 50, 3, 15, 15],
+            "svhn": [60, 30, 50, 40, 10, 3, 9, 9]}
+    for dataset, expected in rows.items():
+        chosen = [default_alpha(b, DATASET_INFOS[dataset]) for b in bases]
+        assert [d.value for d in chosen] == expected and not any(d.borrowed for d in chosen)
+    tiny = default_alpha("rslad", _imagefolder_info(200, 64))
+    assert tiny.value == 1 and tiny.borrowed and "Tiny-ImageNet" in tiny.source
+    fashion = default_alpha("ard", DATASET_INFOS["fashion-mnist"])
+    assert fashion.value == 5 and fashion.borrowed and "CIFAR-10 row" in fashion.source
+    assert "fashion-mnist" in fashion.source
+    assert default_alpha("ard", replace(DATASET_INFOS["cifar100"], name="other")).value == 50
     with pytest.raises(RobustDistillError, match="pass --igdm-alpha"):
-        default_alpha("natural", 10)
+        default_alpha("natural", DATASET_INFOS["cifar10"])
+    with pytest.raises(RobustDistillError, match="43 classes.*pass --igdm-alpha"):
+        default_alpha("at", replace(DATASET_INFOS["cifar10"], name="gtsrb", num_classes=43))
+    with pytest.raises(RobustDistillError, match="pass --igdm-alpha"):
+        default_alpha("at", replace(DATASET_INFOS["cifar10"], name="other", num_classes=200))
 
 
 # -- inner losses -----------------------------------------------------------------------------------------
@@ -152,7 +172,7 @@ def kl_rows(student_logits, teacher_logits):
 
 def attack_with_seed(ctx, seed=5):
     torch.manual_seed(seed)
-    return ctx.hooks.attack(ctx)
+    return run_attack(ctx)
 
 
 def reference_with_seed(ctx, objective, init, seed=5):
@@ -244,7 +264,7 @@ def test_each_method_trains_a_step_and_the_teacher_gets_no_gradient(host, method
     assert all(p.requires_grad for p in teacher.parameters())
     ctx = step_context(host, methods, teacher=teacher, config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
     ctx.student.train()
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     terms = loss_terms(ctx)
     assert terms
     assert ctx._teacher_cache and all(not out.logits.requires_grad for out in ctx._teacher_cache.values()), \
@@ -276,7 +296,7 @@ def test_igdm_uses_the_base_delta_detached_and_teacher_forwards_run_once(host):
     teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     ctx = step_context(host, ["rslad", "igdm"], teacher=teacher, batch=4,
                        config=options(host, igdm_alpha=1.0, igdm_ramp_epochs=1))
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     assert not ctx.x_adv.requires_grad
     student_inputs = []
     ctx.student.register_forward_pre_hook(lambda m, i: student_inputs.append(i[0]))
@@ -295,6 +315,6 @@ def test_composition_order_does_not_change_the_loss(host):
         ctx = step_context(host, methods, student=tiny_model(seed=0), teacher=tiny_model(seed=3), seed=4,
                            config=options(host, igdm_alpha=2.0, igdm_ramp_epochs=1))
         torch.manual_seed(7)
-        ctx.x_adv = ctx.hooks.attack(ctx)
+        ctx.x_adv = run_attack(ctx)
         totals.append(sum(t.weight * t.value for t in loss_terms(ctx)).item())
     assert totals[0] == pytest.approx(totals[1], rel=1e-6)

@@ -10,7 +10,7 @@ from conftest import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
-COMMON = ["--dataset", "fashion-mnist", "--model", "cnn", "--val-size", "100", "--lr", "0.05", "--seed", "0"]
+COMMON = ["--dataset", "fashion-mnist", "--model", "cnn", "--val-split", "100", "--lr", "0.05", "--seed", "0"]
 STUDENT = [*COMMON, "--subset", "2048", "--epochs", "2"]
 EVAL = ["--attacks", "clean,pgd20", "--subset", "500"]
 

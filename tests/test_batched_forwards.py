@@ -8,10 +8,11 @@ import torch
 
 from robustdistill._checkpoint import save_checkpoint
 from robustdistill import StepContext
-from robustdistill._loop import start, train_step
+from robustdistill._loop import new_step, start, student_inputs, train_step
 from robustdistill._models import build_model
 from robustdistill._registry import ModelArch, RobustDistillError
 from robustdistill._run import build_run
+from robustdistill.testing import attack as run_attack
 from robustdistill.testing import plugin_host, train_config
 
 from conftest import needs_fashion_mnist
@@ -32,11 +33,10 @@ def _run(tmp_path, *args: str):
 
 def _context(run) -> StepContext:
     x = run.view.data.train_x[:16].float() / 255
-    ctx = StepContext(x=x, y=run.view.data.train_y[:16], run=run.view, epoch=1, step=0, hooks=run.hooks,
-                      trainer=run.trainer)
+    ctx = new_step(run, x, run.view.data.train_y[:16], 1, 0)
     run.student.train()
     torch.manual_seed(0)
-    ctx.x_adv = run.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     return ctx
 
 
@@ -51,8 +51,9 @@ def test_declared_inputs_of_composed_plugins_run_as_one_training_mode_batch(tmp_
     twin = copy.deepcopy(run.student)
     calls = []
     run.student.register_forward_hook(lambda *_: calls.append(1))
-    ctx.run_student_inputs(inputs, batched=True)
+    student_inputs(run, ctx)
     assert len(calls) == 1
+    inputs = {key: ctx.student_input(key) for key in inputs}
     # one forward over the concatenation: BatchNorm normalises over all 48 images and updates once
     logits, features = twin(torch.cat(list(inputs.values())), return_features=True)
     for i, key in enumerate(inputs):
@@ -71,7 +72,7 @@ def test_training_step_student_forwards(tmp_path, batched: bool) -> None:
     calls = []
     run.student.register_forward_hook(lambda module, inputs, out: calls.append(len(inputs[0])))
     x, y = run.view.data.train_x[:16].float() / 255, run.view.data.train_y[:16]
-    loss, terms = train_step(run, x, y, 1, 0)
+    loss, terms = train_step(run, new_step(run, x, y, 1, 0))
     assert torch.isfinite(loss) and {t.name for t in terms} == {"kl_adv", "kl_clean", "igdm"}
     assert calls == ([48] if batched else [16, 16, 16])  # the attack calls the folded view, not the student
 

@@ -162,7 +162,7 @@ def test_config_file_errors(capsys, tmp_path):
 @needs_fashion_mnist
 def test_existing_run_is_not_overwritten_and_resume_checks_options(capsys, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--plugin", "natural", "--subset", "128", "--epochs", "1", "--val-size", "32", "--out", str(out)]
+    args = ["train", "--plugin", "natural", "--subset", "128", "--epochs", "1", "--val-split", "32", "--out", str(out)]
     assert run_cli(capsys, *args)[0] == 0
     before = (out / "last.pt").read_bytes()
     err = error_of(capsys, *args)
@@ -171,7 +171,7 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(capsys, tmp_p
     assert "--resume with options that change the run" in err and "smallcnn" in err
     assert (out / "last.pt").read_bytes() == before
     fresh = tmp_path / "fresh"
-    code, out_text, _ = run_cli(capsys, "train", "--resume", "--subset", "128", "--epochs", "1", "--val-size", "32",
+    code, out_text, _ = run_cli(capsys, "train", "--resume", "--subset", "128", "--epochs", "1", "--val-split", "32",
                                 "--out", str(fresh))
     assert code == 0 and "holds no checkpoint yet: starting the run" in out_text and (fresh / "last.pt").is_file()
 
@@ -203,7 +203,7 @@ def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypat
 
     monkeypatch.setattr(ops, "_backend_override", None)
     out = tmp_path / "run"
-    assert run_cli(capsys, "train", "--ops-backend", "ref", "--subset", "64", "--epochs", "1", "--val-size", "16",
+    assert run_cli(capsys, "train", "--ops-backend", "ref", "--subset", "64", "--epochs", "1", "--val-split", "16",
                    "--out", str(out))[0] == 0
     env = json.loads((out / "environment.json").read_text())
     assert env["ops_backend"] == {"requested": "ref", "pgd_step": "ref", "fd_align": "ref"}
@@ -213,7 +213,7 @@ def test_run_records_its_environment_and_ops_backend(capsys, tmp_path, monkeypat
 
 @needs_fashion_mnist
 def test_resume_with_more_epochs_follows_the_new_schedule(capsys, tmp_path):
-    common = ["train", "--plugin", "natural", "--subset", "64", "--val-size", "16"]
+    common = ["train", "--plugin", "natural", "--subset", "64", "--val-split", "16"]
 
     def lrs(out):
         return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -230,7 +230,7 @@ def test_resume_with_more_epochs_follows_the_new_schedule(capsys, tmp_path):
 
 @needs_fashion_mnist
 def test_channels_last_layout_gives_the_same_step(tmp_path):
-    from robustdistill._loop import train_step
+    from robustdistill._loop import new_step, train_step
     from robustdistill._run import build_run
     from robustdistill.testing import plugin_host, train_config
 
@@ -245,7 +245,7 @@ def test_channels_last_layout_gives_the_same_step(tmp_path):
         assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "on")
         x = run.view.data.train_x[:32].float() / 255
         torch.manual_seed(0)
-        losses[layout] = float(train_step(run, x, run.view.data.train_y[:32], 1, 0)[0])
+        losses[layout] = float(train_step(run, new_step(run, x, run.view.data.train_y[:32], 1, 0))[0])
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)
 
 

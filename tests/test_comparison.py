@@ -93,7 +93,7 @@ def test_comparison_rows_over_seeds_train_evaluate_mirror_and_resume(tmp_path, c
     args = ["--out", str(out), "--results", str(results), "--rows", "natural,rslad+igdm", "--seeds", "0,1",
             "--subset", "256", "--epochs", "1", "--teacher-epochs", "1", "--teacher-model", "cnn",
             "--eval", "eval:clean,pgd20:32", "--eval", "small:clean:16", "--device", "cpu", "--no-report",
-            "--train-option=--attack-steps=2", "--train-option=--val-size=32"]
+            "--train-option=--attack-steps=2", "--train-option=--val-split=32"]
     assert comparison.main(args) == 0
     assert (out / "teacher-at" / "last.pt").exists() and (out / "teacher-at" / "eval.json").exists()
     for row in ("natural", "rslad+igdm"):

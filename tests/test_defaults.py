@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from robustdistill._data import DATASET_INFOS
+from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, resolved_config, step_context, tiny_model, \
     train_config, train_run
 
@@ -86,7 +87,7 @@ def test_the_zero_weight_clean_forward_runs_in_train_mode_and_leaves_the_loss_al
     student = tiny_model(seed=0)
     ctx = step_context(host, [method], student=student, teacher=tiny_model(seed=1), batch=16)
     student.train()
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     reference, swapped = copy.deepcopy(student), copy.deepcopy(student)
     got = {t.name: t for t in loss_terms(ctx)}
     assert set(got) == terms, "a zero-weight term is not a term"
@@ -105,7 +106,7 @@ def test_the_zero_weight_clean_forward_runs_in_train_mode_and_leaves_the_loss_al
 def test_the_clean_term_appears_once_its_weight_is_not_zero(host, method, term):
     ctx = step_context(host, [method], teacher=tiny_model(seed=1),
                        config=options(host, **{f"{method}_{'alpha' if method == 'ard' else 'lambda'}": 0.75}))
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     weights = {t.name: t.weight for t in loss_terms(ctx)}
     assert weights[term] == pytest.approx(0.25)
 

@@ -11,7 +11,7 @@ from conftest import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
-TRAIN = ["--dataset", "fashion-mnist", "--model", "cnn", "--subset", "4096", "--val-size", "200",
+TRAIN = ["--dataset", "fashion-mnist", "--model", "cnn", "--subset", "4096", "--val-split", "200",
          "--lr", "0.05", "--seed", "0"]
 EVAL = ["--attacks", "clean,fgsm,pgd20,cw", "--subset", "500"]
 
@@ -65,7 +65,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
     # bitwise on a GPU too: cuDNN must not pick its convolution algorithms by timing (--cudnn-benchmark
     # on), and must pick deterministic ones
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    args = ["train", "--plugin", "at", "--dataset", "fashion-mnist", "--subset", "256", "--val-size", "64",
+    args = ["train", "--plugin", "at", "--dataset", "fashion-mnist", "--subset", "256", "--val-split", "64",
             "--lr-schedule", "constant", "--attack-steps", "3", "--batch-size", "64", "--cudnn-benchmark", "off"]
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
     assert main([*args, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0

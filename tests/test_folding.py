@@ -10,8 +10,8 @@ from torch import nn
 
 from robustdistill._attacks import model_mode
 from robustdistill._checkpoint import save_checkpoint
-from robustdistill._loop import start, train_step
-from robustdistill._run import ResizedTeacher, build_run, run_environment
+from robustdistill._loop import new_step, start, train_step
+from robustdistill._run import ResizedTeacher, build_run
 from robustdistill._folding import (FoldedModel, FoldError, LiveConvBN, NothingToFold, fold_batchnorm, fold_or_keep,
                                    unfolded)
 from robustdistill._models import build_model
@@ -204,11 +204,11 @@ def test_training_step_with_folding_equals_the_unfolded_step(tmp_path, plugins: 
         start(run)
         assert isinstance(run.view.attack_student, FoldedModel) == (fold == "on")
         assert isinstance(run.view.teacher, FoldedModel) == (fold == "on")
-        assert run_environment(run)["folded_conv_bn"] == ({"student": 3, "teacher": 3} if fold == "on"
+        assert run.environment()["folded_conv_bn"] == ({"student": 3, "teacher": 3} if fold == "on"
                                                           else {"student": 0, "teacher": 0})
         x = run.view.data.train_x[:32].float() / 255
         torch.manual_seed(0)
-        losses[fold] = float(train_step(run, x, run.view.data.train_y[:32], 1, 0)[0])
+        losses[fold] = float(train_step(run, new_step(run, x, run.view.data.train_y[:32], 1, 0))[0])
         with model_mode(run.student, train=False), torch.no_grad():  # the view follows the step's update
             torch.testing.assert_close(run.view.attack_student(x), run.student(x), rtol=1e-5, atol=1e-5)
     # One step only: later steps agree as closely, but sign-PGD turns rounding-level differences in a

@@ -21,7 +21,7 @@ from conftest import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
-COMMON = ["--dataset", "fashion-mnist", "--val-size", "100", "--lr", "0.05", "--seed", "0"]
+COMMON = ["--dataset", "fashion-mnist", "--val-split", "100", "--lr", "0.05", "--seed", "0"]
 STUDENT = [*COMMON, "--subset", "2048"]
 EVAL = ["--attacks", "clean,pgd20", "--subset", "500"]
 
@@ -30,7 +30,7 @@ EVAL = ["--attacks", "clean,pgd20", "--subset", "500"]
 # model's radius (its official 4/255 is for CIFAR's 8/255 attacks); PAG aligns 2 classes per image.
 OPTIONS = {
     "igam": ["--model", "cnn"],
-    "rrm": ["--model", "smallcnn", "--rrm-xent-weight", "0.1", "--val-size", "50"],  # 256 features vs 128
+    "rrm": ["--model", "smallcnn", "--rrm-xent-weight", "0.1", "--val-split", "50"],  # 256 features vs 128
     "gradnorm": ["--model", "cnn", "--activation", "gelu", "--gradnorm-eps", "0.1"],
     "edgereg": ["--model", "cnn", "--activation", "gelu"],
     "pag": ["--model", "cnn", "--pag-classes", "2"],
@@ -166,7 +166,7 @@ def test_finetune_head_turns_a_teacher_of_another_label_set_into_a_teacher(root,
     host = plugin_host(FirstFive())
     source = root / "source5"
     train(train_config(host, "--plugin", "at", "--dataset", "fashion-mnist-5", "--model", "cnn", "--subset", "2048",
-                       "--epochs", "1", "--val-size", "100", "--lr", "0.05", "--out", str(source)), host)
+                       "--epochs", "1", "--val-split", "100", "--lr", "0.05", "--out", str(source)), host)
     assert load_checkpoint(source / "last.pt")["arch"]["num_classes"] == 5
 
     new = root / "teacher10.pt"

@@ -245,7 +245,7 @@ def test_igam_plain_ce_first_and_discriminator_every_k_steps(host):
     assert set(terms_of(ctx)) == {"ce"}
     ctx = igam_context(host, igam_plain_ce_steps=3, igam_disc_every=5)
     state = ctx.run.state["igam"]
-    ctx.run.sink.optimizer.param_groups[0]["lr"] = 0.01  # the student's learning rate now
+    ctx._engine.optimizer.param_groups[0]["lr"] = 0.01  # the student's learning rate now
     ctx.step = 3
     assert set(terms_of(ctx)) == {"ce", "igam_diff", "igam_adv"}
     igam.step_end(ctx.run, ctx)
@@ -270,7 +270,7 @@ def test_rrm_terms_with_a_projection_by_hand(host):
     ctx = context(host, ["rrm"], [[1.0, 0.0]], [0], teacher=Linear([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]),
                   rrm_xent_weight=0.005)
     projection = ctx.run.state["rrm"]
-    assert ctx.run.sink.modules["rrm_projection"] == (projection, None), "trained jointly with the student"
+    assert ctx._engine.plugin_modules["rrm_projection"] == (projection, None), "trained jointly with the student"
     with torch.no_grad():
         projection.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
         projection.bias.zero_()

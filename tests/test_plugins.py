@@ -10,6 +10,7 @@ import torch
 
 from robustdistill import LossTerm, Method, Option, RobustDistillError, hookimpl, hookspecs
 from robustdistill._manager import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, PluginError, load_plugins
+from robustdistill.testing import attack as run_attack
 from robustdistill.testing import HookRecorder, loss_terms, plugin_host, run_step, step_context, train_config, train_run
 
 
@@ -78,7 +79,7 @@ def test_loss_collects_named_weighted_terms_and_order_does_not_matter():
     for methods in (["at", "addon"], ["addon", "at"]):
         torch.manual_seed(0)
         ctx = step_context(host, methods, seed=1)
-        ctx.x_adv = ctx.hooks.attack(ctx)
+        ctx.x_adv = run_attack(ctx)
         terms = loss_terms(ctx)
         assert sorted((t.name, t.weight) for t in terms) == [("addon", 0.5), ("ce_adv", 1.0)]
         results.append(sum(t.weight * t.value for t in terms).item())
@@ -99,7 +100,7 @@ def test_student_forward_is_shared_between_composed_plugins():
     ctx = step_context(host, ["at", "addon"])
     calls = []
     ctx.student.register_forward_hook(lambda *_: calls.append(1))
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     calls.clear()
     loss_terms(ctx)
     assert len(calls) == 1, "S(x_adv) computed once for both plugins"
@@ -351,7 +352,7 @@ def test_boolean_plugin_options_are_flags():
 def test_debug_prints_a_plugin_traceback(tmp_path, capsys, monkeypatch):
     from robustdistill import _cli as cli, _manager as plugin_manager
     monkeypatch.setattr(plugin_manager, "load_plugins", lambda: plugin_host(Faulty()))
-    args = ["train", "--dataset", "synthetic", "--plugin", "faulty", "--val-size", "0"]
+    args = ["train", "--dataset", "synthetic", "--plugin", "faulty", "--val-split", "0"]
     assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "failed in hook 'loss'" in err and "--debug" in err
@@ -378,7 +379,7 @@ class DeclaresAdv:
 def test_a_declared_input_cannot_drift_from_what_the_loss_reads():
     host = plugin_host(DeclaresAdv())
     ctx = step_context(host, ["declares-adv"])
-    ctx.x_adv = ctx.hooks.attack(ctx)
+    ctx.x_adv = run_attack(ctx)
     with pytest.raises(RobustDistillError, match="declared in student_inputs as another tensor"):
         loss_terms(ctx)
 
@@ -389,11 +390,16 @@ def test_the_whole_lifecycle_runs_in_order_on_the_synthetic_dataset(tmp_path):
     run = train_run(host, ["at"], tmp_path / "run", "--epochs", "2")
     names = recorder.names()
     steps = run.view.steps_per_epoch
-    assert names[0] == "train_start" and names[-1] == "train_end"
+    registration = [n for n in names if n.startswith("register_")]
+    assert names[:len(registration)] == registration and len(registration) == 7, "registration comes first, once"
+    names = names[len(registration):]
+    assert names[:2] == ["resolve_options", "train_start"] and names[-1] == "train_end"
+    assert recorder.calls[len(registration)] == ("resolve_options", "at")
     assert names.count("epoch_start") == 2 and names.count("epoch_end") == 2
-    assert names.count("student_inputs") == names.count("loss") == names.count("step_end") == 2 * steps
-    first_epoch = names[1:names.index("epoch_end")]
-    assert first_epoch[0] == "epoch_start" and first_epoch[1:4] == ["student_inputs", "loss", "step_end"]
+    step_hooks = ["attack", "student_inputs", "loss", "sample_weights", "step_end"]
+    assert all(names.count(hook) == 2 * steps for hook in step_hooks)
+    first_epoch = names[2:names.index("epoch_end")]
+    assert first_epoch[0] == "epoch_start" and first_epoch[1:6] == step_hooks
     assert names[names.index("epoch_end") + 1] == "checkpoint_saved"
     assert [m["epoch"] for m in run.view.history] == [1, 2] and "val_pgd" in run.view.history[0]
     assert ("step_end", (0, ("ce_adv",))) in recorder.calls

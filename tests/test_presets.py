@@ -11,7 +11,7 @@ from robustdistill._catalog import Catalog
 from robustdistill._cli import main
 from robustdistill._config import config_from_args
 from robustdistill._data import DATASET_INFOS
-from robustdistill.plugins.igdm import ALPHA_CIFAR10, ALPHA_CIFAR100
+from robustdistill.plugins.igdm import ALPHA
 from robustdistill._presets import IGDM_BASES, PRESETS, apply_preset, preset
 from robustdistill.testing import plugin_host, resolved_config, train_config
 
@@ -76,9 +76,9 @@ def test_presets_lists_every_preset_with_its_source(capsys):
     assert shown["train"]["igdm-alpha"] == 15 and shown["eval"]["cw-restarts"] == 10
 
 
-@pytest.mark.parametrize("dataset, table", [("cifar10", ALPHA_CIFAR10), ("cifar100", ALPHA_CIFAR100)])
-def test_igdm_presets_agree_with_the_plugins_alpha_table(host, dataset, table):
-    info = replace(DATASET_INFOS["synthetic"], num_classes=100 if dataset == "cifar100" else 10)
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
+def test_igdm_presets_agree_with_the_plugins_alpha_table(host, dataset):
+    info, table = DATASET_INFOS[dataset], ALPHA[dataset]
     for base in IGDM_BASES:
         chosen = preset(f"igdm-{base}-{dataset}")
         assert chosen.train["igdm-alpha"] == table[base]

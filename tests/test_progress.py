@@ -19,7 +19,7 @@ def test_progress_lines_reach_a_log_file(tmp_path, capsys):
     assert lines[-1].startswith(f"epoch 2/2  step {steps}/{steps}  loss ")
     assert all(" img/s  epoch left ~" in line and "run left ~" in line for line in lines)
     assert lines[-1].split("run left ~")[1].startswith("0s")
-    assert out.splitlines()[0].startswith(f"training at · cnn on synthetic (256 images, {steps} steps per epoch)")
+    assert out.splitlines()[0].startswith(f"training at · cnn on synthetic (224 images, {steps} steps per epoch)")
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and " = ce_adv " in epoch_lines[0] and "val pgd" in epoch_lines[0]
 

@@ -23,7 +23,7 @@ from conftest import needs_fashion_mnist
 pytestmark = needs_fashion_mnist
 
 RUN = ["train", "--plugin", "at", "--dataset", "fashion-mnist", "--subset", "384", "--batch-size", "32",
-       "--epochs", "2", "--attack-steps", "2", "--val-size", "64", "--seed", "3"]
+       "--epochs", "2", "--attack-steps", "2", "--val-split", "64", "--seed", "3"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -123,7 +123,7 @@ def test_one_command_relaunched_after_kills_at_each_write_and_at_random_moments_
 
 def test_a_finished_run_repairs_records_a_kill_left_behind(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--dataset", "synthetic", "--plugin", "at", "--epochs", "2", "--val-size", "16", "--out", str(out)]
+    args = ["train", "--dataset", "synthetic", "--plugin", "at", "--epochs", "2", "--val-split", "16", "--out", str(out)]
     assert main(args) == 0
     full = (out / "metrics.jsonl").read_text()
     (out / "metrics.jsonl").write_text(full.splitlines(keepends=True)[0])  # a kill between last.pt and this file
@@ -135,7 +135,7 @@ def test_a_finished_run_repairs_records_a_kill_left_behind(tmp_path):
 
 def test_resume_refuses_every_option_that_changes_the_run_and_nothing_else(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--dataset", "synthetic", "--epochs", "1", "--val-size", "16", "--out", str(out)]
+    args = ["train", "--dataset", "synthetic", "--epochs", "1", "--val-split", "16", "--out", str(out)]
     assert main([*args, "--plugin", "at"]) == 0
     config, ckpt = (out / "config.json").read_text(), (out / "last.pt").read_bytes()
     changes = {("--lr", "0.05"): "--lr 0.1 → 0.05", ("--eps", "0.2"): "--eps 0.1 → 0.2",
@@ -152,11 +152,11 @@ def test_resume_refuses_every_option_that_changes_the_run_and_nothing_else(tmp_p
     assert "--plugin ['at'] → ['trades']" in err
     # what may change: epochs (to extend), device, validation, checkpoints, logging; and a value equal to the
     # one the run resolved is no change
-    assert main([*args, "--plugin", "at", "--resume", "--epochs", "2", "--device", "cpu", "--val-size", "8",
+    assert main([*args, "--plugin", "at", "--resume", "--epochs", "2", "--device", "cpu", "--val-test", "8",
                  "--checkpoint-every", "3", "--checkpoint-minutes", "1", "--progress-interval", "5",
                  "--eps", "0.1", "--tensorboard"]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["epochs"] == 2 and saved["val_size"] == 8 and saved == load_checkpoint(out / "last.pt")["config"]
+    assert saved["epochs"] == 2 and saved["val_test"] == 8 and saved == load_checkpoint(out / "last.pt")["config"]
 
 
 def test_time_based_checkpoints_within_an_epoch(tmp_path):
@@ -166,7 +166,8 @@ def test_time_based_checkpoints_within_an_epoch(tmp_path):
     for minutes in ("0.000001", "0"):
         recorder = HookRecorder()
         host = plugin_host(recorder, names=["recorder"])
-        train_run(host, ["natural"], tmp_path / minutes, "--batch-size", "32", "--checkpoint-minutes", minutes)
+        train_run(host, ["natural"], tmp_path / minutes, "--batch-size", "32", "--val-split", "0",
+                  "--checkpoint-minutes", minutes)
         counts[minutes] = recorder.names().count("checkpoint_saved")
     assert counts == {"0.000001": 8, "0": 1}, "every step but the last is due after 60 µs; with 0, the epoch end only"
 
@@ -216,7 +217,7 @@ class GoesNaN:
 
 def test_non_finite_loss_stops_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
     host = plugin_host(GoesNaN())
-    config = train_config(host, "--plugin", "nan-at-2", "--subset", "128", "--epochs", "2", "--val-size", "32",
+    config = train_config(host, "--plugin", "nan-at-2", "--subset", "128", "--epochs", "2", "--val-split", "32",
                           "--out", str(tmp_path / "run"))
     with pytest.raises(RobustDistillError, match=r"non-finite in epoch 2 \(term\(s\): total, fragile\).*last good"):
         train(config, host)
@@ -288,7 +289,7 @@ def test_teacher_of_another_architecture_classes_channels_or_size_is_refused(tea
 def test_teacher_at_another_resolution_is_bridged_by_resizing(tmp_path):
     path = saved_teacher(tmp_path / "t32.pt", image_size=32)
     assert main(["train", "--plugin", "ard", "--teacher", str(path), "--teacher-resize",
-                 "--subset", "64", "--epochs", "1", "--val-size", "16", "--out", str(tmp_path / "run")]) == 0
+                 "--subset", "64", "--epochs", "1", "--val-split", "16", "--out", str(tmp_path / "run")]) == 0
 
 
 def test_wrapped_state_dict_teacher_loads_safely_with_explicit_normalization(teacher, tmp_path, capsys):
@@ -296,7 +297,7 @@ def test_wrapped_state_dict_teacher_loads_safely_with_explicit_normalization(tea
     wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items() if k not in ("mean", "std")}}
     torch.save(wrapped, tmp_path / "rb.pt")
     common = ["train", "--plugin", "ard", "--teacher", str(tmp_path / "rb.pt"), "--teacher-arch", "cnn",
-              "--subset", "64", "--epochs", "1", "--val-size", "16"]
+              "--subset", "64", "--epochs", "1", "--val-split", "16"]
     err = error(capsys, *common, "--out", str(tmp_path / "guess"))
     assert "does not record its input normalisation; say which with --teacher-normalize none" in err
     assert main([*common, "--teacher-normalize", "dataset", "--out", str(tmp_path / "run")]) == 0

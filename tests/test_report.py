@@ -111,7 +111,7 @@ def tensorboard_scalars(run_dir, tag):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_report_on_real_runs(capsys, tmp_path):
-    common = ["--subset", "256", "--batch-size", "64", "--val-size", "64", "--attack-steps", "2",
+    common = ["--subset", "256", "--batch-size", "64", "--val-split", "64", "--attack-steps", "2",
               "--val-attack-steps", "2"]
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     assert run_cli(capsys, "train", "--plugin", "at", "--epochs", "2", "--tensorboard", *common,
@@ -162,7 +162,7 @@ def epoch_metrics(epoch, loss, terms, weighted=None, **extra):
 
 
 def record(tmp_path, name, plugins, history):
-    return RunRecord(tmp_path / name, {"plugin": plugins, "val_size": 100, "val_attack_steps": 20, "eps": 0.1},
+    return RunRecord(tmp_path / name, {"plugin": plugins, "val_split": 100, "val_attack_steps": 20, "eps": 0.1},
                      history, None, label=name)
 
 
@@ -181,7 +181,7 @@ def test_curves_of_a_one_epoch_run_have_whole_epoch_ticks_and_labelled_axes(tmp_
         assert list(ax.get_xticks()) == [1] and ax.get_xlabel() == "epoch" and ax.get_ylabel(), ax.get_title()
     assert [ax.get_ylabel() for ax in used] == ["loss (mean over the epoch)", "accuracy (%)", "accuracy (%)",
                                                 "learning rate"]
-    assert used[2].get_title() == "accuracy under PGD-20, ε = 0.1 (first 100 test images)"
+    assert used[2].get_title() == "accuracy under PGD-20, ε = 0.1 (100 validation images held out from training)"
     assert list(used[1].lines[0].get_ydata()) == pytest.approx([70.0])  # in percent
     close(fig)
 

@@ -103,7 +103,7 @@ def test_a_run_directory_stands_for_its_last_pt(tmp_path, cifar, capsys):
     student = tmp_path / "student"
     code, _, err = run_cli(capsys, "train", "--plugin", "ard", "--teacher", teacher_dir, "--dataset", "cifar10",
                            "--data-dir", cifar, "--model", "cnn", "--epochs", "1", "--batch-size", "10",
-                           "--attack-steps", "1", "--val-size", "4", "--val-attack-steps", "1", "--out", student, "--device", "cpu")
+                           "--attack-steps", "1", "--val-split", "4", "--val-attack-steps", "1", "--out", student, "--device", "cpu")
     assert code == 0, err
     environment = json.loads((student / "environment.json").read_text())
     assert environment["teacher"]["spec"] == str(teacher_dir) and environment["teacher"]["arch"] == "cnn"
@@ -271,7 +271,7 @@ def test_official_wrn_evaluates_and_teaches_through_the_cli(tmp_path, cifar, cap
     assert result["normalization"].startswith("none: the model takes images in [0, 1]")
     code, _, err = run_cli(capsys, "train", "--plugin", "rslad", "--teacher", tmp_path / "rslad-teacher.pt",
                            "--teacher-arch", "official-wrn", "--dataset", "cifar10", "--data-dir", cifar, "--model",
-                           "cnn", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1", "--val-size", "4", "--val-attack-steps", "1",
+                           "cnn", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1", "--val-split", "4", "--val-attack-steps", "1",
                            "--out", tmp_path / "student", "--device", "cpu")
     assert code == 0, err
 
@@ -361,7 +361,7 @@ def test_torchvision_student_trains_and_its_checkpoint_evaluates(tmp_path, cifar
     out = tmp_path / "tv"
     code, _, err = run_cli(capsys, "train", "--plugin", "at", "--dataset", "cifar10", "--data-dir", cifar, "--model",
                            "torchvision:resnet18", "--epochs", "1", "--batch-size", "10", "--attack-steps", "1",
-                           "--val-size", "4", "--val-attack-steps", "1", "--out", out, "--device", "cpu")
+                           "--val-split", "4", "--val-attack-steps", "1", "--out", out, "--device", "cpu")
     assert code == 0, err
     code, stdout, err = run_cli(capsys, "eval", out, "--attacks", "clean", "--subset", "8", "--device", "cpu")
     assert code == 0, err
@@ -414,7 +414,7 @@ def test_timm_student_rrm_matches_a_timm_teachers_features(tmp_path, cifar, caps
                                               "config": {}})
     code, _, err = run_cli(capsys, "train", "--plugin", "rrm", "--teacher", tmp_path / "teacher.pt", "--dataset",
                            "cifar10", "--data-dir", cifar, "--model", "timm:resnet18", "--epochs", "1",
-                           "--batch-size", "10", "--val-size", "4", "--val-attack-steps", "1", "--out", tmp_path / "rrm", "--device", "cpu")
+                           "--batch-size", "10", "--val-split", "4", "--val-attack-steps", "1", "--out", tmp_path / "rrm", "--device", "cpu")
     assert code == 0, err
     history = [json.loads(line) for line in (tmp_path / "rrm" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(history[0]["terms"]["rrm_feat"])
@@ -489,7 +489,7 @@ def test_robustbench_teacher_teaches_a_student_and_gives_features(robustbench_se
     setup = robustbench_setup
     common = ["--teacher", f"robustbench:{RB_NAME}", "--robustbench-dir", setup["models"], "--dataset", "cifar10",
               "--data-dir", setup["data"], "--model", "cnn", "--epochs", "1", "--batch-size", "10",
-              "--val-size", "4", "--val-attack-steps", "1", "--device", "cpu"]
+              "--val-split", "4", "--val-attack-steps", "1", "--device", "cpu"]
     out = tmp_path / "rslad"
     code, _, err = run_cli(capsys, "train", "--plugin", "rslad", "--attack-steps", "1", *common, "--out", out)
     assert code == 0, err

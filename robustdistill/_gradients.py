@@ -1,4 +1,4 @@
-"""Input gradients shared by the gradient-based plugins (igam, gradnorm, edgereg, pag).
+"""Input-gradient helpers for plugins (igam, gradnorm, edgereg, pag use them; public in :mod:`robustdistill.api`).
 
 Every input gradient goes through ``ctx.input_gradient`` (the ``input_gradient`` hook), so one place
 decides how gradients are taken: exact autograd by default, double backprop with ``create_graph=True``.
@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from robustdistill import RobustDistillError, StepContext
-from robustdistill._attacks import model_mode
+from ._attacks import model_mode
+from ._context import StepContext
 
 
 @contextmanager
@@ -57,8 +57,7 @@ def student_gradient(ctx: StepContext, x_in: Tensor, logits: Tensor, objective: 
         if z is x_in:
             return objective(logits)
         with math_attention(), _mode(ctx.student, train):
-            model = ctx.trainer if ctx.trainer is not None else ctx.student
-            return objective(model(z))
+            return objective(ctx.student_forward(z))
 
     return ctx.input_gradient(ctx.student, x_in, at, create_graph=create_graph)
 
@@ -67,14 +66,14 @@ def _mode(model: nn.Module, train: bool | None):
     return nullcontext() if train is None else model_mode(model, train=train)
 
 
-def teacher_gradient(ctx: StepContext, x: Tensor, objective: Callable[[Tensor], Tensor]) -> Tensor:
-    """∇ₓ objective(teacher(x)), detached: one ordinary backward through the frozen, eval-mode teacher.
+def teacher_gradient(ctx: StepContext, x: Tensor, objective: Callable[[Tensor], Tensor],
+                     teacher: str | None = None) -> Tensor:
+    """∇ₓ objective(T(x)), detached: one ordinary backward through the frozen, eval-mode teacher of role
+    ``teacher`` (``None``: the default teacher).
 
     Only the input receives a gradient; nothing is accumulated in the teacher's parameters.
     """
-    if ctx.teacher is None:
-        raise RobustDistillError("this method needs a teacher; pass --teacher CKPT")
-    teacher = ctx.teacher
+    teacher = ctx.teachers[ctx._role(teacher)]
     x_t = x.detach().requires_grad_(True)
     with torch.enable_grad():
         grad = ctx.input_gradient(teacher, x_t, lambda z: objective(teacher(z)), create_graph=False)
@@ -86,8 +85,3 @@ def log_prob_objective(classes: Tensor) -> Callable[[Tensor], Tensor]:
     def objective(logits: Tensor) -> Tensor:
         return torch.log_softmax(logits.float(), dim=1).gather(1, classes[:, None]).sum()
     return objective
-
-
-def epoch_progress(ctx: StepContext) -> float:
-    """Epochs completed before this step, fractional."""
-    return ctx.step / ctx.steps_per_epoch

@@ -91,16 +91,33 @@ def is_state_dict(obj: dict[str, Any]) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def model_from_checkpoint(
-    obj: dict[str, Any],
-    build: Callable[[ModelArch], nn.Module],
-    source: str,
-) -> tuple[nn.Module, ModelArch]:
-    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill._zoo`)."""
+def weights_in(obj: dict[str, Any]) -> list[str]:
+    """The weights a robustdistill checkpoint holds: ``student`` and the models a run declared beside it."""
+    return ["student", *obj.get("models", {})]
+
+
+def checkpoint_weights(obj: dict[str, Any], source: str, weights: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(name, state_dict)`` of ``weights`` in a robustdistill checkpoint; ``None`` is the model the run declares
+    final (its weight average when it trained one, else the student)."""
+    name = weights or obj.get("final", "student")
+    if name == "student":
+        return name, obj["model"]
+    models = obj.get("models", {})
+    if name not in models:
+        raise RobustDistillError(f"{source!r} holds no weights named {name!r}; it holds: "
+                                 f"{', '.join(weights_in(obj))} (choose with SPEC@NAME)")
+    return name, models[name]
+
+
+def model_from_checkpoint(obj: dict[str, Any], build: Callable[[ModelArch], nn.Module], source: str,
+                          weights: str | None = None) -> tuple[nn.Module, ModelArch]:
+    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill._zoo`):
+    ``weights`` names which (``student``, or a model the run declared such as ``average``); ``None`` takes the
+    run's final model."""
     if obj.get("format") != FORMAT:
         raise RobustDistillError(f"{source!r} is not a robustdistill checkpoint")
     arch = ModelArch.from_dict(obj["arch"])
-    state = obj["model"]
+    _, state = checkpoint_weights(obj, source, weights)
     model = build(arch)
     if not any(k in state for k in ("mean", "std")):  # the arch records them
         state = {**state, "mean": model.mean, "std": model.std}

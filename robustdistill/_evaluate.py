@@ -46,7 +46,7 @@ AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
 RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
-                                  "settings", "seconds", "pending", "preset"})
+                                  "weights", "settings", "seconds", "pending", "preset"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 
@@ -750,6 +750,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
                      "ops_backend": ops_backend,
                      "attacks": {a.name: attack_details(a.name, settings) for a in selected}},
     }
+    if loaded.weights is not None:
+        current["weights"] = loaded.weights  # which of the checkpoint's models: the run's final one by default
     json_path = Path(args.json) if args.json else None
     previous = None
     if json_path is not None and json_path.exists() and not args.redo:
@@ -761,7 +763,8 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     if args.fold_bn == "on":
         model = fold_or_keep(model, live=False, what="evaluated model")
     current["settings"]["folded_conv_bn"] = folded_pairs(model)
-    print(f"{path}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
+    weights = f" ({loaded.weights} weights)" if loaded.weights not in (None, "student") else ""
+    print(f"{path}{weights}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
           f"step {_format_eps(step_size)}, device {device}; input normalisation {loaded.normalization}", flush=True)
     if earlier:
         print(f"{', '.join(sorted(earlier, key=[a.name for a in selected].index))} already in {json_path}: "

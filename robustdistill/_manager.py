@@ -29,6 +29,7 @@ CORE_PLUGIN = "core"
 # order of composed methods' loss terms (and with it the floating-point sum).
 BUILTIN_PLUGINS: dict[str, str] = {
     "adaad": "robustdistill.plugins.adaad",
+    "average": "robustdistill.plugins.average",
     "ard": "robustdistill.plugins.ard",
     "at": "robustdistill.plugins.at",
     CORE_PLUGIN: "robustdistill._defaults",

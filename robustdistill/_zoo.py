@@ -4,7 +4,9 @@
 ``finetune-head``) a spec names the model:
 
 - a checkpoint file written by ``robustdistill train`` or ``finetune-head``;
-- a run directory (``robustdistill train --out DIR``): its ``DIR/last.pt``;
+- a run directory (``robustdistill train --out DIR``): its ``DIR/last.pt``, whose final model is evaluated
+  (the weight average when the run trained one, else the student); ``SPEC@student`` or ``SPEC@average``
+  chooses;
 - a plain state_dict saved by another tool, with its architecture (``--teacher-arch`` / ``--arch``):
   a model name (``wrn-34-10``, ``torchvision:resnet50``, ``timm:resnet18``), or ``official-wrn``, the
   WideResNet of the TRADES, ARD, RSLAD and IGDM code (keys ``conv1``, ``block1.layer.0.…``, ``bn1``,
@@ -48,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ._attacks import model_mode
-from ._checkpoint import FORMAT, is_state_dict, load_checkpoint, model_from_checkpoint
+from ._checkpoint import FORMAT, checkpoint_weights, is_state_dict, load_checkpoint, model_from_checkpoint
 from ._config import ROBUSTBENCH_DEFAULT_DIR
 from ._models import Classifier, build_model
 from ._registry import DatasetInfo, ModelArch, ModelEntry, RobustDistillError
@@ -62,6 +64,8 @@ THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 ROBUSTBENCH_MISSING = "robustbench:NAME needs the robustbench package: pip install 'robustdistill[robustbench]'"
 TIMM_MISSING = "timm:NAME needs the timm package: pip install 'robustdistill[timm]' (or pip install timm)"
 PROBE_BATCH = 2
+_WEIGHTS = re.compile(r"^(.+)@([a-z][a-z0-9_-]*)$")
+"""``SPEC@NAME``: the weights ``NAME`` of a robustdistill checkpoint (``student``, ``average``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +96,7 @@ class ModelSource:
     path: Path | None = None
     checkpoint: dict[str, Any] | None = None
     robustbench: str | None = None
+    weights: str | None = None
 
     @property
     def is_native(self) -> bool:
@@ -113,8 +118,16 @@ def open_source(spec: str | Path) -> ModelSource:
         if not name:
             raise RobustDistillError("robustbench: needs a model name, e.g. robustbench:Standard")
         return ModelSource(text, robustbench=name)
+    weights = None
+    match = _WEIGHTS.match(text)
+    if match and not Path(text).exists():
+        text, weights = match.group(1), match.group(2)
     path = resolve_checkpoint_path(text)
-    return ModelSource(text, path=path, checkpoint=load_checkpoint(path))
+    source = ModelSource(str(spec), path=path, checkpoint=load_checkpoint(path), weights=weights)
+    if weights is not None and not source.is_native:
+        raise RobustDistillError(f"{str(spec)!r}: @{weights} chooses weights of a robustdistill checkpoint, and "
+                                 f"{str(path)!r} is not one")
+    return source
 
 
 @dataclass
@@ -125,10 +138,12 @@ class LoadedModel:
     arch: ModelArch
     source: ModelSource
     normalization: str
+    weights: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """What was loaded, for ``environment.json`` and evaluation files."""
-        return {"spec": self.source.spec, "arch": self.arch.name, "normalization": self.normalization}
+        """What was loaded, for ``environment.json`` and evaluation files (``weights``: which of a checkpoint's)."""
+        described = {"spec": self.source.spec, "arch": self.arch.name, "normalization": self.normalization}
+        return {**described, "weights": self.weights} if self.weights is not None else described
 
 
 def _values(values: Sequence[float]) -> str:
@@ -550,9 +565,11 @@ def load_model_spec(spec: str | Path | ModelSource, *, info: DatasetInfo, models
     if source.is_native:
         if normalize is not None:
             raise RobustDistillError(f"{source.spec!r} records its input normalisation; drop {normalize_flag}")
-        model, model_arch = model_from_checkpoint(source.checkpoint, build, source.spec)
+        weights, _ = checkpoint_weights(source.checkpoint, source.spec, source.weights)
+        model, model_arch = model_from_checkpoint(source.checkpoint, build, source.spec, weights)
         return LoadedModel(model.eval(), model_arch, source,
-                           _normalization_text(model_arch.mean, model_arch.std, "recorded in the checkpoint"))
+                           _normalization_text(model_arch.mean, model_arch.std, "recorded in the checkpoint"),
+                           weights)
 
     state = _plain_state(source.checkpoint)
     if state is None:

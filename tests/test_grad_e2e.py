@@ -12,7 +12,7 @@ from robustdistill import DatasetEntry, hookimpl
 from robustdistill._checkpoint import load_checkpoint
 from robustdistill._cli import main
 from robustdistill._data import load_fashion_mnist
-from robustdistill import _loop as loop
+from robustdistill._run import Run
 from robustdistill._loop import train
 from robustdistill._registry import ImageData
 from robustdistill.testing import plugin_host, train_config
@@ -57,10 +57,10 @@ class Capture:
     def __init__(self):
         self.modules = {}
         self.optimizer = None
-        self.restore = loop.restore_optimisation_state
+        self.restore = Run.restore_optimisation_state
 
-    def __call__(self, run, ckpt):
-        self.restore(run, ckpt)
+    def __call__(self, run):
+        self.restore(run)
         self.modules = {name: copy.deepcopy((m.state_dict(), o.state_dict() if o is not None else None))
                         for name, (m, o) in run.plugin_modules.items()}
         self.optimizer = copy.deepcopy(run.optimizer.state_dict())
@@ -86,7 +86,7 @@ def train_resume_eval(root, method):
     assert saved["epoch"] == 1
     capture = Capture()
     host = plugin_host()
-    with mock.patch.object(loop, "restore_optimisation_state", capture):
+    with mock.patch.object(Run, "restore_optimisation_state", lambda run: capture(run)):
         run = train(train_config(host, *args, "--epochs", "2"), host, resume=True)
     assert run.view.epoch == 2
     for name, (module, optimizer) in capture.modules.items():

@@ -174,11 +174,11 @@ from robustdistill import LossTerm, Method, Option, hookimpl
 
 @hookimpl
 def register_methods(register):
-    register(Method("scaled-ce", "scaled cross-entropy"))
+    register(Method(name="scaled-ce", summary="scaled cross-entropy"))
 
 @hookimpl
 def register_options(register):
-    register(Option("--scaled-ce-factor", 2.0, "the scale"))
+    register(Option(flag="--scaled-ce-factor", default=2.0, help="the scale"))
 
 @hookimpl
 def loss(ctx):
@@ -224,11 +224,11 @@ from robustdistill import Method, Option, hookimpl
 
 @hookimpl
 def register_methods(register):
-    register(Method("rd-clash", "a method whose option clashes"))
+    register(Method(name="rd-clash", summary="a method whose option clashes"))
 
 @hookimpl
 def register_options(register):
-    register(Option("--eps", 0.5, "clashes with the core --eps"))
+    register(Option(flag="--eps", default=0.5, help="clashes with the core --eps"))
 '''
 
 

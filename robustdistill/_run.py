@@ -54,7 +54,8 @@ class Run:
 
     ``requested`` is the configuration as given (unset values ``None``), ``resolution.config`` as resolved.
     ``trainer`` is the module the loss forwards run through: the DDP wrapper of the student when distributed.
-    ``resume_from`` is the checkpoint being resumed (``None`` for a new run).
+    ``resume_from`` is the checkpoint being resumed (``None`` for a new run); ``train_images`` the number of
+    training images before the validation split was held out.
     """
 
     requested: RunConfig
@@ -73,6 +74,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     dist: Distributed
     ops_backend: dict[str, str]
+    train_images: int = 0
     teacher_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume_from: dict[str, Any] | None = None
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
@@ -220,7 +222,7 @@ class Run:
         device = self.device
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         config = self.config
-        total = len(self.data.train_y) + (len(self.data.val_y) if self.data.val_y is not None else 0)
+        total = self.train_images
         return {"robustdistill": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
                 "python": platform.python_version(), "command": sys.argv, "device": str(device),
                 "device_name": device_name, "processes": self.dist.world, "cpu_threads": torch.get_num_threads(),
@@ -323,6 +325,7 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False, *, d
         check_resumable(saved, requested, config, host.registry, distributed.world)
     for line in resolution.borrowed():
         distributed.print(f"robustdistill: {line}", flush=True)
+    train_images = len(data.train_y)
     data = hold_out(data, config.subset, config.val_split or 0)
     arch = ModelArch(config.model, info.num_classes, info.in_channels, info.image_size, config.activation, info.mean,
                      info.std)
@@ -355,4 +358,4 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False, *, d
     return Run(requested=requested, resolution=resolution, host=host, hooks=host.step_hooks(config.plugin), data=data,
                arch=arch, device=device, out=out, student=student, attack_student=attack_student, trainer=trainer,
                teachers=teachers, optimizer=optimizer, scheduler=make_scheduler(config, optimizer), dist=distributed,
-               ops_backend=ops_backend, teacher_sources=sources, resume_from=saved)
+               ops_backend=ops_backend, train_images=train_images, teacher_sources=sources, resume_from=saved)

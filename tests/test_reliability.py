@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,67 @@ def test_one_command_relaunched_after_kills_at_each_write_and_at_random_moments_
     assert kills >= 3, f"only {kills} kills landed during training"
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     assert_same_run(straight, out)
+
+
+STATEFUL_LAUNCHER = """
+import os, re, signal, sys
+import robustdistill._checkpoint as checkpoint
+import robustdistill._manager as manager
+doc = open(os.environ["RD_DOC"]).read()
+block = re.search(r"```python\\n# file: rd_adaptive_ce_doc\\.py\\n(.*?)```", doc, flags=re.S).group(1)
+stateful = type(sys)("rd_adaptive_ce_doc")
+exec(block, stateful.__dict__)
+load = manager.load_plugins
+def with_stateful(autoload=None):
+    host = load(autoload)
+    host.register(stateful, "adaptive-ce", "test", "third-party")
+    host.build_registry()
+    return host
+manager.load_plugins = with_stateful
+limit, written, write = int(os.environ.get("RD_KILL_AFTER_WRITES", "0")), [], checkpoint._atomic_write
+def counted(path, payload):
+    write(path, payload)
+    written.append(path)
+    if len(written) == limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint._atomic_write = counted
+from robustdistill._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+STATEFUL_RUN = ["train", "--plugin", "adaptive-ce", "--dataset", "fashion-mnist", "--subset", "384", "--batch-size",
+                "32", "--epochs", "3", "--attack-steps", "2", "--val-split", "64", "--seed", "3", "--average", "swa",
+                "--average-start", "2", "--checkpoint-every", "2"]
+
+
+@pytest.mark.slow
+def test_a_stateful_plugin_and_the_weight_average_survive_kills_bit_for_bit(tmp_path):
+    """The docs' stateful add-on keeps its adaptive weight in run.checkpointed, and SWA its average: a run killed
+    after each file write and at random moments, relaunched with the same command, ends as an unbroken one."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(STATEFUL_LAUNCHER)
+    env = {**ENV, "RD_DOC": str(Path(__file__).parent.parent / "docs" / "plugins.md")}
+
+    def launch(out, kill_after=0):
+        return subprocess.run([sys.executable, str(launcher), *STATEFUL_RUN, "--resume", "--out", str(out)],
+                              env={**env, "RD_KILL_AFTER_WRITES": str(kill_after)}, capture_output=True, text=True,
+                              timeout=300)
+
+    straight, out = tmp_path / "straight", tmp_path / "relaunched"
+    assert launch(straight).returncode == 0
+    for k in (1, 2, 3, 4, 5, 6, 7, 10, 13, 16, 19, 22):
+        proc = launch(out, k)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert_records_never_ahead(out)
+    else:
+        assert launch(out).returncode == 0
+    assert_same_run(straight, out)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["checkpointed"] == b["checkpointed"] and a["checkpointed"]["adaptive-ce"]["weight"] != 1.0
+    assert a["final"] == b["final"] == "average"
+    for key, value in a["models"]["average"].items():
+        assert torch.equal(value, b["models"]["average"][key]), key
 
 
 def test_a_finished_run_repairs_records_a_kill_left_behind(tmp_path):

@@ -11,7 +11,10 @@ from typing import Callable
 
 from torch import Tensor
 
-from robustdistill import LossTerm, Method, Option, RobustDistillError, RunView, StepContext, hookimpl
+from robustdistill import hookimpl
+from robustdistill.api import LossTerm, Method, Option, RobustDistillError, RunView, StepContext
+
+robustdistill_api = "2.0"
 
 
 @hookimpl
@@ -36,12 +39,20 @@ def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
     return {"clean": ctx.x, "adv": ctx.x_adv}
 
 
+def pairing_per_sample(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
+    """‖aᵢ − cᵢ‖²₂ for each sample ``[B]``."""
+    return (adv_logits.float() - clean_logits.float()).pow(2).sum(dim=1)
+
+
 def pairing(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
     """(1/B) Σᵢ ‖aᵢ − cᵢ‖²₂."""
-    return (adv_logits.float() - clean_logits.float()).pow(2).sum(dim=1).mean()
+    return pairing_per_sample(adv_logits, clean_logits).mean()
 
 
 @hookimpl
-def loss(ctx: StepContext) -> LossTerm:
-    return LossTerm("logit_pairing", pairing(ctx.student_out("adv"), ctx.student_out("clean")),
-                    weight=ctx.config.logit_pairing.weight)
+def loss(ctx: StepContext) -> LossTerm | None:
+    weight = ctx.config.logit_pairing.weight
+    if weight == 0:
+        return None  # a zero-weight part of the loss is not a term
+    per_sample = pairing_per_sample(ctx.student_out("adv"), ctx.student_out("clean"))
+    return LossTerm("logit_pairing", per_sample.mean(), weight=weight, per_sample=per_sample)

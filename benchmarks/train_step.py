@@ -146,7 +146,7 @@ def build_engine_run(args: Namespace, workdir: Path) -> Run:
                           "--dataset", DATASET, "--model", args.student, "--device", args.device,
                           "--amp", args.amp, "--channels-last", args.channels_last, "--fold-bn", args.fold_bn,
                           *(["--batch-student-forwards"] if args.batch_student_forwards else []),
-                          "--epochs", "1", "--batch-size", str(max(args.batch_sizes)),
+                          "--epochs", "1", "--batch-size", str(max(args.batch_sizes)), "--val-split", "0",
                           "--seed", str(args.seed), "--out", str(workdir / "run"))
     run = build_run(config, host)
     start(run)

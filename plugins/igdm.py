@@ -95,7 +95,8 @@ def register_compositions(register: Callable) -> None:
     register(Composition(addon="igdm", base="rslad", options={"scale": 10.0}, num_classes=100,
                          source="the IGDM code's RSLAD base (rslad_IGDM_cifar100.py, ×10 as RSLAD's CIFAR-100 script)"))
     register(Composition(addon="igdm", base="rslad", options={"scale": 1.0}, num_classes=10,
-                         source="an inference: the IGDM code has CIFAR-100 scripts only; ×1 as RSLAD's CIFAR-10 script"))
+                         source="an inference: the IGDM code has CIFAR-100 scripts only; ×1 as RSLAD's CIFAR-10 "
+                                "script"))
 
 
 def default_alpha(base: str, dataset: DatasetInfo) -> Default:

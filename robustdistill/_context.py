@@ -103,9 +103,10 @@ class RunView:
     the images that train, ``val_x`` the held-out validation split) and ``dataset`` their description;
     ``student`` the trained model, ``attack_student`` the same network as attacks call it (eval-mode
     BatchNorm folded with ``--fold-bn on``); ``teachers`` the frozen teachers by role, ``default_teacher`` the
-    role that ``teacher`` (and ``ctx.teacher_out`` without a role) means (``None``: no teacher); ``methods`` the selected methods in order and ``base_method`` the one that runs
-    the attack, with ``attack`` the training attack it runs. ``epoch`` counts finished epochs and ``history``
-    holds their metrics (both already the checkpoint's in ``train_start`` of a resumed run).
+    role that ``teacher`` (and ``ctx.teacher_out`` without a role) means (``None``: no teacher); ``methods`` the
+    selected methods in order and ``base_method`` the one that runs the attack, with ``attack`` the training
+    attack it runs. ``epoch`` counts finished epochs and ``history`` holds their metrics (both already the
+    checkpoint's in ``train_start`` of a resumed run).
 
     Plugin state: ``state`` is a dict for per-run objects that need not survive a restart (under the plugin's
     name); ``checkpointed`` is a dict whose entries are saved in every checkpoint and restored on

@@ -12,8 +12,10 @@ Composition rules:
 
 * ``attack`` is ``firstresult``: at most one selected method may implement it (the base method:
   ``at``, ``trades``, ``rslad`` ...); add-on methods (``igdm``) reuse its ``ctx.x_adv``.
-* ``loss`` collects :class:`~robustdistill.api.LossTerm` s from every active plugin; the engine sums
-  ``weight · value`` and logs each term by name.
+* ``loss`` collects :class:`~robustdistill.api.LossTerm` s from every active plugin; ``sample_weights``
+  may re-weight any of them per sample; the engine sums ``weight · value`` and logs each term by name.
+* ``register_compositions`` declares what an add-on changes in its base, so that bases never test which
+  add-ons are selected.
 * ``teacher_forward`` and ``input_gradient`` are ``firstresult`` with core defaults marked
   ``trylast``, so a plugin can replace them by returning a value.
 

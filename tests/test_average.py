@@ -102,7 +102,8 @@ def test_eval_of_a_run_directory_evaluates_its_final_model(tmp_path, capsys):
     assert main(["eval", str(out), *common, "--json", str(tmp_path / "final.json")]) == 0
     assert main(["eval", f"{out}@student", *common, "--json", str(tmp_path / "student.json")]) == 0
     assert main(["eval", f"{out}@average", *common, "--json", str(tmp_path / "average.json")]) == 0
-    final, student, average = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("final", "student", "average"))
+    final, student, average = (json.loads((tmp_path / f"{n}.json").read_text())
+                               for n in ("final", "student", "average"))
     assert final["weights"] == average["weights"] == "average" and student["weights"] == "student"
     assert final["weights_sha256"] == average["weights_sha256"] != student["weights_sha256"]
     assert "(average weights)" in capsys.readouterr().out

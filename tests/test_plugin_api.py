@@ -21,7 +21,7 @@ from robustdistill._checkpoint import load_checkpoint
 from robustdistill._cli import main
 from robustdistill._data import DATASET_INFOS
 from robustdistill.testing import (attack, loss_terms, options, plugin_host, resolution, run_step, step_context,
-                                   tiny_model, train_config, train_run)
+                                   train_config, train_run)
 
 ROOT = Path(__file__).parent.parent
 SYNTHETIC = DATASET_INFOS["synthetic"]
@@ -103,7 +103,8 @@ def test_per_teacher_architecture_options_apply_to_their_role(tmp_path):
     robust = teacher_run(tmp_path, "robust", 1)
     host = plugin_host(TwoTeachers(), names=["two"])
     run = train_run(host, ["two"], tmp_path / "run", "--teacher", f"robust={robust}", "--teacher",
-                    f"clean={tmp_path / 'plain.pt'}", "--teacher-arch", "clean=cnn", "--teacher-normalize", "clean=none")
+                    f"clean={tmp_path / 'plain.pt'}", "--teacher-arch", "clean=cnn",
+                    "--teacher-normalize", "clean=none")
     environment = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert environment["teachers"]["clean"]["arch"] == "cnn"
     assert "recorded in the checkpoint" in environment["teachers"]["robust"]["normalization"]
@@ -151,7 +152,8 @@ def test_checkpointed_state_is_saved_and_restored_before_train_start(tmp_path):
     assert saved["steps"] == 4 and saved["per_class"].sum() == 224 and saved["note"] == ("a", 1.5, None)
     resumed = train_run(host, ["counter"], tmp_path / "resumed", "--epochs", "2", resume=True)
     assert resumed.view.checkpointed["counter"]["steps"] == 8
-    assert torch.equal(resumed.view.checkpointed["counter"]["per_class"], unbroken.view.checkpointed["counter"]["per_class"])
+    assert torch.equal(resumed.view.checkpointed["counter"]["per_class"],
+                       unbroken.view.checkpointed["counter"]["per_class"])
 
 
 def test_state_a_checkpoint_cannot_hold_is_refused_by_name(tmp_path):

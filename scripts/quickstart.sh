@@ -4,7 +4,7 @@
 # the three (clean, FGSM, PGD-20, CW∞) and a report (figures, table) in runs/quickstart/report.
 #
 #   bash scripts/quickstart.sh            # the first 6,000 training images: minutes on two CPU cores
-#   FULL=1 bash scripts/quickstart.sh     # all 60,000 images, longer schedules, AutoAttack too
+#   FULL=1 bash scripts/quickstart.sh     # all training images (59,500: 500 validate), longer schedules, AutoAttack
 #   DEVICE=cuda bash scripts/quickstart.sh
 #
 # Finished steps are skipped when it runs again; an interrupted training resumes.
@@ -29,7 +29,7 @@ if [ "${FULL:-0}" = 1 ]; then
     DATA=(--dataset fashion-mnist)
     TEACHER_EPOCHS=5 STUDENT_EPOCHS=5
     ATTACKS=clean,fgsm,pgd20,cw,autoattack
-    SIZE="all 60,000 images"
+    SIZE="all 59,500 training images (500 held out to validate)"
 else
     DATA=(--dataset fashion-mnist --subset 6000)
     TEACHER_EPOCHS=4 STUDENT_EPOCHS=3

@@ -130,10 +130,16 @@ doc = open(os.environ["RD_DOC"]).read()
 block = re.search(r"```python\\n# file: rd_adaptive_ce_doc\\.py\\n(.*?)```", doc, flags=re.S).group(1)
 stateful = type(sys)("rd_adaptive_ce_doc")
 exec(block, stateful.__dict__)
+from robustdistill import hookimpl
+class Report:
+    @hookimpl
+    def train_end(self, run):
+        print("STATE", os.environ.get("RANK", "0"), repr(run.checkpointed["adaptive-ce"]["weight"]), flush=True)
 load = manager.load_plugins
 def with_stateful(autoload=None):
     host = load(autoload)
     host.register(stateful, "adaptive-ce", "test", "third-party")
+    host.register(Report(), "report", "test", "third-party")
     host.build_registry()
     return host
 manager.load_plugins = with_stateful
@@ -448,3 +454,44 @@ def test_a_killed_two_process_run_relaunched_with_the_same_command_finishes_like
     relaunched = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
     assert_same_run(ddp_straight, out)
+
+
+@pytest.mark.slow
+def test_checkpointed_state_is_the_same_on_every_process_and_survives_a_kill(tmp_path):
+    """The stateful add-on reduces its statistic over processes: both ranks hold the same adaptive weight, close
+    to a one-process run's; a two-process run killed mid-epoch and relaunched ends as an unbroken one."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(STATEFUL_LAUNCHER)
+    env = {**ENV, "RD_DOC": str(Path(__file__).parent.parent / "docs" / "plugins.md")}
+
+    def command(out, nproc):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+                "127.0.0.1", "--master-port", str(free_port()), str(launcher), *STATEFUL_RUN, "--resume", "--out",
+                str(out)]
+
+    def weights(stdout):
+        return {line.split()[1]: float(line.split()[2]) for line in stdout.splitlines() if line.startswith("STATE")}
+
+    one = subprocess.run(command(tmp_path / "one", 1), env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(command(tmp_path / "two", 2), env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    per_rank = weights(two.stdout)
+    assert set(per_rank) == {"0", "1"} and per_rank["0"] == per_rank["1"], per_rank
+    assert per_rank["0"] == pytest.approx(weights(one.stdout)["0"], rel=0.1)
+    out = tmp_path / "relaunched"
+    proc = subprocess.Popen(command(out, 2), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = out / "last.pt"
+        if path.exists() and load_checkpoint(path)["progress"]["batch"] >= 2 and load_checkpoint(path)["epoch"] == 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    relaunched = subprocess.run(command(out, 2), env=env, capture_output=True, text=True, timeout=600)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    assert_same_run(tmp_path / "two", out)
+    a, b = load_checkpoint(tmp_path / "two" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["checkpointed"] == b["checkpointed"]

@@ -60,7 +60,7 @@ def straight(tmp_path_factory):
 KILL_AFTER_WRITES = """
 import os, signal, sys
 import robustdistill._checkpoint as checkpoint
-limit, written, write = int(os.environ["RD_KILL_AFTER_WRITES"]), [], checkpoint._atomic_write
+limit, written, write = int(os.environ.get("RD_KILL_AFTER_WRITES", "0")), [], checkpoint._atomic_write
 def counted(path, payload):
     write(path, payload)
     written.append(path)
@@ -123,14 +123,13 @@ def test_one_command_relaunched_after_kills_at_each_write_and_at_random_moments_
 
 
 STATEFUL_LAUNCHER = """
-import os, re, signal, sys
-import robustdistill._checkpoint as checkpoint
+import os, re, sys
 import robustdistill._manager as manager
+from robustdistill import hookimpl
 doc = open(os.environ["RD_DOC"]).read()
 block = re.search(r"```python\\n# file: rd_adaptive_ce_doc\\.py\\n(.*?)```", doc, flags=re.S).group(1)
 stateful = type(sys)("rd_adaptive_ce_doc")
 exec(block, stateful.__dict__)
-from robustdistill import hookimpl
 class Report:
     @hookimpl
     def train_end(self, run):
@@ -143,16 +142,7 @@ def with_stateful(autoload=None):
     host.build_registry()
     return host
 manager.load_plugins = with_stateful
-limit, written, write = int(os.environ.get("RD_KILL_AFTER_WRITES", "0")), [], checkpoint._atomic_write
-def counted(path, payload):
-    write(path, payload)
-    written.append(path)
-    if len(written) == limit:
-        os.kill(os.getpid(), signal.SIGKILL)
-checkpoint._atomic_write = counted
-from robustdistill._cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+""" + KILL_AFTER_WRITES
 STATEFUL_RUN = ["train", "--plugin", "adaptive-ce", "--dataset", "fashion-mnist", "--subset", "384", "--batch-size",
                 "32", "--epochs", "3", "--attack-steps", "2", "--val-split", "64", "--seed", "3", "--average", "swa",
                 "--average-start", "2", "--checkpoint-every", "2"]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from robustdistill import hookimpl
-from robustdistill.api import LossTerm, Option, RunView, StepContext
+from robustdistill.api import LossTerm, Option, RunView, StepContext, format_duration
 
 EARLY_REPORT_STEP = 10  # a log file hears from a new launch after this many steps, whatever the interval
 
@@ -23,16 +23,6 @@ EARLY_REPORT_STEP = 10  # a log file hears from a new launch after this many ste
 def register_options(register: Callable) -> None:
     register(Option(flag="--progress-interval", default=60.0, fixed_on_resume=False,
                     help="seconds between progress lines when stderr is not a terminal (a log file)"))
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``7m05s``, ``3h12m``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def weighted_loss_line(metrics: dict[str, Any]) -> str:

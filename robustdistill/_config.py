@@ -50,6 +50,18 @@ def parse_number(text: str) -> float:
     return value
 
 
+def format_duration(seconds: float) -> str:
+    """``4.2s`` (below 10 s), ``42s``, ``7m05s``, ``3h12m``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    if round(seconds) < 60:
+        return f"{round(seconds)}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def parse_int(text: str) -> int:
     try:
         return int(text)

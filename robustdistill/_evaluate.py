@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from . import _attacks as attacks
 from ._checkpoint import atomic_write_text
 from ._folding import fold_or_keep, folded_pairs
-from ._config import AUTOATTACK_VERSIONS, NORMS, resolve_device
+from ._config import AUTOATTACK_VERSIONS, NORMS, format_duration, resolve_device
 from ._registry import EvalAttack, Registry, RobustDistillError
 from ._zoo import load_model_spec, open_source
 
@@ -174,8 +174,8 @@ class _AutoAttackLog(logging.Handler):
         if batch:
             done, total = int(batch.group(2)), int(batch.group(3))
             elapsed = self.clock() - self.stage_started
-            left = f", about {format_seconds(elapsed / done * (total - done))} left of it" if done < total else ""
-            message += f" ({format_seconds(elapsed)} in this stage{left})"
+            left = f", about {format_duration(elapsed / done * (total - done))} left of it" if done < total else ""
+            message += f" ({format_duration(elapsed)} in this stage{left})"
         print(f"AutoAttack: {message}", file=sys.stderr, flush=True)
 
 
@@ -346,15 +346,6 @@ def attack_cost(name: str, settings: EvalSettings) -> float | None:
     return costs.get(name)
 
 
-def format_seconds(seconds: float) -> str:
-    """``4.2s``, ``3m05s`` or ``1h02m``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 class EvalProgress:
     """Progress of an evaluation, written to a stream (stderr by default) so that it reads in a log file too.
 
@@ -423,7 +414,7 @@ class EvalProgress:
             seconds, timed = seconds + rate * cost * todo, True
         if not timed:
             return f"unknown ({', '.join(unknown)})" if unknown else ""
-        return f"about {format_seconds(seconds)}" + "".join(f" + {name}" for name in unknown)
+        return f"about {format_duration(seconds)}" + "".join(f" + {name}" for name in unknown)
 
     def attack_started(self, name: str) -> None:
         self._current, self._seen = name, 0
@@ -453,7 +444,7 @@ class EvalProgress:
         own = elapsed / done * (total - done)
         left = self._left(include_current=False, current_seconds=own)
         self.write(f"eval: {self._current} batch {done}/{total}, accuracy so far {accuracy:.2f}% ({seen} images), "
-                   f"{format_seconds(elapsed)}; {self._current} about {format_seconds(own)} left"
+                   f"{format_duration(elapsed)}; {self._current} about {format_duration(own)} left"
                    f"{', in all ' + left if left else ''}")
 
     def attack_finished(self, name: str, accuracy: float, seconds: float) -> None:
@@ -471,7 +462,7 @@ class EvalProgress:
         if remaining:
             left = self._left(include_current=False)
             tail = f"; {remaining} attack{'s' if remaining > 1 else ''} left{', time left: ' + left if left else ''}"
-        self.write(f"eval: {name} done: {100 * accuracy:.2f}% in {format_seconds(seconds)}{tail}")
+        self.write(f"eval: {name} done: {100 * accuracy:.2f}% in {format_duration(seconds)}{tail}")
 
 
 def run_evaluation(
@@ -802,6 +793,6 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
 
 __all__ = [
     "AUTOATTACK_MISSING", "BUILTIN_EVAL_ATTACKS", "EvalProgress", "EvalResult", "EvalSettings",
-    "attack_cost", "attack_details", "check_adversarial", "eval_command", "evaluate", "format_seconds",
+    "attack_cost", "attack_details", "check_adversarial", "eval_command", "evaluate",
     "run_evaluation", "weights_fingerprint",
 ]

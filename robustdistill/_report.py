@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ._attacks import ce_objective, model_mode
 from ._checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
-from ._config import parse_number, resolve_device
+from ._config import format_duration, parse_number, resolve_device
 from ._evaluate import (
     RESULT_METADATA_KEYS,
     EvalSettings,
@@ -132,7 +132,7 @@ def results_table(runs: list[RunRecord]) -> str:
         evaluation = run.evaluation or {}
         row = [run.label, run.methods, str(run.config.get("model", "?")), str(run.config.get("seed", "?")),
                str(len(run.history)), f"{sum(train_seconds) / max(len(train_seconds), 1):.1f}",
-               _duration(sum(seconds)), *(_percent(evaluation.get(a)) for a in attacks),
+               format_duration(sum(seconds)), *(_percent(evaluation.get(a)) for a in attacks),
                str(evaluation.get("n", "—"))]
         lines.append("| " + " | ".join(row) + " |")
     missing = [r.label for r in runs if r.evaluation is None]
@@ -147,12 +147,6 @@ def results_table(runs: list[RunRecord]) -> str:
         lines.append(f"Evaluation not finished for: {'; '.join(unfinished)} (the same `robustdistill eval` command "
                      "continues it).")
     return "\n".join(lines) + "\n"
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 # ---------------------------------------------------------------------------------------------

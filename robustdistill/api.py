@@ -18,7 +18,7 @@ from torch import Tensor
 from ._attacks import (BN_MODES, INITS, LABEL_LOSSES, AttackSpec, Objective, ce_objective, cw_margin, cw_objective,
                        fgsm_spec, kl_objective, label_objective, model_mode, perturb, pgd)
 from ._checkpoint import atomic_write_text
-from ._config import FD_DISTANCES, NORMS, PluginOptions, RunConfig, parse_number
+from ._config import FD_DISTANCES, NORMS, PluginOptions, RunConfig, format_duration, parse_number
 from ._context import (DEFAULT_TEACHER, AttackIterate, AttackObserver, LossTerm, RunView, StepContext,
                        TeacherOutput, exact_input_gradient)
 from ._gradients import log_prob_objective, math_attention, student_forward, student_gradient, teacher_gradient
@@ -47,7 +47,7 @@ __all__ = [
     "exact_input_gradient", "student_forward", "student_gradient", "teacher_gradient", "log_prob_objective",
     "math_attention",
     # kernels and files
-    "pgd_step", "fd_align", "fd_align_per_sample", "FD_DISTANCES", "atomic_write_text", "parse_number",
+    "pgd_step", "fd_align", "fd_align_per_sample", "FD_DISTANCES", "atomic_write_text", "parse_number", "format_duration",
 ]
 
 

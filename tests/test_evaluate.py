@@ -21,6 +21,7 @@ from torch import nn
 
 from robustdistill._arguments import add_eval_arguments
 from robustdistill._checkpoint import FORMAT
+from robustdistill._config import format_duration
 from robustdistill._evaluate import (
     AUTOATTACK_MISSING,
     BUILTIN_EVAL_ATTACKS,
@@ -31,7 +32,6 @@ from robustdistill._evaluate import (
     attack_details,
     eval_command,
     evaluate,
-    format_seconds,
     run_evaluation,
     weights_fingerprint,
 )
@@ -477,7 +477,7 @@ class FakeClock:
 
 
 def test_format_seconds():
-    assert [format_seconds(s) for s in (4.24, 59.9, 185, 3720)] == ["4.2s", "59.9s", "3m05s", "1h02m"]
+    assert [format_duration(s) for s in (4.24, 42.4, 59.9, 185, 3720)] == ["4.2s", "42s", "1m00s", "3m05s", "1h02m"]
 
 
 def test_progress_lines_with_hand_computed_time_left():
@@ -502,9 +502,9 @@ def test_progress_lines_with_hand_computed_time_left():
         "eval [1/3]: clean on 300 images started",
         "eval: clean done: 90.00% in 1.0s; 2 attacks left, time left: about 1m02s + autoattack",
         "eval [2/3]: pgd20 on 300 images started; time left: about 1m02s + autoattack",
-        "eval: pgd20 batch 2/3, accuracy so far 75.00% (200 images), 30.0s; pgd20 about 15.0s left, "
-        "in all about 15.0s + autoattack",
-        "eval: pgd20 done: 73.33% in 45.5s; 1 attack left, time left: unknown (autoattack)",
+        "eval: pgd20 batch 2/3, accuracy so far 75.00% (200 images), 30s; pgd20 about 15s left, "
+        "in all about 15s + autoattack",
+        "eval: pgd20 done: 73.33% in 46s; 1 attack left, time left: unknown (autoattack)",
     ]
 
 
@@ -521,7 +521,7 @@ def test_autoattack_log_adds_the_time_left_in_the_stage(capsys):
     logger.debug("robust accuracy after APGD-T: 40.00% (total time 25.0 s)")
     assert capsys.readouterr().err.splitlines() == [
         "AutoAttack: running apgd-t",
-        "AutoAttack: apgd-t - 1/4 - 3 out of 8 successfully perturbed (20.0s in this stage, about 1m00s left of it)",
+        "AutoAttack: apgd-t - 1/4 - 3 out of 8 successfully perturbed (20s in this stage, about 1m00s left of it)",
         "AutoAttack: robust accuracy after APGD-T: 40.00% (total time 25.0 s)",
     ]
 

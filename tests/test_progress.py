@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from robustdistill.plugins.progress import format_duration, weighted_loss_line
+from robustdistill.api import format_duration
+from robustdistill.plugins.progress import weighted_loss_line
 from robustdistill.testing import plugin_host, train_run
 
 
@@ -18,7 +19,7 @@ def test_progress_lines_reach_a_log_file(tmp_path, capsys):
     assert lines[0].startswith(f"epoch 1/2  step 1/{steps}  loss ")
     assert lines[-1].startswith(f"epoch 2/2  step {steps}/{steps}  loss ")
     assert all(" img/s  epoch left ~" in line and "run left ~" in line for line in lines)
-    assert lines[-1].split("run left ~")[1].startswith("0s")
+    assert lines[-1].split("run left ~")[1].startswith("0.0s")
     assert out.splitlines()[0].startswith(f"training at · cnn on synthetic (224 images, {steps} steps per epoch)")
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and " = ce_adv " in epoch_lines[0] and "val pgd" in epoch_lines[0]
@@ -27,7 +28,8 @@ def test_progress_lines_reach_a_log_file(tmp_path, capsys):
 def test_the_epoch_line_shows_the_loss_as_its_weighted_terms():
     metrics = {"loss": 1.8931, "weighted_terms": {"igdm": 0.8331, "ce_adv": 1.06}, "terms": {"igdm": 0.0139}}
     assert weighted_loss_line(metrics) == "loss 1.8931 = igdm 0.8331 + ce_adv 1.0600"
-    assert format_duration(42.4) == "42s" and format_duration(425) == "7m05s" and format_duration(11520) == "3h12m"
+    assert format_duration(4.24) == "4.2s" and format_duration(42.4) == "42s" and format_duration(425) == "7m05s"
+    assert format_duration(11520) == "3h12m"
 
 
 def test_records_say_what_the_run_used(tmp_path):

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -50,6 +51,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Replace a text file atomically: readers see the old or the new content, never a torn one."""
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def atomic_copy(path: str | os.PathLike[str], source: BinaryIO) -> None:
+    """Write the bytes of an open file to ``path`` atomically (a decompressing reader works too)."""
+    _atomic_write(Path(path), lambda f: shutil.copyfileobj(source, f))
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:

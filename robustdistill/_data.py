@@ -33,8 +33,6 @@ import math
 import gzip
 import os
 import pickle
-import shutil
-import tempfile
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checkpoint import atomic_copy
 from ._registry import DatasetEntry, DatasetInfo, ImageData, RobustDistillError
 
 __all__ = [
@@ -266,20 +265,8 @@ def _check(data: ImageData, where: str) -> ImageData:
 
 def _atomic_place(src: str, dst: str) -> None:
     """Put ``src`` at ``dst`` (decompressing a ``.gz``), so that ``dst`` never exists half-written."""
-    from torchvision.datasets.utils import extract_archive
-
-    folder = os.path.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
-    try:
-        if src.endswith(".gz"):
-            produced = extract_archive(src, tmp)
-        else:
-            produced = os.path.join(tmp, os.path.basename(dst))
-            shutil.copyfile(src, produced)
-        os.replace(produced, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with (gzip.open if src.endswith(".gz") else open)(src, "rb") as source:
+        atomic_copy(dst, source)
 
 
 # ---------------------------------------------------------------------------------------
@@ -902,9 +889,8 @@ class BatchIterator:
     Determinism: the shuffle order is a function of ``(seed, epoch)`` (drawn with a private
     CPU ``torch.Generator``), and batch ``i``'s augmentation is a function of
     ``(seed, epoch, i)`` (a private generator on ``device``), so neither touches the global
-    RNG. Resuming an epoch from batch ``k`` (``skip(k)`` before iterating, or
-    ``batches(start=k)``) yields exactly the batches ``k, k+1, ...`` of an uninterrupted
-    epoch, augmentation included. The augmentation draws depend on the device type
+    RNG. Resuming an epoch from batch ``k`` (``batches(start=k)``) yields exactly the batches
+    ``k, k+1, ...`` of an uninterrupted epoch, augmentation included. The augmentation draws depend on the device type
     (CPU and CUDA generators differ).
     """
 
@@ -918,7 +904,6 @@ class BatchIterator:
         seed: int,
         device: torch.device | str,
         augment: str = "none",
-        drop_last: bool = False,
     ) -> None:
         if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
             raise RobustDistillError(
@@ -944,9 +929,7 @@ class BatchIterator:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.augment = augment
-        self.drop_last = bool(drop_last)
         self.epoch = 0
-        self._skip = 0
 
     @property
     def num_samples(self) -> int:
@@ -954,17 +937,11 @@ class BatchIterator:
 
     def __len__(self) -> int:
         n, bs = self.num_samples, self.batch_size
-        return n // bs if self.drop_last else math.ceil(n / bs)
+        return math.ceil(n / bs)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order and augmentation draws of epoch ``epoch``."""
         self.epoch = int(epoch)
-
-    def skip(self, n_batches: int) -> None:
-        """Start the next iteration at batch ``n_batches`` (used once, then reset to 0)."""
-        if n_batches < 0:
-            raise ValueError(f"cannot skip a negative number of batches ({n_batches})")
-        self._skip = int(n_batches)
 
     def order(self) -> Tensor:
         """Sample indices (on ``device``) in this epoch's order."""
@@ -997,5 +974,4 @@ class BatchIterator:
             yield x, yb
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        start, self._skip = self._skip, 0
-        return self.batches(start)
+        return self.batches()

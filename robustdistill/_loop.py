@@ -20,7 +20,7 @@ from ._data import BatchIterator
 from ._manager import PluginHost
 from ._registry import RobustDistillError
 from ._run import Run, build_run
-from ._state import EpochProgress
+from ._state import CHECKPOINT, EpochProgress
 
 
 def autocast(run: Run) -> Any:
@@ -106,9 +106,11 @@ def check_finite(run: Run, epoch: int) -> None:
     sums = {"total": progress.loss_sum, **progress.term_sums}
     bad = [name for name, value in sums.items() if not math.isfinite(float(value))]
     if bad:
+        kept = (f"the last good checkpoint in {run.out} is kept" if (run.out / CHECKPOINT).exists()
+                else f"no checkpoint was written yet, so {run.out} holds no run to resume")
         raise RobustDistillError(
-            f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad)}); training stopped and the last "
-            f"good checkpoint in {run.out} is kept. Lower --lr or check that term's plugin options")
+            f"the loss became non-finite in epoch {epoch} (term(s): {', '.join(bad)}); training stopped and {kept}. "
+            "Lower --lr or check that term's plugin options")
 
 
 class CheckpointClock:

@@ -485,7 +485,8 @@ def robustbench_weight_files(name: str, dataset: str, threat: str, model_dir: st
 def load_robustbench(name: str, info: DatasetInfo, *, norm: str, model_dir: str | None,
                      download: bool) -> tuple[nn.Module, str]:
     """RobustBench's ``NAME`` for ``info``'s dataset and the ``norm`` threat model, loaded by
-    ``robustbench.utils.load_model`` (which reads the file with torch's weights-only loader); returns the
+    ``robustbench.utils.load_model`` (which reads the file with ``torch.load``: weights only, the default from
+    torch 2.6, which ``pyproject.toml`` requires); returns the
     model in eval mode and a description of where it came from."""
     if info.name not in ROBUSTBENCH_DATASETS:
         raise RobustDistillError(f"robustbench:{name}: RobustBench has models for {', '.join(ROBUSTBENCH_DATASETS)} "

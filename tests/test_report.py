@@ -1,4 +1,5 @@
 """``robustdistill report`` and ``train --tensorboard``: tables, figures and bad input."""
+import importlib.util
 import json
 import sys
 
@@ -110,6 +111,7 @@ def tensorboard_scalars(run_dir, tag):
 
 @pytest.mark.slow
 @needs_fashion_mnist
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="pip install tensorboard")
 def test_report_on_real_runs(capsys, tmp_path):
     common = ["--subset", "256", "--batch-size", "64", "--val-split", "64", "--attack-steps", "2",
               "--val-attack-steps", "2"]

@@ -13,7 +13,7 @@ from robustdistill._ops import fd_align
 from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
-from conftest import reference_pgd
+from support import reference_pgd
 
 LN3 = math.log(3)
 

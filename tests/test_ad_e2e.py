@@ -6,7 +6,7 @@ import pytest
 from robustdistill._checkpoint import load_checkpoint, save_checkpoint
 from robustdistill._cli import main
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 

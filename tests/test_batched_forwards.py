@@ -15,7 +15,7 @@ from robustdistill._run import build_run
 from robustdistill.testing import attack as run_attack
 from robustdistill.testing import plugin_host, train_config
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 
 def _run(tmp_path, *args: str):

@@ -10,7 +10,7 @@ import torch
 
 from robustdistill._cli import main
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 
 def run_cli(capsys, *args):

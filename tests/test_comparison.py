@@ -2,15 +2,12 @@
 runs; the summary's means, standard deviations and IGDM − base differences by hand."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import needs_fashion_mnist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import comparison  # noqa: E402
+import comparison
+from support import needs_fashion_mnist
 
 
 def write_eval(run_dir: Path, name: str, n: int, pending=(), **accuracy):

@@ -7,7 +7,7 @@ import torch
 from robustdistill._checkpoint import load_checkpoint
 from robustdistill._cli import main
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 

@@ -36,7 +36,7 @@ from robustdistill._evaluate import (
     weights_fingerprint,
 )
 from robustdistill._models import BUILTIN_MODELS, Classifier, build_model
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 from robustdistill._registry import (
     DatasetEntry,
     DatasetInfo,

@@ -18,7 +18,7 @@ from robustdistill._models import build_model
 from robustdistill._registry import ModelArch
 from robustdistill.testing import plugin_host, train_config
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 
 def _model(name: str, channels: int = 3, size: int = 32, classes: int = 10) -> nn.Module:

@@ -17,7 +17,7 @@ from robustdistill._loop import train
 from robustdistill._registry import ImageData
 from robustdistill.testing import plugin_host, train_config
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 

@@ -11,7 +11,7 @@ from robustdistill._ops import pgd_step
 from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
 
-from conftest import reference_pgd, seeded
+from support import reference_pgd, seeded
 
 E = math.e
 

@@ -20,7 +20,7 @@ from robustdistill._cli import main
 from robustdistill._loop import train
 from robustdistill.testing import plugin_host, train_config
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 

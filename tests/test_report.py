@@ -26,7 +26,7 @@ from robustdistill._report import (
     robust_vs_eps_figure,
 )
 
-from conftest import needs_fashion_mnist
+from support import needs_fashion_mnist
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import train_step  # noqa: E402
+import train_step
 
 
 def test_reference_matches_engine_and_report_is_complete(tmp_path: Path) -> None:

@@ -140,7 +140,8 @@ def test_igdm_default_alpha_per_base_and_dataset():
     is borrowed where no setting has as many classes, nor for a base the paper did not compose."""
     from dataclasses import replace
 
-    from robustdistill._data import DATASET_INFOS, _imagefolder_info
+    from robustdistill._data import DATASET_INFOS
+    from robustdistill._data.descriptions import _imagefolder_info
     from robustdistill.plugins.igdm import default_alpha
     bases = ("at", "trades", "ard", "iad", "akd", "rslad", "adaad", "adaiad")
     rows = {"cifar10": [60, 20, 5, 50, 7, 0.9, 5, 5], "cifar100": [100, 5, 50, 20, 50, 3, 15, 15],

@@ -31,7 +31,7 @@ def _isolated(tmp_path, monkeypatch):
     """A private cache, no $ROBUSTDISTILL_DATA, no Debian directory, no memo across tests."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv(D.ENV_DATA_DIR, raising=False)
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-dir"))
+    monkeypatch.setattr(D.files, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-dir"))
     D.clear_loaded()
     yield
     D.clear_loaded()
@@ -194,7 +194,7 @@ def test_debian_dir_is_searched(tmp_path, monkeypatch):
     arrays = _fake_idx(seed=4)
     deb = tmp_path / "debian"
     _write_idx(deb, arrays, gz=True)
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(deb))
+    monkeypatch.setattr(D.files, "DEBIAN_FASHION_MNIST_DIR", str(deb))
     os.chmod(deb, 0o555)  # read-only, as installed
     try:
         _check_idx(D.load_fashion_mnist(None, False), arrays, "fashion-mnist")
@@ -205,12 +205,12 @@ def test_debian_dir_is_searched(tmp_path, monkeypatch):
 def test_concurrent_staging(tmp_path):
     arrays = _fake_idx(seed=5)
     _write_idx(tmp_path / "flat", arrays, gz=True)
-    files = [str(tmp_path / "flat" / (s + ".gz")) for s in D._IDX_FILES]
+    files = [str(tmp_path / "flat" / (s + ".gz")) for s in D.idx._IDX_FILES]
     roots, errors = [], []
 
     def stage():
         try:
-            roots.append(D._stage_idx(files, "MNIST"))
+            roots.append(D.idx._stage_idx(files, "MNIST"))
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -221,7 +221,7 @@ def test_concurrent_staging(tmp_path):
         t.join()
     assert not errors and len(set(roots)) == 1
     raw = os.path.join(roots[0], "MNIST", "raw")
-    assert sorted(os.listdir(raw)) == sorted(D._IDX_FILES)
+    assert sorted(os.listdir(raw)) == sorted(D.idx._IDX_FILES)
 
 
 def test_missing_fashion_mnist_error_names_places_and_fix(tmp_path, monkeypatch):
@@ -392,7 +392,7 @@ def test_imagefolder_errors(tmp_path):
 @pytest.mark.skipif(not os.path.exists(DEBIAN_TRAIN), reason="needs apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", os.path.dirname(DEBIAN_TRAIN))
+    monkeypatch.setattr(D.files, "DEBIAN_FASHION_MNIST_DIR", os.path.dirname(DEBIAN_TRAIN))
     start = time.perf_counter()
     d = D.load_fashion_mnist(None, False)
     elapsed = time.perf_counter() - start

@@ -117,7 +117,7 @@ def checkpoint_weights(obj: dict[str, Any], source: str, weights: str | None = N
 
 def model_from_checkpoint(obj: dict[str, Any], build: Callable[[ModelArch], nn.Module], source: str,
                           weights: str | None = None) -> tuple[nn.Module, ModelArch]:
-    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill._zoo`):
+    """Rebuild the model a robustdistill checkpoint describes (plain state_dicts: :mod:`robustdistill._specs`):
     ``weights`` names which (``student``, or a model the run declared such as ``average``); ``None`` takes the
     run's final model."""
     if obj.get("format") != FORMAT:

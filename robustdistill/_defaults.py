@@ -56,7 +56,7 @@ def register_eval_attacks(register: Callable) -> None:
 @hookimpl(trylast=True)
 def teacher_forward(ctx: StepContext, x: Tensor, role: str) -> TeacherOutput:
     """The frozen teacher of ``role`` in eval mode, without gradient; features where the model exposes them
-    (``None`` for a RobustBench model without a final linear classifier, see :mod:`robustdistill._zoo`)."""
+    (``None`` for a RobustBench model without a final linear classifier, see :mod:`robustdistill._models.foreign`)."""
     with torch.no_grad():
         logits, features = ctx.teachers[role](x, return_features=True)
     return TeacherOutput(logits=logits.float(), features=features.float() if features is not None else None)

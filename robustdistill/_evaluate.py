@@ -36,7 +36,7 @@ from ._checkpoint import atomic_write_text
 from ._folding import fold_or_keep, folded_pairs
 from ._config import AUTOATTACK_VERSIONS, NORMS, format_duration, resolve_device
 from ._registry import EvalAttack, Registry, RobustDistillError
-from ._zoo import load_model_spec, open_source
+from ._specs import load_model_spec, open_source
 
 AUTOATTACK_MISSING = ("autoattack needs the pyautoattack package: pip install 'robustdistill[autoattack]' "
                       "(or pip install pyautoattack)")

@@ -27,7 +27,7 @@ from ._config import resolve_device
 from ._data import BatchIterator, take_subset
 from ._models import Classifier, build_model
 from ._registry import ImageData, ModelArch, Registry, RobustDistillError
-from ._zoo import load_model_spec, open_source
+from ._specs import load_model_spec, open_source
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

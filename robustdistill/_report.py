@@ -40,7 +40,7 @@ from ._models import build_model
 from ._context import DEFAULT_TEACHER, exact_input_gradient
 from ._resolve import role_values
 from ._registry import DatasetInfo, ImageData, ModelArch, Registry, RobustDistillError
-from ._zoo import ROBUSTBENCH, load_model_spec
+from ._specs import ROBUSTBENCH, load_model_spec
 
 EVAL_COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "autoattack": "AutoAttack"}
 DEFAULT_EPS_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -29,7 +29,7 @@ from ._registry import DatasetInfo, ImageData, ModelArch, RobustDistillError
 from ._resolve import Resolution, default_milestones, resolve_config, role_values
 from ._state import (CHECKPOINT, EpochProgress, check_resumable, check_saveable, rng_state, seed_everything,
                      set_rng_state, to_device)
-from ._zoo import check_teacher_fits, load_model_spec
+from ._specs import check_teacher_fits, load_model_spec
 
 VAL_BATCH = 256
 

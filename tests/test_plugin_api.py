@@ -387,22 +387,32 @@ def test_built_in_plugins_import_only_the_public_api(path):
 
 def test_the_package_has_no_import_cycles():
     package = ROOT / "robustdistill"
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package.rglob("*.py")}
+
+    def resolve(module: str, node: ast.ImportFrom) -> list[str]:
+        parts = module.split(".")
+        here = parts if modules[module].name == "__init__.py" else parts[:-1]
+        base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
+        named = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+        return named or ([base] if base in modules else [])
+
     graph: dict[str, set[str]] = {}
-    for path in package.glob("*.py"):
-        tree = ast.parse(path.read_text())
+    for module, path in modules.items():
         deps = set()
-        for node in tree.body:  # module-level imports: what importing the module imports
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.If):  # TYPE_CHECKING blocks import nothing at run time
-                continue
-        graph[path.stem] = {d.split(".")[0] for d in deps if (package / f"{d.split('.')[0]}.py").exists()}
+        for node in ast.parse(path.read_text()).body:  # module-level imports: what importing the module imports
+            if isinstance(node, ast.ImportFrom) and node.level:
+                deps |= set(resolve(module, node))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("robustdistill"):
+                deps |= {node.module} & set(modules)
+        graph[module] = deps - {module}
 
     def visit(node, trail):
         assert node not in trail, f"import cycle: {' → '.join([*trail, node])}"
         for dep in graph.get(node, ()):
             visit(dep, [*trail, node])
 
+    assert "robustdistill._data.files" in graph and "robustdistill._models.foreign" in graph
     for module in graph:
         visit(module, [])
 

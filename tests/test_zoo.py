@@ -1,4 +1,4 @@
-"""Model specs and foreign models (robustdistill._zoo): run directories, RobustBench teachers, the official
+"""Model specs and foreign models (robustdistill._specs, robustdistill._models.foreign): run directories, RobustBench teachers, the official
 WideResNet layout, torchvision and timm models, explicit input normalisation, and their errors.
 
 All offline: RobustBench architectures get random weights saved in RobustBench's file layout, datasets are
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill import _zoo as zoo
+from robustdistill import _specs as zoo
+from robustdistill._models import foreign
 from robustdistill._checkpoint import save_checkpoint
 from robustdistill._cli import main
 from robustdistill._data import DATASET_INFOS
@@ -313,7 +314,7 @@ def test_foreign_features_are_the_input_of_the_final_linear_layer():
         original = copy.deepcopy(network)
         seen = {}
         original.get_submodule(classifier).register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
-        model = zoo.wrap_foreign(ModelArch(f"torchvision:{name}", 10, 3, 32), network, name).eval()
+        model = foreign.wrap_foreign(ModelArch(f"torchvision:{name}", 10, 3, 32), network, name).eval()
         assert model.classifier_name == classifier
         x = torch.rand(3, 3, 32, 32)
         logits, features = model(x, return_features=True)
@@ -331,9 +332,9 @@ def test_a_model_without_a_final_linear_layer_gives_logits_only_or_is_refused():
 
     arch = ModelArch("robustbench:Scaled", 10, 3, 8)
     with pytest.raises(RobustDistillError, match="not the output of one final nn.Linear layer"):
-        zoo.wrap_foreign(arch, Scaled(), "Scaled")
+        foreign.wrap_foreign(arch, Scaled(), "Scaled")
     network = Scaled()
-    model = zoo.wrap_foreign(arch, network, "Scaled", need_features=False)
+    model = foreign.wrap_foreign(arch, network, "Scaled", need_features=False)
     x = torch.rand(2, 3, 8, 8)
     logits, features = model(x, return_features=True)
     assert torch.equal(logits, network(x)) and features is None
@@ -348,12 +349,12 @@ def test_layer_outputs_records_named_submodules():
     torch.manual_seed(0)
     model = build_model(ModelArch("torchvision:resnet18", 10, 3, 32)).eval()
     x = torch.rand(2, 3, 32, 32)
-    with zoo.layer_outputs(model, ["network.layer4"]) as outputs:
+    with foreign.layer_outputs(model, ["network.layer4"]) as outputs:
         _, features = model(x, return_features=True)
     assert outputs["network.layer4"].shape == (2, 512, 1, 1)
     assert torch.equal(outputs["network.layer4"].flatten(1), features)
     with pytest.raises(RobustDistillError, match="no submodule 'network.layer9'"):
-        with zoo.layer_outputs(model, ["network.layer9"]):
+        with foreign.layer_outputs(model, ["network.layer9"]):
             pass
 
 

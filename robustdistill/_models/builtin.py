@@ -1,5 +1,4 @@
-"""Built-in classifiers: a small CNN, ResNet-18, PreAct ResNet-18, WideResNets and MobileNetV2, and
-torchvision and timm models (``torchvision:NAME``, ``timm:NAME``; see :mod:`robustdistill._zoo`).
+"""The built-in classifiers: a small CNN, ResNet-18, PreAct ResNet-18, WideResNets and MobileNetV2.
 
 Every model takes images in ``[0, 1]`` and normalises them itself, so attacks work in pixel
 space. All networks use the CIFAR layouts (3x3 stride-1 stems, no max-pooling) and end in
@@ -7,13 +6,12 @@ global average pooling, so they accept any channel count and image sizes such as
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from robustdistill._registry import ModelArch, ModelEntry, RobustDistillError
+from robustdistill._registry import ModelArch, RobustDistillError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -295,62 +293,3 @@ class MobileNetV2(Classifier):
 
     def body(self, x: Tensor) -> Tensor:
         return _pool_flatten(self.layers(x))
-
-
-# ----------------------------------------------------------------------------- registry
-
-WRN_PATTERN = r"wrn-(\d+)-(\d+)"
-
-
-def _build_wrn(arch: ModelArch) -> WideResNet:
-    match = re.fullmatch(WRN_PATTERN, arch.name)
-    if match is None:
-        raise RobustDistillError(f"bad WideResNet name {arch.name!r}; use wrn-DEPTH-WIDEN")
-    return WideResNet(arch, depth=int(match.group(1)), widen=int(match.group(2)))
-
-
-BUILTIN_MODELS: list[ModelEntry] = [
-    ModelEntry(name="cnn", factory=lambda arch: SmallCNN(arch, ((16,), (32,), (64,)), pooled=3, features=128),
-               summary="light 3-conv CNN for 28x28 images; fast enough for adversarial training on a CPU"),
-    ModelEntry(name="smallcnn", factory=lambda arch: SmallCNN(arch, ((32, 32), (64, 64)), pooled=4, features=256),
-               summary="4-conv CNN in the layout of TRADES' MNIST SmallCNN"),
-    ModelEntry(name="resnet18", factory=ResNet18, summary="CIFAR ResNet-18 (11.2M parameters)"),
-    ModelEntry(
-        name="preact-resnet18",
-        factory=lambda arch: ResNet18(arch, preact=True),
-        summary="CIFAR pre-activation ResNet-18 (Rice et al.)",
-    ),
-    ModelEntry(
-        name="wrn-D-K",
-        factory=_build_wrn,
-        summary="CIFAR WideResNet of depth D and widen factor K, e.g. wrn-34-10, wrn-28-10",
-        pattern=WRN_PATTERN,
-    ),
-    ModelEntry(name="mobilenetv2", factory=MobileNetV2, summary="CIFAR MobileNetV2 (2.3M parameters)"),
-    ModelEntry(name="torchvision:NAME", factory=lambda arch: _zoo().build_torchvision(arch),
-               summary="any torchvision classification model, random weights (e.g. torchvision:resnet50)",
-               pattern=r"torchvision:.+"),
-    ModelEntry(name="timm:NAME", factory=lambda arch: _zoo().build_timm(arch),
-               summary="any timm model, random weights (e.g. timm:resnet18; pip install timm)", pattern=r"timm:.+"),
-]
-
-
-def _zoo():
-    from robustdistill import _zoo as zoo  # imports this module
-
-    return zoo
-
-
-def build_model(arch: ModelArch, entries: Sequence[ModelEntry] = BUILTIN_MODELS) -> Classifier:
-    """Build ``arch.name`` with the first entry that matches it."""
-    for entry in entries:
-        if entry.matches(arch.name):
-            model = entry.factory(arch)
-            if not isinstance(model, Classifier):
-                raise RobustDistillError(
-                    f"model factory for {arch.name!r} returned {type(model).__name__}; "
-                    f"it must return a robustdistill._models.Classifier"
-                )
-            return model
-    known = ", ".join(e.name for e in entries)
-    raise RobustDistillError(f"unknown model {arch.name!r}; known models: {known}")

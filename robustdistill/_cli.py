@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return train_command(args, host)
         if args.command == "eval":
-            from ._evaluate import eval_command
+            from ._eval.command import eval_command
             return eval_command(args, host.registry)
         if args.command == "finetune-head":
             from ._finetune import finetune_command

@@ -48,7 +48,7 @@ def register_attacks(register: Callable) -> None:
 
 @hookimpl
 def register_eval_attacks(register: Callable) -> None:
-    from ._evaluate import BUILTIN_EVAL_ATTACKS
+    from ._eval import BUILTIN_EVAL_ATTACKS
     for entry in BUILTIN_EVAL_ATTACKS:
         register(entry)
 

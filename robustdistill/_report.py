@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ._attacks import ce_objective, model_mode
 from ._checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
 from ._config import format_duration, parse_number, resolve_device
-from ._evaluate import (
+from ._eval import (
     RESULT_METADATA_KEYS,
     EvalSettings,
     run_evaluation,

@@ -22,19 +22,19 @@ from torch import nn
 from robustdistill._arguments import add_eval_arguments
 from robustdistill._checkpoint import FORMAT
 from robustdistill._config import format_duration
-from robustdistill._evaluate import (
+from robustdistill._eval import (
     AUTOATTACK_MISSING,
     BUILTIN_EVAL_ATTACKS,
     EvalProgress,
     EvalSettings,
-    _AutoAttackLog,
     attack_cost,
     attack_details,
-    eval_command,
     evaluate,
     run_evaluation,
     weights_fingerprint,
 )
+from robustdistill._eval.autoattack import _AutoAttackLog
+from robustdistill._eval.command import eval_command
 from robustdistill._models import BUILTIN_MODELS, Classifier, build_model
 from support import needs_fashion_mnist
 from robustdistill._registry import (

@@ -259,7 +259,7 @@ def test_training_attack_errors_name_the_fix(host):
 
 
 def test_evaluation_attacks_are_attack_specs():
-    from robustdistill._evaluate import EvalSettings
+    from robustdistill._eval import EvalSettings
 
     settings = EvalSettings(eps=0.1, step_size=0.01, pgd_steps=20, cw_steps=30, kappa=5.0, restarts=2, norm="l2")
     assert settings.spec("pgd20") == AttackSpec(0.1, 0.01, 20, "l2", "uniform", 2, "ce", 5.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from robustdistill._checkpoint import FORMAT
 from robustdistill._cli import main
-from robustdistill._evaluate import weights_fingerprint
+from robustdistill._eval import weights_fingerprint
 from robustdistill._models import BUILTIN_MODELS, build_model
 from robustdistill._registry import DatasetInfo, ModelArch, Registry
 from robustdistill._report import (

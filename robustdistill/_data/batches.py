@@ -13,8 +13,6 @@ from .._registry import ImageData, RobustDistillError
 from .descriptions import AUGMENTATIONS
 
 
-
-
 def take_subset(data: ImageData, train: int | None = None, test: int | None = None) -> ImageData:
     """The first ``train`` training and first ``test`` test images (``None``: all of them).
 

@@ -12,9 +12,20 @@ from torch import Tensor
 from .._registry import ImageData, RobustDistillError
 from . import files as data_files
 from .descriptions import DATASET_INFOS
-from .files import (_READ_ERRORS, _Place, _atomic_place, _candidates, _check, _download_failed, _download_root, _memo,
-                    _not_found, _read_failed, _stamp, cache_dir)
-
+from .files import (
+    _READ_ERRORS,
+    _atomic_place,
+    _candidates,
+    _check,
+    _download_failed,
+    _download_root,
+    _memo,
+    _not_found,
+    _Place,
+    _read_failed,
+    _stamp,
+    cache_dir,
+)
 
 _IDX_FILES = (
     "train-images-idx3-ubyte",

@@ -13,7 +13,6 @@ from .._registry import ImageData, RobustDistillError
 from .descriptions import _imagefolder_info
 from .files import _READ_ERRORS, _candidates, _check, _memo, _not_found, _read_failed, _stamp
 
-
 _TEST_SPLITS = ("test", "val")
 
 

@@ -9,8 +9,17 @@ from torch import Tensor
 
 from .._registry import ImageData, RobustDistillError
 from .descriptions import DATASET_INFOS
-from .files import _READ_ERRORS, _candidates, _check, _download_failed, _download_root, _memo, _not_found, _read_failed, _stamp
-
+from .files import (
+    _READ_ERRORS,
+    _candidates,
+    _check,
+    _download_failed,
+    _download_root,
+    _memo,
+    _not_found,
+    _read_failed,
+    _stamp,
+)
 
 _SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 

@@ -10,8 +10,18 @@ import re
 from collections.abc import Sequence
 
 from .._registry import ModelArch, ModelEntry, RobustDistillError
-from .builtin import (ACTIVATIONS, BasicBlock, Classifier, InvertedResidual, MobileNetV2, PreActBlock, ResNet18,
-                      SmallCNN, WideResNet, make_activation)
+from .builtin import (
+    ACTIVATIONS,
+    BasicBlock,
+    Classifier,
+    InvertedResidual,
+    MobileNetV2,
+    PreActBlock,
+    ResNet18,
+    SmallCNN,
+    WideResNet,
+    make_activation,
+)
 from .foreign import build_timm, build_torchvision
 
 __all__ = ["ACTIVATIONS", "BUILTIN_MODELS", "Classifier", "SmallCNN", "ResNet18", "WideResNet", "MobileNetV2",

@@ -1,0 +1,164 @@
+"""The ``robustdistill eval`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._checkpoint import atomic_write_text
+from .._config import NORMS, resolve_device
+from .._folding import fold_or_keep, folded_pairs
+from .._registry import EvalAttack, Registry, RobustDistillError
+from .._specs import load_model_spec, open_source
+from .autoattack import attack_details
+from .harness import run_evaluation
+from .progress import EvalProgress
+from .results import _finished_attacks, _results_file, weights_fingerprint
+from .settings import RESULT_METADATA_KEYS, EvalSettings
+
+
+def _format_eps(eps: float) -> str:
+    scaled = eps * 255
+    if scaled >= 0.5 and abs(scaled - round(scaled)) < 1e-6:
+        return f"{round(scaled)}/255"
+    return f"{eps:.6g}"
+
+
+def _config_number(config: dict[str, Any], key: str, default: float) -> float:
+    value = config.get(key)
+    return float(default) if value is None else float(value)
+
+
+def _select_attacks(text: str, registry: Registry) -> list[EvalAttack]:
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    known = ", ".join(sorted(registry.eval_attacks)) or "(none registered)"
+    if not names:
+        raise RobustDistillError(f"--attacks names no attack; known attacks: {known}")
+    unknown = [name for name in names if name not in registry.eval_attacks]
+    if unknown:
+        raise RobustDistillError(f"unknown attack{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                 f"known attacks: {known}")
+    clashing = [name for name in names if name in RESULT_METADATA_KEYS]
+    if clashing:
+        raise RobustDistillError(f"attack name(s) {', '.join(clashing)} clash with keys of the result file; "
+                                 "rename the attack in its plugin")
+    return [registry.eval_attacks[name] for name in names]
+
+
+def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier: set[str]) -> None:
+    width = max(len("attack"), *(len(name) for name in accuracy))
+    print(f"{'attack':<{width}}  {'accuracy':>9}  {'seconds':>8}")
+    for name, acc in accuracy.items():
+        note = "  (from the --json file)" if name in earlier else ""
+        print(f"{name:<{width}}  {100 * acc:>8.2f}%  {seconds.get(name, float('nan')):>8.1f}{note}")
+
+
+def eval_command(args: argparse.Namespace, registry: Registry) -> int:
+    """Run ``robustdistill eval``: print an accuracy table and optionally write JSON. Returns 0 (130 when
+    interrupted: the attacks finished by then are in the ``--json`` file, and a rerun continues)."""
+    selected = _select_attacks(args.attacks, registry)
+    for attack in selected:
+        if attack.check is not None:
+            attack.check()  # fail before loading anything
+    if args.redo and not args.json:
+        raise RobustDistillError("--redo starts a --json file over; without --json every attack runs anyway")
+    device = resolve_device(args.device)
+    from .._ops import select_backend
+
+    ops_backend = select_backend(args.ops_backend, device)
+    path = str(args.checkpoint)
+    source = open_source(path)
+    config = source.config
+
+    dataset_name = args.dataset or config.get("dataset")
+    if not dataset_name:
+        raise RobustDistillError(f"{path!r} does not name its dataset; pass --dataset NAME "
+                                 f"(known: {', '.join(sorted(registry.datasets))})")
+    data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
+    data = registry.dataset(str(dataset_name)).load(data_dir, args.download)
+    info = data.info
+    loaded = load_model_spec(source, info=info, models=registry.models, arch=args.arch, normalize=args.normalize,
+                             robustbench_dir=args.robustbench_dir, download=args.download,
+                             norm=args.norm or "linf", flag_prefix="")
+    model, arch = loaded.model, loaded.arch
+    test_x, test_y = data.test_x, data.test_y
+    if arch.num_classes != info.num_classes:
+        raise RobustDistillError(f"{path!r} is a {arch.num_classes}-class model but dataset {info.name!r} has "
+                                 f"{info.num_classes} classes; pass the dataset it was trained on with --dataset")
+    if test_x.dim() != 4 or test_x.shape[1] != arch.in_channels:
+        raise RobustDistillError(f"{path!r} expects {arch.in_channels}-channel images but dataset {info.name!r} "
+                                 f"has test images of shape {tuple(test_x.shape[1:])}; pass the right --dataset")
+
+    norm = args.norm or (config.get("norm") if config.get("norm") in NORMS else "linf")
+    source_norm = config.get("norm") if config.get("norm") in NORMS else "linf"
+    if norm != source_norm and (args.eps is None or args.step_size is None):
+        raise RobustDistillError(f"--norm {norm} differs from the {source_norm} threat model the default radius is "
+                                 "meant for; give --eps and --step-size for it as well")
+    eps = args.eps if args.eps is not None else _config_number(config, "eps", info.eps)
+    step_size = args.step_size if args.step_size is not None else _config_number(config, "step_size", info.step_size)
+    settings = EvalSettings(eps=eps, step_size=step_size, pgd_steps=args.pgd_steps, cw_steps=args.cw_steps,
+                            kappa=args.kappa, restarts=args.restarts, norm=norm, cw_restarts=args.cw_restarts,
+                            autoattack_version=args.autoattack_version)
+
+    n_total = int(test_x.shape[0])
+    n = n_total if args.subset is None else min(args.subset, n_total)
+    if args.subset is not None and args.subset > n_total:
+        print(f"note: --subset {args.subset} exceeds the {n_total} test images; using all of them")
+
+    current: dict[str, Any] = {
+        "eps": eps, "n": n, "dataset": info.name, "checkpoint": path, "arch": arch.name,
+        "normalization": loaded.normalization, "weights_sha256": weights_fingerprint(model), "preset": args.preset,
+        "settings": {**settings.to_dict(), "batch_size": args.batch_size, "seed": args.seed,
+                     "ops_backend": ops_backend,
+                     "attacks": {a.name: attack_details(a.name, settings) for a in selected}},
+    }
+    if loaded.weights is not None:
+        current["weights"] = loaded.weights  # which of the checkpoint's models: the run's final one by default
+    json_path = Path(args.json) if args.json else None
+    previous = None
+    if json_path is not None and json_path.exists() and not args.redo:
+        previous = _finished_attacks(json_path, current, [a.name for a in selected])
+    earlier = {a.name for a in selected if previous is not None and isinstance(previous.get(a.name), (int, float))}
+    to_run = [a for a in selected if a.name not in earlier]
+
+    model.to(device).eval()
+    if args.fold_bn == "on":
+        model = fold_or_keep(model, live=False, what="evaluated model")
+    current["settings"]["folded_conv_bn"] = folded_pairs(model)
+    weights = f" ({loaded.weights} weights)" if loaded.weights not in (None, "student") else ""
+    print(f"{path}{weights}: {arch.name} on {info.name} ({n} test images), eps {_format_eps(eps)} {norm}, "
+          f"step {_format_eps(step_size)}, device {device}; input normalisation {loaded.normalization}", flush=True)
+    if earlier:
+        print(f"{', '.join(sorted(earlier, key=[a.name for a in selected].index))} already in {json_path}: "
+              f"skipped (--redo evaluates {'them' if len(earlier) > 1 else 'it'} again)", flush=True)
+    accuracy: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+
+    def save(name: str, acc: float, secs: float) -> None:
+        accuracy[name], seconds[name] = acc, secs
+        if json_path is not None:
+            pending = [a.name for a in to_run if a.name not in accuracy]
+            atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending),
+                                                    indent=2) + "\n")
+
+    if json_path is not None and (to_run or previous is None):
+        atomic_write_text(json_path, json.dumps(_results_file(previous, current, {}, {}, [a.name for a in to_run]),
+                                                indent=2) + "\n")  # an unwritable path fails before any attack
+    progress = EvalProgress() if args.progress else False
+    try:
+        run_evaluation(model, test_x[:n], test_y[:n], to_run, settings, batch_size=args.batch_size,
+                       device=device, progress=progress, seed=args.seed, on_attack_end=save)
+    except KeyboardInterrupt:
+        kept = f"{len(accuracy)} finished attack(s) are in {json_path}; rerun the same command to continue" \
+            if json_path is not None else "nothing is kept without --json FILE"
+        print(f"robustdistill: interrupted; {kept}", file=sys.stderr)
+        return 130
+    table = {a.name: float(previous[a.name]) if a.name in earlier else accuracy[a.name]  # type: ignore[index]
+             for a in selected}
+    table_seconds = {**((previous or {}).get("seconds") or {}), **seconds}
+    _print_table(table, table_seconds, earlier)
+    if json_path is not None and to_run:
+        print(f"wrote {json_path}")
+    return 0

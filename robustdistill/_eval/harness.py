@@ -1,0 +1,177 @@
+"""The evaluation loop: every attack over the evaluated images, each adversarial batch checked, accuracy counted."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .. import _attacks as attacks
+from .._registry import EvalAttack, RobustDistillError
+from .autoattack import _model_device
+from .progress import EvalProgress, attack_cost
+from .settings import EvalSettings
+
+
+@dataclass
+class EvalResult:
+    """Accuracy in ``[0, 1]`` and seconds spent, per attack name, on ``n`` inputs."""
+
+    accuracy: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+
+
+def to_unit_float(x: Tensor) -> Tensor:
+    """uint8 images or floats in [0, 1] as float32 in [0, 1]; a clear error otherwise."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise RobustDistillError(f"images must be uint8 or float in [0, 1]; got {x.dtype}")
+    x = x.float()
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise RobustDistillError(
+            f"float images must lie in [0, 1]; got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    return x
+
+
+def check_adversarial(name: str, x_adv: Tensor, x: Tensor, settings: EvalSettings) -> None:
+    """Raise if ``x_adv`` leaves ``[0, 1]`` or the ε-ball around ``x`` (a broken attack)."""
+    if x_adv.shape != x.shape:
+        raise RobustDistillError(f"attack {name!r} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if x_adv.numel() == 0:
+        return
+    tol = 1e-5
+    lo, hi = float(x_adv.min()), float(x_adv.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -tol or hi > 1.0 + tol:
+        raise RobustDistillError(f"attack {name!r} returned inputs outside [0, 1] (range [{lo:.4g}, {hi:.4g}])")
+    delta = (x_adv.to(x.device, torch.float32) - x).flatten(1)
+    size = float(delta.abs().amax()) if settings.norm == "linf" else float(delta.norm(dim=1).amax())
+    if size > settings.eps * (1 + 1e-4) + tol:
+        raise RobustDistillError(
+            f"attack {name!r} moved inputs by {size:.6g} in {settings.norm}, more than eps = {settings.eps:.6g}")
+
+
+@contextlib.contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` so attacks that call ``backward`` leave no parameter gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_evaluation(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks_to_run: list[EvalAttack],
+    settings: EvalSettings,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool | EvalProgress = False,
+    seed: int | None = None,
+    on_attack_end: Callable[[str, float, float], None] | None = None,
+) -> EvalResult:
+    """Like :func:`evaluate`, also returning the seconds spent per attack.
+
+    Attacks run one after the other, in the given order. ``progress`` (True: an :class:`EvalProgress`
+    on stderr) reports them; with ``seed``, the torch RNG is seeded with it before each attack, so an
+    attack's result does not depend on which attacks ran before it. ``on_attack_end(name, accuracy,
+    seconds)`` is called as each attack finishes (to save results as they come).
+    """
+    names = [a.name for a in attacks_to_run]
+    if len(set(names)) != len(names):
+        raise RobustDistillError(f"attack names must be unique; got {', '.join(names)}")
+    if batch_size < 1:
+        raise RobustDistillError(f"batch size must be >= 1; got {batch_size}")
+    if x.shape[0] != y.shape[0]:
+        raise RobustDistillError(f"{x.shape[0]} images but {y.shape[0]} labels")
+    device = _model_device(model) if device is None else torch.device(device)
+    model_device = _model_device(model)
+    if model_device.type != device.type or (device.index is not None and model_device.index != device.index):
+        raise RobustDistillError(f"the model is on {model_device} but evaluation runs on {device}; "
+                                 "move it there first with model.to(device)")
+    reporter = (progress if isinstance(progress, EvalProgress) else EvalProgress()) if progress else None
+    n = int(x.shape[0])
+    y = y.long()
+    result = EvalResult(n=n)
+    if reporter is not None:
+        reporter.plan([(name, attack_cost(name, settings)) for name in names], n)
+
+    def count_correct(x_adv: Tensor, labels: Tensor) -> int:
+        with torch.no_grad():
+            return int((model(x_adv).argmax(dim=1) == labels).sum())
+
+    with attacks.model_mode(model, train=False), _frozen_parameters(model), torch.enable_grad():
+        for attack in attacks_to_run:
+            if reporter is not None:
+                reporter.attack_started(attack.name)
+            if seed is not None:
+                torch.manual_seed(seed)
+            _synchronize(device)
+            began = time.perf_counter()
+            correct = 0
+            if n and attack.whole_set:
+                x_all, y_all = to_unit_float(x.cpu()), y.cpu()
+                x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size,
+                                   verbose=reporter is not None).detach().cpu()
+                check_adversarial(attack.name, x_adv, x_all, settings)
+                for start in range(0, n, batch_size):
+                    correct += count_correct(x_adv[start:start + batch_size].to(device),
+                                             y_all[start:start + batch_size].to(device))
+            elif n:
+                batches = math.ceil(n / batch_size)
+                for index, start in enumerate(range(0, n, batch_size), 1):
+                    xb = to_unit_float(x[start:start + batch_size].to(device, non_blocking=True))
+                    yb = y[start:start + batch_size].to(device, non_blocking=True)
+                    x_adv = attack.run(model, xb, yb, settings)
+                    check_adversarial(attack.name, x_adv, xb, settings)
+                    correct += count_correct(x_adv, yb)
+                    if reporter is not None:
+                        reporter.batch_finished(index, batches, correct, min(start + batch_size, n))
+            _synchronize(device)
+            seconds = time.perf_counter() - began
+            accuracy = correct / n if n else float("nan")
+            result.accuracy[attack.name], result.seconds[attack.name] = accuracy, seconds
+            if reporter is not None:
+                reporter.attack_finished(attack.name, accuracy, seconds)
+            if on_attack_end is not None:
+                on_attack_end(attack.name, accuracy, seconds)
+    return result
+
+
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: list[EvalAttack],
+    settings: EvalSettings,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Accuracy in ``[0, 1]`` of ``model`` under each attack, keyed by attack name.
+
+    ``x`` holds uint8 images ``[N, C, H, W]`` or floats in ``[0, 1]``; ``y`` the labels. Batches
+    of ``batch_size`` move to ``device`` (default: the model's device, where the model must
+    already be). The model runs in eval mode and gets its own modes back afterwards; its
+    parameters receive no gradient. Attacks marked ``whole_set`` get the whole set at once.
+    """
+    return run_evaluation(model, x, y, attacks, settings, batch_size=batch_size, device=device,
+                          progress=progress).accuracy

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._finetune import finetune_command
             return finetune_command(args, host.registry)
         if args.command == "report":
-            from ._report import report_command
+            from ._report.command import report_command
             return report_command(args, host.registry)
         if args.command == "doctor":
             return doctor_command(args)

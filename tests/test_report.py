@@ -12,9 +12,9 @@ from robustdistill._cli import main
 from robustdistill._eval import weights_fingerprint
 from robustdistill._models import BUILTIN_MODELS, build_model
 from robustdistill._registry import DatasetInfo, ModelArch, Registry
+from robustdistill._report.command import _add_teacher_column
 from robustdistill._report import (
     RunRecord,
-    _add_teacher_column,
     curves_figure,
     figure_captions,
     gradients_figure,

@@ -1,0 +1,103 @@
+"""The report's Markdown: the results table, the loss terms of the last epoch, the figures' captions."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._config import format_duration
+from .._eval import (
+    RESULT_METADATA_KEYS,
+)
+from .figures import MAX_LOSS_PANELS, _terms, has_weighted_terms
+from .records import EVAL_COLUMNS, RunRecord
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * float(value):.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+
+
+def eval_columns(runs: list[RunRecord]) -> list[str]:
+    """Attack names present in any run's evaluation: the standard ones first, then plugin attacks."""
+    present: list[str] = []
+    for run in runs:
+        for key, value in (run.evaluation or {}).items():
+            if key not in RESULT_METADATA_KEYS and isinstance(value, (int, float)) and key not in present:
+                present.append(key)
+    return [k for k in EVAL_COLUMNS if k in present] + [k for k in present if k not in EVAL_COLUMNS]
+
+
+def results_table(runs: list[RunRecord]) -> str:
+    """Markdown table: one row per run, accuracies in percent."""
+    attacks = eval_columns(runs)
+    header = ["run", "method", "model", "seed", "epochs", "s/epoch", "wall time",
+              *(EVAL_COLUMNS.get(a, a) for a in attacks), "eval images"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        seconds = [float(m.get("seconds", m.get("train_seconds", 0.0))) for m in run.history]
+        train_seconds = [float(m.get("train_seconds", 0.0)) for m in run.history]
+        evaluation = run.evaluation or {}
+        row = [run.label, run.methods, str(run.config.get("model", "?")), str(run.config.get("seed", "?")),
+               str(len(run.history)), f"{sum(train_seconds) / max(len(train_seconds), 1):.1f}",
+               format_duration(sum(seconds)), *(_percent(evaluation.get(a)) for a in attacks),
+               str(evaluation.get("n", "—"))]
+        lines.append("| " + " | ".join(row) + " |")
+    missing = [r.label for r in runs if r.evaluation is None]
+    if missing:
+        lines.append("")
+        lines.append(f"No evaluation file for: {', '.join(missing)} (write one with `robustdistill eval "
+                     "RUN/last.pt --json RUN/eval.json`).")
+    unfinished = [f"{r.label} ({', '.join(map(str, r.evaluation['pending']))})" for r in runs
+                  if r.evaluation is not None and r.evaluation.get("pending")]
+    if unfinished:
+        lines.append("")
+        lines.append(f"Evaluation not finished for: {'; '.join(unfinished)} (the same `robustdistill eval` command "
+                     "continues it).")
+    return "\n".join(lines) + "\n"
+
+
+def figure_captions(runs: list[RunRecord], written: list[str]) -> str:
+    """One sentence per written figure, for results.md."""
+    weighted = any(has_weighted_terms(run) for run in runs)
+    captions = {
+        "curves.png": "Training curves per epoch: the training loss ("
+                      + ("one panel per objective, since losses of different objectives are not comparable"
+                         if len({run.methods for run in runs}) <= MAX_LOSS_PANELS else
+                         "relative to its first epoch, since losses of different objectives are not comparable")
+                      + "), clean and PGD accuracy on the validation images in percent, and the learning rate.",
+        "loss_terms.png": ("Each run's loss terms per epoch: on top each term's contribution to the loss (weight × "
+                           "term, legend giving the weight, dashed: the loss they add up to), below the same terms "
+                           "unweighted." if weighted else
+                           "Each run's loss terms per epoch, unweighted (these runs did not log the weights)."),
+        "robust_vs_eps.png": "Accuracy of each run's final model under PGD against the radius ε of the attack "
+                             "(ε = 0: clean accuracy), dotted: the training ε.",
+        "gradients.png": "Input gradients of the cross-entropy for a few test images (rows, named by their true "
+                         "class), the teacher's first and then each run's: red pixels raise the loss when "
+                         "brightened, blue ones lower it, each map scaled to its largest magnitude.",
+    }
+    lines = ["## Figures", ""]
+    for name in written:
+        if name in captions:
+            lines += [f"![{name}]({name})", "", f"**{name}** — {captions[name]}", ""]
+    return "\n".join(lines)
+
+
+def loss_terms_table(runs: list[RunRecord]) -> str:
+    """Markdown table of each run's loss terms in its last epoch: unweighted, weight, weighted, share."""
+    header = ["run", "term", "term, unweighted", "weight", "weight × term", "share of the loss"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        last = run.history[-1] if run.history else {}
+        raw, weighted = _terms(last, "terms"), _terms(last, "weighted_terms")
+        loss = last.get("loss")
+        for name, value in raw.items():
+            contribution = weighted.get(name)
+            weight = contribution / value if contribution is not None and value else None
+            share = (f"{100 * contribution / loss:.1f}%" if contribution is not None
+                     and isinstance(loss, (int, float)) and loss else "—")
+            lines.append(f"| {run.label} | {name} | {value:.4g} | {'—' if weight is None else f'{weight:.4g}'} | "
+                         f"{'—' if contribution is None else f'{contribution:.4g}'} | {share} |")
+    notes = [run.label for run in runs if run.history and not _terms(run.history[-1], "weighted_terms")]
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += f"\nWeights not logged (runs written by an older version): {', '.join(notes)}.\n"
+    return text

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn, Sequence
 
 from . import __version__
 from ._catalog import Catalog
@@ -16,10 +17,48 @@ DEBUG_ENV = "ROBUSTDISTILL_DEBUG"
 
 
 class Parser(argparse.ArgumentParser):
-    """Parse errors as one line and a pointer to ``--help``, not the whole usage block."""
+    """Parse errors as one line and a pointer to ``--help``, not the whole usage block. ``commands`` holds the
+    parsers of the subcommands by name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         raise RobustDistillError(f"{message} (see `{self.prog} --help`)")
+
+
+HELP = ("-h", "--help")
+
+
+@dataclass(frozen=True)
+class PreParsed:
+    """What is read of a command line before its parser exists: the subcommand, whether help is asked for,
+    ``--debug``, and the option files (``--preset``, ``--config``) whose values become the parser's defaults.
+    ``argv`` is the command line without ``--debug`` (accepted anywhere)."""
+
+    argv: list[str]
+    command: str | None
+    help: bool
+    debug: bool
+    preset: str | None
+    config: str | None
+    plugin_given: bool
+
+
+def pre_parse(argv: Sequence[str]) -> PreParsed:
+    """The one look at ``argv`` before parsing (see :class:`PreParsed`)."""
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    rest = argv[argv.index(command) + 1:] if command is not None else []
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(rest)
+    return PreParsed(argv, command, any(arg in HELP for arg in argv), debug, known.preset,
+                     known.config if command == "train" else None,
+                     any(arg.split("=", 1)[0] == "--plugin" for arg in rest))
 
 
 def _positive_int(text: str) -> int:
@@ -194,7 +233,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, catalog: Catalog) -> No
                    help="options from a YAML file (keys are option names); the command line overrides it")
 
 
-def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
+def build_parser(catalog: Catalog) -> Parser:
     """The whole command line; ``train``'s plugin options are those of ``catalog``."""
     parser = Parser(prog="robustdistill",
                     description="Transfer adversarial robustness from a robust teacher to a student.")
@@ -202,20 +241,24 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of plugin errors (also ${DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    train = sub.add_parser("train", help="train a model with one or more method plugins",
-                           usage="robustdistill train [--plugin NAME ...] [options]")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser.commands[name] = sub.add_parser(name, **kwargs)
+        return parser.commands[name]
+
+    train = command("train", help="train a model with one or more method plugins",
+                    usage="robustdistill train [--plugin NAME ...] [options]")
     add_train_arguments(train, catalog)
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint under attacks")
-    add_eval_arguments(evaluate)
-    add_finetune_arguments(sub.add_parser("finetune-head", help="finetune a new linear head on a frozen teacher's "
-                                          "features for another label set (cross-task transfer)"))
-    add_report_arguments(sub.add_parser("report", help="figures (curves, robust accuracy vs ε, input-gradient "
-                                        "maps) and a results table for run directories"))
-    doctor = sub.add_parser("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend "
-                                           "each op uses")
+    add_eval_arguments(command("eval", help="evaluate a checkpoint under attacks"))
+    add_finetune_arguments(command("finetune-head", help="finetune a new linear head on a frozen teacher's features "
+                                   "for another label set (cross-task transfer)"))
+    add_report_arguments(command("report", help="figures (curves, robust accuracy vs ε, input-gradient maps) and a "
+                                 "results table for run directories"))
+    doctor = command("doctor", help="show torch, CUDA, compiler and fused-kernel status, and which backend each op "
+                                    "uses")
     doctor.add_argument("--json", action="store_true", help="print the backend report as JSON")
-    add_presets_arguments(sub.add_parser("presets", help="list the presets of the papers' training and evaluation "
-                                         "protocols (train/eval --preset NAME) and their sources"))
-    plugins = sub.add_parser("plugins", help="list the loaded plugins, their versions and hooks")
+    add_presets_arguments(command("presets", help="list the presets of the papers' training and evaluation protocols "
+                                  "(train/eval --preset NAME) and their sources"))
+    plugins = command("plugins", help="list the loaded plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     return parser

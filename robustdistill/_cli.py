@@ -14,16 +14,13 @@ import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _catalog as catalog
-from ._arguments import DEBUG_ENV, build_parser
-from ._config import config_from_args, option_defaults_from_file
-from ._presets import apply_preset, presets_command
+from ._arguments import DEBUG_ENV, PreParsed, build_parser, pre_parse
+from ._config import config_from_args
+from ._presets import apply_option_files, presets_command
 from ._registry import RobustDistillError
 
 if TYPE_CHECKING:
     from ._manager import PluginHost
-
-HELP = ("-h", "--help")
-
 
 def plugins_command(args: argparse.Namespace, host: "PluginHost") -> int:
     infos = host.plugin_infos()
@@ -52,16 +49,6 @@ def train_command(args: argparse.Namespace, host: "PluginHost") -> int:
     return 0
 
 
-def _config_file(argv: Sequence[str]) -> str | None:
-    """``train --config FILE`` (read before parsing: the file's values become the parser's defaults)."""
-    if "train" not in argv:
-        return None
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv[argv.index("train") + 1:])
-    return known.config
-
-
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     from ._manager import PluginWarning
@@ -75,23 +62,22 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 _default_showwarning = warnings.showwarning
 
 
-def _catalog_without_plugins(argv: Sequence[str]) -> catalog.Catalog | None:
+def _catalog_without_plugins(pre: PreParsed) -> catalog.Catalog | None:
     """For ``--help`` and ``presets``, which need no plugins: no plugin options at all unless ``train``'s help is
     asked for, then the cached catalog (``None`` when there is none yet, or for any other command)."""
-    if "presets" in argv[:1]:
+    if pre.command == "presets":
         return catalog.Catalog()
-    if not any(arg in HELP for arg in argv):
+    if not pre.help:
         return None
-    return catalog.cached() if "train" in argv else catalog.Catalog()
+    return catalog.cached() if pre.command == "train" else catalog.Catalog()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [arg for arg in argv if arg != "--debug"]  # accepted anywhere on the command line
+    pre = pre_parse(list(sys.argv[1:] if argv is None else argv))
+    debug = pre.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     warnings.showwarning = _show_warning
     try:
-        known = _catalog_without_plugins(argv)
+        known = _catalog_without_plugins(pre)
         host = None
         if known is None:
             from ._manager import load_plugins
@@ -100,11 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             catalog.remember(host)
             known = catalog.Catalog.of(host)
         parser = build_parser(known)
-        apply_preset(parser, argv)
-        config_file = _config_file(argv)
-        if config_file is not None:
-            option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], config_file)  # type: ignore[union-attr]
-        args = parser.parse_args(argv)
+        if pre.command in ("train", "eval") and (pre.preset or pre.config):
+            apply_option_files(parser.commands[pre.command], pre.command, pre.preset, pre.config, pre.plugin_given)
+        args = parser.parse_args(pre.argv)
         if args.command == "presets":
             return presets_command(args)
         assert host is not None  # help exited in parse_args

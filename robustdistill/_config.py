@@ -385,23 +385,6 @@ def config_from_args(args: argparse.Namespace, plugin_options: Mapping[str, list
     return RunConfig(**core, plugin_options=MappingProxyType(plugins))
 
 
-def option_defaults_from_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """Use a YAML file of ``option: value`` pairs (``eps: 8/255``, ``plugin: [rslad, igdm]``,
-    ``igdm-alpha: 5``) as the parser's defaults; the command line still overrides them."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise RobustDistillError(f"cannot read --config {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise RobustDistillError(f"--config {path} is not valid YAML: {err}") from None
-    if not isinstance(values, dict):
-        raise RobustDistillError(f"--config {path} must be a mapping of option names to values")
-    parser.set_defaults(**option_defaults(parser, values, f"--config {path}"))
-
-
 def option_defaults(parser: argparse.ArgumentParser, values: Mapping[str, Any], source: str) -> dict[str, Any]:
     """``{dest: value}`` for ``parser.set_defaults`` from ``option: value`` pairs named like the flags without
     ``--`` (``_`` and ``-`` alike), each value parsed and checked as the command line would; ``source`` names

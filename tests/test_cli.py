@@ -136,14 +136,15 @@ def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
     from robustdistill._arguments import build_parser
     from robustdistill._catalog import Catalog
-    from robustdistill._config import config_from_args, option_defaults_from_file
+    from robustdistill._config import config_from_args
     from robustdistill._manager import load_plugins
+    from robustdistill._presets import apply_option_files
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
     host = load_plugins(autoload=False)
     parser = build_parser(Catalog.of(host))
-    option_defaults_from_file(parser._subparsers._group_actions[0].choices["train"], str(cfg))
+    apply_option_files(parser.commands["train"], "train", None, str(cfg), plugin_given=False)
     config = config_from_args(parser.parse_args(["train", "--config", str(cfg), "--epochs", "2"]),
                               host.registry.options)
     assert config.plugin == ("trades",) and config.eps == pytest.approx(8 / 255) and config.step_size == 0.01
@@ -157,6 +158,25 @@ def test_config_file_errors(capsys, tmp_path):
     cfg.write_text("eps: [1, 2\n")
     assert "not valid YAML" in error_of(capsys, "train", "--config", str(cfg))
     assert "cannot read --config" in error_of(capsys, "train", "--config", str(tmp_path / "none.yaml"))
+    cfg.write_text("train: {epochs: 2}\nsummry: typo\n")
+    assert "unknown key(s) summry beside the sections" in error_of(capsys, "train", "--config", str(cfg))
+
+
+def test_a_config_file_in_the_preset_format_gives_its_train_section(tmp_path):
+    from robustdistill._arguments import build_parser
+    from robustdistill._catalog import Catalog
+    from robustdistill._config import config_from_args
+    from robustdistill._manager import load_plugins
+    from robustdistill._presets import PRESET_DIR, apply_option_files, preset
+
+    host = load_plugins(autoload=False)
+    parser = build_parser(Catalog.of(host))
+    apply_option_files(parser.commands["train"], "train", None, str(PRESET_DIR / "igdm-ard-cifar10.yaml"), False)
+    from_file = config_from_args(parser.parse_args(["train"]), host.registry.options)
+    parser = build_parser(Catalog.of(host))
+    apply_option_files(parser.commands["train"], "train", "igdm-ard-cifar10", None, False)
+    from_preset = config_from_args(parser.parse_args(["train"]), host.registry.options)
+    assert from_file == from_preset and from_file.igdm.alpha == preset("igdm-ard-cifar10").train["igdm-alpha"]
 
 
 @needs_fashion_mnist

@@ -117,7 +117,7 @@ def test_training_is_fp32_by_default(host):
     assert train_config(host).amp == "off"
     from robustdistill._arguments import build_parser
     from robustdistill._catalog import Catalog
-    help_text = build_parser(Catalog.of(host))._subparsers._group_actions[0].choices["train"].format_help()
+    help_text = build_parser(Catalog.of(host)).commands["train"].format_help()
     assert "fp32, as the official codes of the distillation methods train" in " ".join(help_text.split())
 
 

@@ -3,12 +3,12 @@
 #
 #     bash benchmarks/gpu_check.sh OUT_DIR
 #
-# builds the kernels (for the GPU present), runs every CUDA test, odd and large shapes, an fp64
-# gradcheck, a PGD loop in a CUDA graph and under torch.compile, the engine's training step against
-# the reference step, an fp32-versus-bf16 training comparison on Fashion-MNIST and the kernel
-# benchmarks; writes OUT_DIR/summary.md and OUT_DIR/summary.json and exits non-zero on any failure.
+# builds the kernels (for the GPU present), runs the kernel tests and every test marked cuda (odd and large
+# shapes, an fp64 gradcheck, PGD loops in CUDA graphs and under torch.compile, bf16 against fp32 training on
+# Fashion-MNIST), the engine's training step against the reference step and the kernel benchmarks; writes
+# OUT_DIR/summary.md and OUT_DIR/summary.json and exits non-zero on any failure.
 # At most 8 minutes on an H100/H200. Without a CUDA device it runs the parts that need none on the
-# CPU (at most 3 minutes), lists what it skipped, and passes. Stages: benchmarks/gpu_check.py.
+# CPU (at most 3 minutes), lists what it skipped, and passes. Steps: benchmarks/gpu_check.py.
 #
 # Python: $PYTHON if set; else .venv/bin/python (scripts/setup.sh); else python3 when it imports torch
 # (a provisioned environment); else scripts/setup.sh creates .venv (that step needs the internet).

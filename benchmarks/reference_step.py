@@ -14,8 +14,7 @@ call per input, the PGD update in Python with ``sign``/``max``/``min``/``clamp``
    ``reduction="batchmean"`` and ``w = α·epoch/epochs``.
 5. ``zero_grad``, ``backward``, SGD ``step``.
 
-Where it departs from the scripts (none of it adds work): the start point is clamped to ``[0, 1]`` as the
-engine's attack does (the scripts clamp only after the first step); the noise is drawn on ``x``'s device
+Where it departs from the scripts (none of it adds work): the noise is drawn on ``x``'s device
 (``randn_like``; the scripts draw it on the CPU and copy it over); and ``T(x)``, which the IGDM script
 computes a second time after the attack, is reused.
 """
@@ -36,7 +35,7 @@ def rslad_inner_loss(student: nn.Module, teacher_logits: Tensor, x: Tensor, eps:
     """RSLAD's PGD on ``Σ KL(σ(T(x)) ‖ σ(S(x′)))`` with the student in eval mode; returns the detached ``x′``."""
     criterion_kl = nn.KLDivLoss(reduction="sum")
     student.eval()
-    x_adv = (x.detach() + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
+    x_adv = x.detach() + 0.001 * torch.randn_like(x)  # not clamped: the first gradient is taken here, as the scripts
     for _ in range(steps):
         x_adv.requires_grad_()
         with torch.enable_grad():

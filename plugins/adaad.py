@@ -2,7 +2,7 @@
 
     L = λ·KL(σ(T(x′)) ‖ σ(S(x′))) + (1 − λ)·KL(σ(T(x)) ‖ σ(S(x)))
 
-Inner attack: student **and teacher** in eval mode, x′ = x + 0.001·N(0, I), sign-gradient ascent on
+Inner attack: student **and teacher** in eval mode, x′ = x + 0.001·N(0, I) (unclipped, as the code), sign-gradient ascent on
 Σ KL(σ(T(x′)) ‖ σ(S(x′))) with the teacher evaluated at the same perturbed point, so the gradient
 flows through both networks (IGDM Eq. 17). λ = 1 as in the official code; the clean forward S(x) still
 runs in train mode, before S(x′), as in the code (BatchNorm running statistics see the clean batch), and
@@ -77,7 +77,7 @@ def adaad_objective(ctx: StepContext) -> Objective:
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
     with model_mode(ctx.teacher, train=False):
-        return ctx.perturb(ctx.attack_objective(), init=ctx.config.adaad.init, bn="eval")
+        return ctx.perturb(ctx.attack_objective(), init=ctx.config.adaad.init, bn="eval", clip_start=False)
 
 
 @hookimpl

@@ -3,7 +3,7 @@
     L = α·τ²·KL(σ(T(x)/τ) ‖ σ(S(x′)/τ)) + (1 − α)·CE(S(x), y)
 
 Teacher on **clean** x, student on the adversarial x′ = PGD-10 on the student's CE with the true
-labels from a uniform start. KL(p ‖ q) has the teacher as p (PyTorch's ``kl_div(log σ(S), σ(T))``), in
+labels from a uniform start, its first gradient taken at the unclipped x + U(−ε, ε) as in the code. KL(p ‖ q) has the teacher as p (PyTorch's ``kl_div(log σ(S), σ(T))``), in
 the ARD code and in the IGDM code alike.
 
 The defaults are the ARD code's ARD (``resolve_options``): τ = 30, the legacy element-wise ``mean`` KL
@@ -65,7 +65,7 @@ def resolve_options() -> dict[str, Any]:
 
 @hookimpl
 def attack(ctx: StepContext):
-    return ctx.perturb(ctx.attack_objective(), init=ctx.config.ard.init, bn=ctx.config.ard.attack_bn)
+    return ctx.perturb(ctx.attack_objective(), init=ctx.config.ard.init, bn=ctx.config.ard.attack_bn, clip_start=False)
 
 
 @hookimpl

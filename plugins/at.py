@@ -2,7 +2,7 @@
 
     min_θ E[ max_{‖δ‖∞≤ε} CE(f_θ(x+δ), y) ],  x^{t+1} = Π_{B_ε(x)∩[0,1]}(x^t + η·sign ∇ₓCE)
 
-Inner attack: PGD on CE with the true labels, uniform random start in the ε-ball (Madry, ARD,
+Inner attack: PGD on CE with the true labels, uniform random start in the ε-ball clipped to [0, 1] (Madry,
 IGDM); ``--at-init normal`` is AdaAD's ``x + 0.001·N``. BatchNorm runs in eval mode during the
 attack as in the IGDM and AdaAD code; ``--at-attack-bn train`` is the Madry / Rice et al. /
 ARD variant (the student's training mode is kept while attacking).

@@ -3,7 +3,7 @@
     L = 5/6 · kl̄(S(x′), T(x)) + 1/6 · kl̄(S(x), T(x)),   kl(a, b) = b·(log(b + 1e-5) − log σ(a))
 
 The teacher's soft labels on **clean** x replace the hard labels everywhere (no CE). Inner attack:
-student in eval mode, x′ = x + 0.001·N(0, I), maximise Σ KL(σ(T(x)) ‖ σ(S(x′))) (IGDM Eq. 16).
+student in eval mode, x′ = x + 0.001·N(0, I) (unclipped, as the code), maximise Σ KL(σ(T(x)) ‖ σ(S(x′))) (IGDM Eq. 16).
 ``kl̄`` is the official code's ``torch.mean`` over the B×C elements (``--rslad-reduction mean``);
 ``batchmean`` is the per-sample sum. The official CIFAR-100 script multiplies both terms by 10
 ("to keep consistent with CIFAR-10"), and so does the IGDM code's RSLAD base (IGDM's α = 3 for RSLAD on
@@ -77,7 +77,7 @@ def teacher_kl_objective(ctx: StepContext) -> Objective:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval")
+    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval", clip_start=False)
 
 
 @hookimpl

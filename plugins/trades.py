@@ -2,7 +2,8 @@
 
     L = CE(f(x), y) + β · (1/B) Σᵢ KL(σ(f(xᵢ)) ‖ σ(f(x'ᵢ)))
 
-Inner: student in eval mode, x' = x + 0.001·N(0, I), maximise Σ KL(σ(f(x)) ‖ σ(f(x'))) with sign
+Inner: student in eval mode, x' = x + 0.001·N(0, I) (not clipped to [0, 1] before the first gradient, as in
+the code; ``--clip-start on`` clips it), maximise Σ KL(σ(f(x)) ‖ σ(f(x'))) with sign
 steps. Outer: student in train mode; the clean target σ(f(x)) is **not detached**, as in the
 official code, so the KL term also trains the clean branch. β = 6 (the paper's CIFAR setting).
 The official CIFAR script uses step 0.007 and ε 0.031; the AD papers use 2/255 and 8/255.
@@ -57,7 +58,7 @@ def trades_objective(ctx: StepContext) -> Objective:
 
 @hookimpl
 def attack(ctx: StepContext) -> Tensor:
-    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval")
+    return ctx.perturb(ctx.attack_objective(), init="normal", bn="eval", clip_start=False)
 
 
 @hookimpl

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._threats import threat_model
+
 
 Objective = Callable[[Tensor], Tensor]
 """Maps an adversarial batch to per-sample losses ``[B]`` that the attack maximises."""
 
-INITS = ("uniform", "normal", "none")
 BN_MODES = ("eval", "train")
 LABEL_LOSSES = ("ce", "cw")
 
@@ -27,7 +28,7 @@ LABEL_LOSSES = ("ce", "cw")
 class AttackSpec:
     """One PGD-style attack: ε-ball of ``norm``, ``steps`` of ``step_size`` from ``init``, ``restarts`` (keeping
     each sample's worst case) and, for attacks on the labels (:func:`pgd`), the ``loss``: ``ce`` or ``cw``
-    (the C&W margin, capped at ``kappa``)."""
+    (the C&W margin, capped at ``kappa``); ``clip_start`` false takes the first gradient at the unclipped start."""
 
     eps: float
     step_size: float
@@ -37,11 +38,12 @@ class AttackSpec:
     restarts: int = 1
     loss: str = "ce"
     kappa: float = 50.0
+    clip_start: bool = True
 
     def perturb(self, objective: "Objective", x: Tensor) -> Tensor:
         """One run of the attack on ``objective`` from ``x`` (no restarts: the objective is not per label)."""
         return perturb(objective, x, eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
-                       init=self.init)
+                       init=self.init, clip_start=self.clip_start)
 
 
 @contextmanager
@@ -84,25 +86,6 @@ def cw_objective(model: nn.Module, y: Tensor, kappa: float = 50.0) -> Objective:
     return lambda x_adv: cw_margin(model(x_adv), y, kappa)
 
 
-def random_init(x: Tensor, eps: float, init: str, norm: str = "linf", lo: float = 0.0, hi: float = 1.0) -> Tensor:
-    """Starting point: uniform in the ε-ball, ``x + 0.001·N(0, I)`` (TRADES), or ``x`` itself."""
-    if init == "none":
-        return x.clone()
-    if init == "normal":
-        start = x + 0.001 * torch.randn_like(x)
-    elif init == "uniform":
-        if norm == "linf":
-            start = x + torch.empty_like(x).uniform_(-eps, eps)
-        else:
-            direction = torch.randn_like(x)
-            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (x.dim() - 1))
-            radius = eps * torch.rand(x.shape[0], *[1] * (x.dim() - 1), device=x.device, dtype=x.dtype)
-            start = x + radius * direction
-    else:
-        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    return start.clamp(lo, hi)
-
-
 def perturb(
     objective: Objective,
     x: Tensor,
@@ -112,23 +95,26 @@ def perturb(
     steps: int,
     norm: str = "linf",
     init: str = "uniform",
+    clip_start: bool = True,
     lo: float = 0.0,
     hi: float = 1.0,
 ) -> Tensor:
     """Projected gradient ascent on ``objective`` inside the ε-ball around ``x`` and ``[lo, hi]``.
 
-    The caller chooses the models' modes (see :func:`model_mode`); parameters receive no gradient.
-    Returns a detached adversarial batch.
+    The first gradient is taken at the start (clipped to ``[lo, hi]`` unless ``clip_start`` is false); every
+    step is projected onto the ball and the range. The caller chooses the models' modes (see
+    :func:`model_mode`); parameters receive no gradient. Returns a detached adversarial batch.
     """
     from ._ops import pgd_step  # loaded on first use: listing plugins need not load torch.compile's machinery
 
+    threat = threat_model(norm)
     x = x.detach()
-    x_adv = random_init(x, eps, init, norm, lo, hi)
+    x_adv = threat.start(x, eps, init, clip=clip_start, lo=lo, hi=hi)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = objective(x_adv).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = pgd_step(x_adv.detach(), grad, x, eps, step_size, norm, lo, hi)
+        x_adv = pgd_step(x_adv.detach(), grad, x, eps, step_size, threat.name, lo, hi)
     return x_adv.detach()
 
 

@@ -14,8 +14,8 @@ import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _catalog as catalog
-from ._arguments import DEBUG_ENV, PreParsed, build_parser, pre_parse
-from ._config import config_from_args
+from ._arguments import COMMAND_CONFIGS, DEBUG_ENV, PreParsed, build_parser, command_options, pre_parse
+from ._config import config_from_args, config_from_namespace
 from ._presets import apply_option_files, presets_command
 from ._registry import RobustDistillError
 
@@ -36,7 +36,7 @@ def plugins_command(args: argparse.Namespace, host: "PluginHost") -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    from ._ops import backend_report, doctor_lines
+    from ._doctor import backend_report, doctor_lines
 
     print(json.dumps(backend_report(), indent=2) if args.json else "\n".join(doctor_lines()))
     return 0
@@ -87,22 +87,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             known = catalog.Catalog.of(host)
         parser = build_parser(known)
         if pre.command in ("train", "eval") and (pre.preset or pre.config):
-            apply_option_files(parser.commands[pre.command], pre.command, pre.preset, pre.config, pre.plugin_given)
+            apply_option_files(parser.commands[pre.command], pre.command, command_options(pre.command, known),
+                               pre.preset, pre.config, pre.plugin_given)
         args = parser.parse_args(pre.argv)
         if args.command == "presets":
             return presets_command(args)
         assert host is not None  # help exited in parse_args
         if args.command == "train":
             return train_command(args, host)
-        if args.command == "eval":
-            from ._eval.command import eval_command
-            return eval_command(args, host.registry)
-        if args.command == "finetune-head":
-            from ._finetune import finetune_command
-            return finetune_command(args, host.registry)
-        if args.command == "report":
+        if args.command in COMMAND_CONFIGS:
+            config = config_from_namespace(COMMAND_CONFIGS[args.command], args)
+            if args.command == "eval":
+                from ._eval.command import eval_command
+                return eval_command(config, host.registry)
+            if args.command == "finetune-head":
+                from ._finetune import finetune_command
+                return finetune_command(config, host.registry)
+            if args.command == "study":
+                from ._study.command import study_command
+                return study_command(config, host.registry)
             from ._report.command import report_command
-            return report_command(args, host.registry)
+            return report_command(config, host.registry)
         if args.command == "doctor":
             return doctor_command(args)
         return plugins_command(args, host)

@@ -102,14 +102,61 @@ def resolve_device(name: str) -> "torch.device":
 
 # -- core options -------------------------------------------------------------------------------------
 
-def _option(flag: str, default: Any, help: str, group: str, *, type: Callable[[str], Any] | None = None,
+def _option(flag: str, default: Any, help: str, group: str = "", *, type: Callable[[str], Any] | None = None,
             choices: tuple[Any, ...] | None = None, fixed_on_resume: bool = True, metavar: str | None = None,
-            repeat: bool = False) -> Any:
-    """A :class:`RunConfig` field declared with its command-line option."""
+            repeat: bool = False, required: bool = False) -> Any:
+    """A configuration field declared with its command-line option (``repeat``: given once per value;
+    ``required``: the command refuses to run without it)."""
     option = Option(flag=flag, default=default, help=help, type=type, choices=choices, fixed_on_resume=fixed_on_resume,
                     metavar=metavar)
-    return field(default=default, metadata={"option": option, "group": group, "repeat": repeat})
+    return from_option(option, group, repeat=repeat, required=required)
 
+
+def from_option(option: Option, group: str = "", *, repeat: bool = False, required: bool = False, **changes: Any) -> Any:
+    """A configuration field of an option declared once and shared by several commands (``changes`` adapt its
+    help or default to the command)."""
+    option = replace(option, **changes) if changes else option
+    return field(default=option.default, metadata={"option": option, "group": group, "repeat": repeat,
+                                                   "required": required})
+
+
+def _positional(name: str, help: str, *, metavar: str, many: bool = False) -> Any:
+    """A positional argument of a command's configuration (``many``: one or more values)."""
+    return field(default=None, metadata={"positional": {"help": help, "metavar": metavar, "many": many}})
+
+
+# -- options several commands share ---------------------------------------------------------------------
+
+DEVICE = Option(flag="--device", default="auto", help="auto (CUDA when a GPU is visible), cpu or cuda[:N]",
+                fixed_on_resume=False)
+OPS_BACKEND = Option(flag="--ops-backend", default=None, type=str, choices=BACKENDS, fixed_on_resume=False,
+                     help=f"fused kernels for the PGD step and IGDM's loss: auto (when built for the device), ext "
+                          f"(require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)")
+ROBUSTBENCH_DIR = Option(flag="--robustbench-dir", default=None, type=str, metavar="DIR", fixed_on_resume=False,
+                         help="where robustbench:NAME weights are, in RobustBench's layout DIR/DATASET/THREAT/NAME.pt "
+                              f"(default: RobustBench's own {ROBUSTBENCH_DEFAULT_DIR})")
+DATA_DIR = Option(flag="--data-dir", default=None, type=str, metavar="DIR", fixed_on_resume=False,
+                  help="where the dataset files are (also $ROBUSTDISTILL_DATA)")
+DOWNLOAD = Option(flag="--download", default=False, fixed_on_resume=False,
+                  help="download the dataset, and robustbench:NAME weights, if they are not found locally")
+NORMALIZE_HELP = ("input normalisation of {what} when it is a plain state_dict that does not record it: none "
+                  "(images in [0, 1] as they are), dataset (the dataset's mean and std), or MEAN/STD, e.g. "
+                  "0.4914,0.4822,0.4465/0.2471,0.2435,0.2616")
+
+
+def fold_bn_option(what: str) -> Option:
+    """``--fold-bn on|off`` for the models a command runs."""
+    return Option(flag="--fold-bn", default="on", choices=("on", "off"), fixed_on_resume=False,
+                  help=f"fold eval-mode BatchNorm into the preceding convolutions of {what} (the same function, less "
+                       "memory traffic)")
+
+
+def normalize_option(flag: str, what: str, metavar: str = "none|dataset|MEAN/STD") -> Option:
+    """``--teacher-normalize`` / ``--normalize``: the normalisation of a plain state_dict that does not record it."""
+    return Option(flag=flag, default=None, type=str, metavar=metavar, help=NORMALIZE_HELP.format(what=what))
+
+
+# -- core options -------------------------------------------------------------------------------------
 
 METHOD, DATA, OPTIM, SPEED, ATTACK, VALIDATION, OUTPUT = (
     "method", "data and model", "optimisation", "speed (the same training, faster)",
@@ -170,22 +217,15 @@ class RunConfig:
         "name (wrn-34-10, torchvision:resnet50, timm:resnet18), or official-wrn for a WideResNet from the TRADES, ARD, "
         "RSLAD or IGDM code (depth and width read from the weights, no normalisation); ROLE=NAME for one teacher "
         "of several, a bare NAME for every other", METHOD, metavar="[ROLE=]NAME", repeat=True)
-    teacher_normalize: tuple[str, ...] | None = _option(
-        "--teacher-normalize", None, "input normalisation of a --teacher that is a plain state_dict that does not "
-        "record it: none (images in [0, 1] as they are), dataset (the dataset's mean and std), or MEAN/STD, e.g. "
-        "0.4914,0.4822,0.4465/0.2471,0.2435,0.2616; ROLE=... for one teacher of several", METHOD,
-        metavar="[ROLE=]none|dataset|MEAN/STD", repeat=True)
-    robustbench_dir: str | None = _option(
-        "--robustbench-dir", None, "where robustbench:NAME weights are, in RobustBench's layout "
-        "DIR/DATASET/THREAT/NAME.pt (default: RobustBench's own ./models)", METHOD, metavar="DIR",
-        fixed_on_resume=False)
+    teacher_normalize: tuple[str, ...] | None = from_option(
+        normalize_option("--teacher-normalize", "a --teacher", "[ROLE=]none|dataset|MEAN/STD"), METHOD, repeat=True,
+        help=NORMALIZE_HELP.format(what="a --teacher") + "; ROLE=... for one teacher of several")
+    robustbench_dir: str | None = from_option(ROBUSTBENCH_DIR, METHOD)
     teacher_resize: bool = _option("--teacher-resize", False, "resize inputs inside a teacher trained at another "
                                    "image size (cross-resolution transfer)", METHOD)
     dataset: str = _option("--dataset", "fashion-mnist", "dataset to train on", DATA)
-    data_dir: str | None = _option("--data-dir", None, "where the dataset files are (also $ROBUSTDISTILL_DATA)",
-                                   DATA, metavar="DIR", fixed_on_resume=False)
-    download: bool = _option("--download", False, "download the dataset, and robustbench:NAME weights, if they "
-                             "are not found locally", DATA, fixed_on_resume=False)
+    data_dir: str | None = from_option(DATA_DIR, DATA)
+    download: bool = from_option(DOWNLOAD, DATA)
     subset: int | None = _option("--subset", None, "train on the first N training images only", DATA,
                                  type=parse_int, metavar="N")
     model: str | None = _option("--model", None, "student architecture (default: cnn for 28×28 data, else resnet18)",
@@ -196,6 +236,7 @@ class RunConfig:
     batch_size: int = _option("--batch-size", 128, "global batch size", OPTIM)
     lr: float = _option("--lr", 0.1, "SGD learning rate", OPTIM)
     momentum: float = _option("--momentum", 0.9, "SGD momentum", OPTIM)
+    nesterov: bool = _option("--nesterov", False, "Nesterov momentum (the Fair-ARD code's SGD)", OPTIM)
     weight_decay: float = _option("--weight-decay", 5e-4, "SGD weight decay (IGDM paper: 5e-4; most official "
                                   "adversarial-distillation code: 2e-4)", OPTIM)
     lr_schedule: str = _option("--lr-schedule", "multistep", "learning-rate schedule", OPTIM, choices=LR_SCHEDULES)
@@ -204,24 +245,18 @@ class RunConfig:
         type=parse_epoch_list, metavar="E1,E2")
     lr_gamma: float = _option("--lr-gamma", 0.1, "multistep decay factor", OPTIM)
     seed: int = _option("--seed", 0, "random seed (weights, data order, attack noise)", OPTIM)
-    device: str = _option("--device", "auto", "auto (CUDA when a GPU is visible), cpu or cuda[:N]", SPEED,
-                          fixed_on_resume=False)
+    device: str = from_option(DEVICE, SPEED)
     amp: str = _option("--amp", "off", "off: fp32, as the official codes of the distillation methods train; bf16: "
                        "bf16 autocast on CUDA (faster, but forwards and input gradients rounded to 8-bit mantissas: "
                        "PGD steps and small loss terms such as IGDM's logit differences change; recorded as off on "
                        "the CPU)", SPEED, choices=("off", "bf16"))
-    ops_backend: str | None = _option(
-        "--ops-backend", None, f"fused kernels for the PGD step and IGDM's loss: auto (when built for the device), "
-        f"ext (require them), ref (pure PyTorch) (default: ${BACKEND_ENV}, else auto)", SPEED, choices=BACKENDS,
-        fixed_on_resume=False)
+    ops_backend: str | None = from_option(OPS_BACKEND, SPEED)
     channels_last: str = _option("--channels-last", "auto", "channels_last memory layout of models and batches "
                                  "(auto: on CUDA only)", SPEED, choices=("auto", "on", "off"), fixed_on_resume=False)
     cudnn_benchmark: str = _option("--cudnn-benchmark", "on", "let cuDNN pick the fastest convolution algorithms "
                                    "(CUDA only; recorded as off elsewhere)", SPEED, choices=("on", "off"),
                                    fixed_on_resume=False)
-    fold_bn: str = _option("--fold-bn", "on", "fold eval-mode BatchNorm into the preceding convolutions of the "
-                           "teacher and of the student while it is attacked (the same function, less memory traffic)",
-                           SPEED, choices=("on", "off"), fixed_on_resume=False)
+    fold_bn: str = from_option(fold_bn_option("the teacher and of the student while it is attacked"), SPEED)
     batch_student_forwards: bool = _option(
         "--batch-student-forwards", False, "run the student's training-mode forwards of a step (e.g. S(x′), S(x), "
         "S(x−δ)) as one batch: faster on a GPU, but BatchNorm then normalises over them together, which changes "
@@ -235,6 +270,10 @@ class RunConfig:
     step_size: float | None = _option("--step-size", None, "step of the training attack, e.g. 2/255", ATTACK,
                                       type=parse_number)
     attack_steps: int | None = _option("--attack-steps", None, "steps of the training attack", ATTACK, type=parse_int)
+    clip_start: str = _option(
+        "--clip-start", "code", "where the training attack takes its first gradient: code (default: as the method's "
+        "official code — TRADES, ARD, RSLAD and AdaAD at the unclipped random start, PGD-AT at the start clipped "
+        "to the image range), on (clip every start), off (never clip)", ATTACK, choices=("code", "on", "off"))
     val_split: int | None = _option(
         "--val-split", None, "training images held out from the end of the training set for the per-epoch clean and "
         "PGD check, and excluded from training (default: 500, or a tenth of the training images when that is "
@@ -315,8 +354,9 @@ def _help(option: Option) -> str:
     return f"{option.help} (default: {shown})"
 
 
-def add_option(group: argparse._ActionsContainer, option: Option, dest: str, repeat: bool = False) -> None:
-    """Add one :class:`Option` to an argparse group."""
+def add_option(group: argparse._ActionsContainer, option: Option, dest: str, repeat: bool = False,
+               required: bool = False) -> None:
+    """Add one :class:`Option` to an argparse parser or group."""
     kwargs: dict[str, Any] = {"dest": dest, "help": _help(option).replace("%", "%%")}
     if option.is_flag:
         kwargs["action"] = argparse.BooleanOptionalAction
@@ -330,24 +370,71 @@ def add_option(group: argparse._ActionsContainer, option: Option, dest: str, rep
             kwargs["choices"] = option.choices
         if option.choices is None:
             kwargs["metavar"] = option.metavar or dest.rsplit(":", 1)[-1].rstrip("_").upper()
+    if required:
+        kwargs["required"] = True
     group.add_argument(option.flag, **kwargs)
+
+
+def config_fields(cls: type) -> list[Any]:
+    """The fields of a command's configuration that are options or positional arguments, in declaration order."""
+    return [f for f in fields(cls) if "option" in f.metadata or "positional" in f.metadata]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, known: Mapping[str, str] | None = None) -> None:
+    """Every option and positional argument of the configuration ``cls``, options by group. ``known`` adds the
+    names users may choose from to the help of the fields it names (``--plugin``, ``--dataset``, ``--model``)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in config_fields(cls):
+        if "positional" in f.metadata:
+            meta = f.metadata["positional"]
+            parser.add_argument(f.name, metavar=meta["metavar"], help=meta["help"], nargs="+" if meta["many"] else None)
+            continue
+        option: Option = f.metadata["option"]
+        if known and f.name in known:
+            option = replace(option, help=f"{option.help}. Known: {known[f.name]}")
+        name = f.metadata["group"]
+        target = groups.setdefault(name, parser.add_argument_group(name)) if name else parser
+        add_option(target, option, f.name, f.metadata["repeat"], f.metadata["required"])
+
+
+def config_from_namespace(cls: type, args: argparse.Namespace) -> Any:
+    """The configuration ``cls`` of parsed arguments (repeated options as tuples)."""
+    values = {}
+    for f in config_fields(cls):
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) and f.metadata.get("repeat") else value
+    return cls(**values)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, plugin_options: Mapping[str, list[Option]],
                       known: Mapping[str, str]) -> None:
     """All ``train`` options: the core ones by group, then one group per plugin. ``known`` adds the names
     users may choose from to the help of ``--plugin``, ``--dataset`` and ``--model``."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in core_fields():
-        option: Option = f.metadata["option"]
-        if f.name in known:
-            option = replace(option, help=f"{option.help}. Known: {known[f.name]}")
-        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        add_option(group, option, f.name, f.metadata["repeat"])
+    add_config_arguments(parser, RunConfig, known)
     for plugin, options in sorted(plugin_options.items()):
         group = parser.add_argument_group(f"plugin {plugin}")
         for option in options:
             add_option(group, option, PLUGIN_DEST.format(plugin=plugin, key=option_key(plugin, option)))
+
+
+OptionTable = Mapping[str, "tuple[str, Option, bool]"]
+"""A command's options by flag without ``--``: ``{"igdm-alpha": (dest, option, repeat)}``."""
+
+
+def option_table(cls: type, plugin_options: Mapping[str, list[Option]] | None = None) -> dict[str, Any]:
+    """The :data:`OptionTable` of the configuration ``cls`` (and, for ``train``, of the plugins' options)."""
+    table = {f.metadata["option"].flag[2:]: (f.name, f.metadata["option"], f.metadata["repeat"])
+             for f in config_fields(cls) if "option" in f.metadata}
+    for plugin, options in (plugin_options or {}).items():
+        for option in options:
+            table[option.flag[2:]] = (PLUGIN_DEST.format(plugin=plugin, key=option_key(plugin, option)), option, False)
+    return table
+
+
+REPLACED_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType({"train": MappingProxyType({
+    "val-size": "--val-split N holds out N training images for the per-epoch check (the test set is for "
+                "evaluation), and --val-test N monitors the first N test images"})})
+"""Options that no longer exist, per command, and what replaced them (said on the command line and in files)."""
 
 
 def option_key(plugin: str, option: Option) -> str:
@@ -385,32 +472,32 @@ def config_from_args(args: argparse.Namespace, plugin_options: Mapping[str, list
     return RunConfig(**core, plugin_options=MappingProxyType(plugins))
 
 
-def option_defaults(parser: argparse.ArgumentParser, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+def option_defaults(table: OptionTable, values: Mapping[str, Any], source: str, command: str) -> dict[str, Any]:
     """``{dest: value}`` for ``parser.set_defaults`` from ``option: value`` pairs named like the flags without
     ``--`` (``_`` and ``-`` alike), each value parsed and checked as the command line would; ``source`` names
     where they come from in errors (``--config FILE``, ``--preset NAME``)."""
-    by_flag = {s.lstrip("-").replace("_", "-"): a for a in parser._actions for s in a.option_strings}
     defaults = {}
     for key, value in values.items():
-        action = by_flag.get(str(key).lstrip("-").replace("_", "-"))
-        if action is None or action.dest in ("help", "config", "preset"):
-            raise RobustDistillError(f"{source}: unknown option {key!r}; see `robustdistill {parser.prog.split()[-1]} "
-                                     "--help`")
-        if getattr(action, "replaced_by", None):
-            raise RobustDistillError(f"{source}: {key} was replaced: {action.replaced_by}")
-        if isinstance(action, argparse._AppendAction):
-            value = [value] if isinstance(value, str) else list(value)
-            value = [action.type(v) if action.type and isinstance(v, str) else v for v in value]
-        elif isinstance(value, str) and action.type is not None:
-            try:
-                value = action.type(value)
-            except argparse.ArgumentTypeError as err:
-                raise RobustDistillError(f"{source}: {key}: {err}") from None
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and action.type not in (None, str):
-            value = action.type(str(value))
-        if action.choices is not None and value not in action.choices:
-            raise RobustDistillError(f"{source}: {key}: {value!r} is not one of {list(action.choices)}")
-        defaults[action.dest] = value
+        name = str(key).lstrip("-").replace("_", "-")
+        if name in REPLACED_OPTIONS.get(command, {}):
+            raise RobustDistillError(f"{source}: {key} was replaced: {REPLACED_OPTIONS[command][name]}")
+        if name not in table or name in ("preset", "config"):
+            raise RobustDistillError(f"{source}: unknown option {key!r}; see `robustdistill {command} --help`")
+        dest, option, repeat = table[name]
+        parse = value_type(option)
+        try:
+            if repeat:
+                value = [value] if isinstance(value, str) else list(value)
+                value = [parse(v) if isinstance(v, str) else v for v in value]
+            elif option.is_flag:
+                if not isinstance(value, bool):
+                    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+            elif isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                            and parse is not str):
+                value = parse(str(value))
+        except argparse.ArgumentTypeError as err:
+            raise RobustDistillError(f"{source}: {key}: {err}") from None
+        if option.choices is not None and value not in option.choices:
+            raise RobustDistillError(f"{source}: {key}: {value!r} is not one of {list(option.choices)}")
+        defaults[dest] = value
     return defaults
-
-

@@ -82,7 +82,9 @@ class _Engine(Protocol):
     attack_observers: list[AttackObserver]
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None,
-                   joint: bool) -> None: ...
+                   joint: bool, stepped: bool = False) -> None: ...
+
+    def build_model(self, name: str | None) -> nn.Module: ...
 
     def current_lr(self) -> float: ...
 
@@ -151,17 +153,27 @@ class RunView:
         return self._engine.current_lr()
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                   joint: bool = False) -> nn.Module:
+                   joint: bool = False, stepped: bool = False) -> nn.Module:
         """Give a plugin-owned trainable module to the run (call it from ``train_start``).
 
         The module is moved to the device, saved in every checkpoint and restored on ``--resume`` (right after
         ``train_start``), and shared across processes in distributed runs (rank 0's weights, gradients
         averaged). ``joint=True`` trains it with the student's optimiser (e.g. RRM's projection); otherwise the
-        plugin steps its own ``optimizer`` (e.g. IGAM's discriminator), which is checkpointed too. Returns the
-        module.
+        plugin steps its own ``optimizer`` (e.g. IGAM's discriminator), which is checkpointed too — or, with
+        ``stepped=True``, the engine does: in every training step it zeroes that optimiser's gradients with the
+        student's, backpropagates the summed loss once, and steps it right after the student's, and it schedules
+        its learning rates like the student's (``--lr-schedule``, ``--milestones``, ``--lr-gamma``, from the
+        optimiser's own rates; fast-forwarded on ``--resume``), e.g. PeerAiD's peer. Returns the module.
         """
-        self._engine.add_module(name, module, optimizer, joint)
+        self._engine.add_module(name, module, optimizer, joint, stepped)
         return module
+
+    def build_model(self, name: str | None = None) -> nn.Module:
+        """A new, freshly initialised network from the model registry: of the student's architecture, or the
+        model ``name`` (a ``--model`` name) with the student's classes, input shape, activation and
+        normalisation. Its initial weights are drawn from the global random generator (build it in
+        ``train_start``); it is on the run's device, not trained until given to :meth:`add_module`."""
+        return self._engine.build_model(name)
 
     def observe_attack(self, callback: AttackObserver) -> None:
         """Call ``callback(ctx, iterate)`` (an :class:`AttackIterate`) at every iterate of the run's training
@@ -298,10 +310,14 @@ class StepContext:
 
     # -- the attack ----------------------------------------------------------------------------------
 
-    def attack_spec(self, init: str) -> AttackSpec:
-        """The run's training attack: ``--eps``, ``--step-size``, ``--attack-steps`` from ``init``."""
+    def attack_spec(self, init: str, clip_start: bool = True) -> AttackSpec:
+        """The run's training attack: ``--eps``, ``--step-size``, ``--attack-steps`` from ``init``, its start clipped
+        to the image range as ``clip_start`` says unless ``--clip-start on|off`` decides for every method."""
         cfg = self.config
-        return AttackSpec(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, init=init)
+        if cfg.clip_start != "code":
+            clip_start = cfg.clip_start == "on"
+        return AttackSpec(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, init=init,
+                          clip_start=clip_start)
 
     def attack_objective(self) -> Objective:
         """The objective of the run's training attack (``--attack``, else the base method's own) in this step."""
@@ -309,12 +325,14 @@ class StepContext:
             raise RobustDistillError("this run has no training attack: the selected methods name none")
         return self.run.attack.objective(self)
 
-    def perturb(self, objective: Objective, *, init: str, bn: str) -> Tensor:
+    def perturb(self, objective: Objective, *, init: str, bn: str, clip_start: bool = True) -> Tensor:
         """The run's attack (``--eps``, ``--step-size``, ``--attack-steps``) on ``objective``, from ``ctx.x``, with
-        the student's BatchNorm in ``bn`` mode (``"eval"`` or ``"train"``; restored after). Observers added with
-        :meth:`RunView.observe_attack` see each iterate."""
+        the student's BatchNorm in ``bn`` mode (``"eval"`` or ``"train"``; restored after). ``clip_start`` is
+        where the method's code takes its first gradient: at the start clipped to the image range (true) or at
+        the unclipped ``x + 0.001·N`` / ``x + U(−ε, ε)`` (false); ``--clip-start on|off`` overrides it. Observers
+        added with :meth:`RunView.observe_attack` see each iterate."""
         observers = self._engine.attack_observers
-        spec = self.attack_spec(init)
+        spec = self.attack_spec(init, clip_start)
         with model_mode(self.student, train=bn == "train"):
             if not observers:
                 return spec.perturb(objective, self.x)

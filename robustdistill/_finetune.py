@@ -11,7 +11,6 @@ while the head is trained, and students then use the new teacher with ``--teache
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._checkpoint import save_checkpoint
+from ._command_config import FinetuneConfig
 from ._config import resolve_device
 from ._data import BatchIterator, take_subset
 from ._models import Classifier, build_model
@@ -99,11 +99,8 @@ def finetune_head(model: Classifier, data: ImageData, *, epochs: int, batch_size
     return history
 
 
-def finetune_command(args: argparse.Namespace, registry: Registry) -> int:
+def finetune_command(args: FinetuneConfig, registry: Registry) -> int:
     """Run ``robustdistill finetune-head``: write a teacher with a head for ``--dataset``. Returns 0."""
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise RobustDistillError(f"{flag} {value} must be at least 1")
     source = open_source(args.checkpoint)
     if source.path is None or source.checkpoint is None:
         raise RobustDistillError(f"finetune-head writes a robustdistill checkpoint, which cannot rebuild {source.spec}; "

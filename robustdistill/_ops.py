@@ -15,8 +15,8 @@ and :mod:`robustdistill._ext`) or to the reference according to the backend:
 Self-check: the first time the kernels would run on a device (``cpu``, ``cuda:0``, ...), a tiny
 ``pgd_step`` (L∞ and L2) and ``fd_align`` (forward and backward) run there and are compared with the
 reference; a failure or an exception (e.g. a GPU the kernels were not compiled for) makes ``auto``
-use the reference on that device, with one warning naming the reason. :func:`kernel_status` reports
-it per device. The self-check cannot run inside CUDA-graph capture: call the ops once before
+use the reference on that device, with one warning naming the reason (``robustdistill._doctor.kernel_status``
+reports it per device). The self-check cannot run inside CUDA-graph capture: call the ops once before
 capturing (warm-up), as CUDA graphs require anyway.
 
 Per-sample ``eps`` / ``step_size`` tensors must be on the inputs' device (a 0-dim CPU tensor, which
@@ -26,8 +26,8 @@ error. fp16/bf16 inputs round ``eps`` and ``step_size`` to their dtype, scalars 
 values alike.
 
 Choose with :func:`set_backend` or the environment variable ``ROBUSTDISTILL_OPS_BACKEND``
-(:func:`set_backend` wins). :func:`backend_report` says per op and device which backend runs and
-why; :func:`doctor_lines` adds the toolchain.
+(:func:`set_backend` wins). :mod:`robustdistill._doctor` says per op and device which backend runs and
+why, and the toolchain.
 
 Numerics of the kernels: L∞ ``pgd_step`` in fp32/fp64 is bit-identical to the reference; the L2
 step differs only by the summation order of its norms. fp16/bf16 inputs are computed in fp32 and
@@ -38,16 +38,15 @@ computes and returns fp64 (the reference returns fp32), so its gradient can be c
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 import threading
 import warnings
 
 import torch
 from torch import Tensor
 
-from ._config import BACKEND_ENV, BACKENDS, FD_DISTANCES, NORMS
+from ._config import BACKEND_ENV, BACKENDS, FD_DISTANCES
 from ._registry import RobustDistillError
+from ._threats import threat_model
 
 OPS = ("pgd_step", "fd_align")
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -61,13 +60,6 @@ class ExtensionUnavailableError(RobustDistillError, RuntimeError):
 # Reference implementations: the definition of correct.
 
 
-def _per_sample(value: float | Tensor, x: Tensor) -> float | Tensor:
-    """Broadcast a scalar or per-sample ``[B]`` tensor against a batch ``[B, ...]``."""
-    if isinstance(value, Tensor) and value.dim() > 0:
-        return value.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return value
-
-
 def pgd_step_ref(
     x_adv: Tensor,
     grad: Tensor,
@@ -78,28 +70,14 @@ def pgd_step_ref(
     lo: float = 0.0,
     hi: float = 1.0,
 ) -> Tensor:
-    """One projected ascent step: ``clamp(Π_{B_ε(x)}(x_adv + α·d(g)), lo, hi)``.
+    """One projected ascent step: ``clamp(Π_{B_ε(x)}(x_adv + α·d(g)), lo, hi)`` in the threat model of ``norm``.
 
     L∞: ``d(g) = sign(g)`` and the projection clips ``x_adv − x`` to ``[−ε, ε]``.
     L2: ``d(g) = g / ‖g‖₂`` per sample (zero gradient gives no step) and the projection
     rescales ``x_adv − x`` onto the ε-ball when it lies outside. ``eps`` and ``step_size``
-    may be per-sample tensors of shape ``[B]``.
+    may be per-sample tensors of shape ``[B]``. (See :mod:`robustdistill._threats`.)
     """
-    eps_b = _per_sample(eps, x)
-    alpha = _per_sample(step_size, x)
-    if norm == "linf":
-        stepped = x_adv + alpha * grad.sign()
-        delta = (stepped - x).clamp(-eps_b, eps_b)
-    elif norm == "l2":
-        flat = grad.flatten(1)
-        g_norm = flat.norm(dim=1).reshape(-1, *([1] * (x.dim() - 1)))
-        direction = torch.where(g_norm > 0, grad / g_norm.clamp_min(1e-12), torch.zeros_like(grad))
-        delta = x_adv + alpha * direction - x
-        d_norm = delta.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.dim() - 1)))
-        delta = delta * torch.clamp(eps_b / d_norm.clamp_min(1e-12), max=1.0)
-    else:
-        raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
-    return (x + delta).clamp(lo, hi)
+    return threat_model(norm).step(x_adv, grad, x, eps, step_size, lo, hi)
 
 
 def fd_align_ref(s_plus: Tensor, s_minus: Tensor, t_plus: Tensor, t_minus: Tensor, distance: str = "kl") -> Tensor:
@@ -303,6 +281,7 @@ def _build_codes_words(codes) -> str:
     return words + (f" + PTX {', '.join(ptx)}" if ptx else " (no PTX)")
 
 
+
 def _kernels_usable(device: torch.device) -> tuple[bool, str]:
     """Whether the kernels exist for the device type and pass the device's self-check, with the reason."""
     from . import _ext
@@ -368,8 +347,7 @@ def pgd_step(
 
     Runs the fused kernel or the reference according to the backend (module docstring).
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+    norm = threat_model(norm).name
     _check_per_sample_devices(x, eps=eps, step_size=step_size)
     if _kernels_for(x.device) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
         eps_f, eps_t = _split_per_sample(eps, x)
@@ -390,8 +368,7 @@ def pgd_step_(
     hi: float = 1.0,
 ) -> None:
     """In-place :func:`pgd_step`: writes the step into ``x_adv`` (any layout) and returns nothing."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+    norm = threat_model(norm).name
     _check_per_sample_devices(x, eps=eps, step_size=step_size)
     if _kernels_for(x.device) and _pgd_kernel_ok(x_adv, grad, x, eps, step_size):
         eps_f, eps_t = _split_per_sample(eps, x)
@@ -427,7 +404,7 @@ def fd_align(s_plus: Tensor, s_minus: Tensor, t_plus: Tensor, t_minus: Tensor, d
 
 
 # ---------------------------------------------------------------------------------------------
-# Reporting
+# Choosing the backend for a run
 
 
 def select_backend(name: str | None, device: torch.device) -> dict[str, str]:
@@ -447,129 +424,3 @@ def select_backend(name: str | None, device: torch.device) -> dict[str, str]:
         raise ExtensionUnavailableError(f"--ops-backend ext: {reason}. Build the kernels with `pip install "
                                         "--no-build-isolation -e .` (see `robustdistill doctor`) or use auto")
     return {"requested": requested, **{op: "ext" if ok else "ref" for op in OPS}}
-
-
-def kernel_status(device: torch.device | str) -> dict:
-    """The fused kernels on one device, JSON-serialisable (``robustdistill doctor``, run metadata).
-
-    ``{"device": "cuda:0", "name": ..., "backend": "ext" | "ref" | "error", "reason": ...,
-    "self_check": "passed" | "failed: ..." | "not run: ...", "cuda_archs": [...], "runs": ...}``:
-    the backend the ops use there and why, the device's self-check (run now if it has not run yet),
-    for a CUDA device its compute capability, the GPU code the kernels were compiled to
-    (``sm_XY`` machine code, ``compute_XY`` PTX) and the one this GPU runs.
-    """
-    device = torch.device(device)
-    key = _device_key(device)
-    status: dict = {"device": key}
-    if device.type == "cuda":
-        try:
-            major, minor = torch.cuda.get_device_capability(key)
-            status.update(name=torch.cuda.get_device_name(key), capability=f"sm_{major}{minor}")
-        except Exception as exc:  # noqa: BLE001 - no such device: say so, do not fail a report
-            status.update(backend="ref", reason=f"no usable CUDA device {key}: {exc}",
-                          self_check=f"not run: no usable CUDA device {key}")
-            return status
-    backend, source = _requested()
-    if backend == "ref":
-        status.update(backend="ref", reason=f"'ref' requested ({source})", self_check="not run: 'ref' requested")
-        return status
-    from . import _build, _ext
-
-    ok, reason = _ext.available(device.type)
-    if ok:
-        ok, reason = _self_check(device)
-        failure = _self_checks.get(key)
-        status["self_check"] = "passed" if ok else (f"failed: {failure}" if failure else f"not run: {reason}")
-    else:
-        status["self_check"] = f"not run: {reason}"
-    status["backend"] = "ext" if ok else ("error" if backend == "ext" else "ref")
-    status["reason"] = reason if ok or backend != "ext" else f"'ext' requested ({source}) but {reason}"
-    if device.type == "cuda":
-        codes = list(_ext.status().cuda_archs)
-        status["cuda_archs"] = codes
-        if codes:
-            status["runs"] = _build.runs_on(codes, _build.parse_capability(status["capability"]))
-    return status
-
-
-def backend_report() -> dict:
-    """Which backend each op uses per device type, and why; JSON-serialisable (for run metadata).
-
-    ``devices`` holds :func:`kernel_status` of the CPU and of each visible GPU (running their
-    self-checks if they have not run yet).
-    """
-    backend, source = _requested()
-    report: dict = {"requested": backend, "requested_by": source, "extension": None, "ops": {}, "devices": {}}
-    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
-    if backend == "ref":
-        choice = {"backend": "ref", "reason": f"'ref' requested ({source})"}
-        report["ops"] = {op: {dev: dict(choice) for dev in ("cpu", "cuda")} for op in OPS}
-        report["devices"] = {dev: kernel_status(dev) for dev in devices}
-        return report
-    from . import _ext
-
-    report["extension"] = _ext.status().as_dict()
-    report["devices"] = {dev: kernel_status(dev) for dev in devices}
-    per_device = {}
-    for dev in ("cpu", "cuda"):
-        if dev == "cuda" and torch.cuda.is_available():
-            status = report["devices"][_device_key("cuda")]
-            per_device[dev] = {"backend": status["backend"], "reason": status["reason"]}
-            continue
-        ok, reason = _ext.available(dev)
-        if ok and dev == "cpu":
-            ok, reason = _kernels_usable(torch.device("cpu"))
-        if ok:
-            per_device[dev] = {"backend": "ext", "reason": reason}
-        elif backend == "ext":
-            per_device[dev] = {"backend": "error", "reason": f"'ext' requested ({source}) but {reason}"}
-        else:
-            per_device[dev] = {"backend": "ref", "reason": reason}
-        if dev == "cuda":
-            per_device[dev]["reason"] += " (no CUDA device visible now)"
-    report["ops"] = {op: {dev: dict(v) for dev, v in per_device.items()} for op in OPS}
-    return report
-
-
-def doctor_lines() -> list[str]:
-    """Human-readable environment and kernel status (``robustdistill doctor``)."""
-    from . import _build
-
-    lines = [f"python {platform.python_version()} ({platform.platform()})",
-             f"torch {torch.__version__}, built with CUDA {torch.version.cuda or 'none'}"]
-    if torch.cuda.is_available():
-        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        lines.append(f"CUDA devices: {torch.cuda.device_count()} ({names})")
-    else:
-        lines.append("CUDA devices: none visible")
-    cuda_home = _build.find_cuda_home()
-    nvcc = _build.nvcc_path(cuda_home)
-    lines.append(f"CUDA_HOME: {cuda_home or 'not found'}; nvcc: "
-                 f"{(nvcc + ' — ' + (_build.tool_version([nvcc, '--version']) or '?')) if nvcc else 'not found'}")
-    cxx = _build.cxx_compiler()
-    lines.append(f"C++ compiler ({cxx}): {_build.tool_version([cxx, '--version']) or 'not found'}")
-    ninja = shutil.which("ninja")
-    lines.append(f"ninja: {(_build.tool_version([ninja, '--version']) or '?') if ninja else 'not found'}")
-    report = backend_report()
-    lines.append(f"ops backend requested: {report['requested']} ({report['requested_by']})")
-    ext = report["extension"]
-    if ext is None:
-        lines.append("extension: not loaded ('ref' backend)")
-    elif ext["loaded"]:
-        lines.append(f"extension: loaded ({ext['origin']}) from {ext['path']}; kernels for "
-                     f"{', '.join(ext['devices']) or 'no device'}")
-        if "cuda" in ext["devices"]:
-            lines.append("CUDA kernels compiled for: " + (_build_codes_words(ext["cuda_archs"]) if ext["cuda_archs"]
-                                                           else "unknown (the library does not say)"))
-    else:
-        lines.append(f"extension: unavailable — {ext['error']}")
-    for key, status in report["devices"].items():
-        where = key
-        if "name" in status:
-            runs = "" if "runs" not in status else f", runs {status['runs']}" if status["runs"] else ", no code for it"
-            where += f" ({status['name']}, {status['capability']}{runs})"
-        lines.append(f"self-check on {where}: {status['self_check']}")
-    for op, per_device in report["ops"].items():
-        for dev, choice in per_device.items():
-            lines.append(f"  {op} on {dev}: {choice['backend']} — {choice['reason']}")
-    return lines

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ._config import option_defaults
+from ._config import OptionTable, option_defaults
 from ._registry import RobustDistillError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -104,20 +104,21 @@ def preset(name: str) -> Preset:
 
 # -- the command line ---------------------------------------------------------------------------------------
 
-def apply_option_files(subparser: argparse.ArgumentParser, command: str, preset_name: str | None,
+def apply_option_files(subparser: argparse.ArgumentParser, command: str, table: OptionTable, preset_name: str | None,
                        config_file: str | None, plugin_given: bool) -> None:
-    """The defaults of ``command`` from ``--preset NAME``, then from ``--config FILE`` (which wins over the
-    preset); the command line wins over both. A ``--plugin`` given on the command line replaces the preset's."""
+    """The defaults of ``command`` (whose options are ``table``) from ``--preset NAME``, then from ``--config FILE``
+    (which wins over the preset); the command line wins over both. A ``--plugin`` given on the command line
+    replaces the preset's."""
     if preset_name is not None:
         chosen = preset(preset_name)
         values = dict(chosen.train if command == "train" else chosen.eval)
         if plugin_given:
             values.pop("plugin", None)  # the command line's methods replace the preset's
-        subparser.set_defaults(**option_defaults(subparser, values, f"--preset {chosen.name}"))
+        subparser.set_defaults(**option_defaults(table, values, f"--preset {chosen.name}", command))
     if config_file is not None:
         what = f"--config {config_file}"
         values = section(read_option_file(config_file, what), command, what)
-        subparser.set_defaults(**option_defaults(subparser, values, what))
+        subparser.set_defaults(**option_defaults(table, values, what, command))
 
 
 def add_presets_arguments(parser: argparse.ArgumentParser) -> None:

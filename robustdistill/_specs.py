@@ -44,11 +44,11 @@ from ._config import ROBUSTBENCH_DEFAULT_DIR
 from ._models import build_model
 from ._models.foreign import ForeignModel, convert_official_wrn, wrap_foreign
 from ._registry import DatasetInfo, ModelArch, ModelEntry, RobustDistillError
+from ._threats import THREAT_MODELS
 
 ROBUSTBENCH = "robustbench:"
 OFFICIAL_WRN = "official-wrn"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 ROBUSTBENCH_MISSING = "robustbench:NAME needs the robustbench package: pip install 'robustdistill[robustbench]'"
 _WEIGHTS = re.compile(r"^(.+)@([a-z][a-z0-9_-]*)$")
 """``SPEC@NAME``: the weights ``NAME`` of a robustdistill checkpoint (``student``, ``average``)."""
@@ -229,7 +229,7 @@ def load_robustbench(name: str, info: DatasetInfo, *, norm: str, model_dir: str 
     if norm not in THREAT_MODELS:
         raise RobustDistillError(f"robustbench:{name}: no RobustBench threat model for norm {norm!r}")
     robustbench = import_robustbench()
-    threat = THREAT_MODELS[norm]
+    threat = THREAT_MODELS[norm].robustbench
     model_dir = model_dir or ROBUSTBENCH_DEFAULT_DIR
     files = robustbench_weight_files(name, info.name, threat, model_dir)
     missing = [str(f) for f in files if not f.is_file()]

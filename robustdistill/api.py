@@ -8,14 +8,14 @@ reductions, input gradients and the fused kernels. The hooks themselves are spec
 :mod:`robustdistill.hookspecs`. The engine's modules (``robustdistill._*``) are private and may change
 without notice; this module changes only with :data:`API_VERSION`.
 
-A plugin built for a newer minor version may set ``robustdistill_api = "2.1"`` (a module or object
+A plugin built for a newer minor version may set ``robustdistill_api = "2.2"`` (a module or object
 attribute): robustdistill then warns that it may rely on features this version lacks.
 """
 from __future__ import annotations
 
 from torch import Tensor
 
-from ._attacks import (BN_MODES, INITS, LABEL_LOSSES, AttackSpec, Objective, ce_objective, cw_margin, cw_objective,
+from ._attacks import (BN_MODES, LABEL_LOSSES, AttackSpec, Objective, ce_objective, cw_margin, cw_objective,
                        fgsm_spec, kl_objective, label_objective, model_mode, perturb, pgd)
 from ._checkpoint import atomic_write_text
 from ._config import FD_DISTANCES, NORMS, PluginOptions, RunConfig, format_duration, parse_number
@@ -25,8 +25,9 @@ from ._gradients import log_prob_objective, math_attention, student_forward, stu
 from ._losses import KL_REDUCTIONS, kl_elements, kl_per_sample, kl_to_teacher, reduce_kl
 from ._registry import (Attack, Composition, DatasetEntry, DatasetInfo, Default, EvalAttack, ImageData, Method,
                         ModelArch, ModelEntry, Option, RobustDistillError)
+from ._threats import INITS
 
-API_VERSION = "2.0"
+API_VERSION = "2.1"
 """The version of this API: the major number changes when something here changes incompatibly, the minor
 number when something is added."""
 

@@ -3,6 +3,9 @@ several test files use (the session fixtures that train them are in ``conftest.p
 import os
 
 import pytest
+import torch
+
+from robustdistill import _build, _ext
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # the Debian package's files, or a copy in a $ROBUSTDISTILL_DATA directory (where the loaders look too)
@@ -14,14 +17,33 @@ needs_fashion_mnist = pytest.mark.skipif(
     not HAS_FASHION_MNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
+# -- the fused kernels: the devices to test them on, and a skip (or, where they are required, a failure) -------
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")])]
+REQUIRED = _build.extension_required()
+
+
+def need_kernels(device: str) -> None:
+    """Skip unless the fused kernels run on ``device``; fail instead where they are required
+    (``ROBUSTDISTILL_REQUIRE_EXT=1`` or CI), so a kernel that does not build cannot hide."""
+    ok, reason = _ext.available(str(device))
+    if ok:
+        return
+    if REQUIRED:
+        pytest.fail(f"fused kernels required ({_build.REQUIRE_ENV} or CI) but unavailable on {device}: {reason}")
+    pytest.skip(f"fused kernels unavailable on {device}: {reason}")
+
+
 # -- attacks written out, for tests that check the plugins' attacks against them ------------------------------
 
-def reference_pgd(objective, x, eps, step, steps, init):
-    """Sign-gradient PGD written out: start (clamped to [0, 1]), ascent steps, projection as pgd_step_ref."""
+def reference_pgd(objective, x, eps, step, steps, init, clip_start=True):
+    """Sign-gradient PGD written out: start (clamped to [0, 1] if ``clip_start``), ascent steps, projection as
+    pgd_step_ref."""
     import torch
 
     noise = torch.empty_like(x).uniform_(-eps, eps) if init == "uniform" else 0.001 * torch.randn_like(x)
-    x_adv = (x + noise).clamp(0, 1)
+    x_adv = (x + noise).clamp(0, 1) if clip_start else x + noise
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)

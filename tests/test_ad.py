@@ -176,10 +176,11 @@ def attack_with_seed(ctx, seed=5):
     return run_attack(ctx)
 
 
-def reference_with_seed(ctx, objective, init, seed=5):
+def reference_with_seed(ctx, objective, init, seed=5, clip_start=False):
+    """PGD written out as the ARD, RSLAD and AdaAD codes run it: the first gradient at the unclipped start."""
     torch.manual_seed(seed)
     cfg = ctx.config
-    return reference_pgd(objective, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, init)
+    return reference_pgd(objective, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, init, clip_start)
 
 
 def test_adaad_attack_objective_goes_through_both_networks(host):
@@ -192,7 +193,8 @@ def test_adaad_attack_objective_goes_through_both_networks(host):
     right = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa)), "normal")
     detached = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa).detach()), "normal")
     at_clean = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(ctx.x)), "normal")
-    assert not torch.equal(right, detached) and not torch.equal(right, at_clean)
+    clipped = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa)), "normal", clip_start=True)
+    assert not torch.equal(right, detached) and not torch.equal(right, at_clean) and not torch.equal(right, clipped)
     student.train()
     adv = attack_with_seed(ctx)
     assert torch.equal(adv, right)
@@ -207,7 +209,8 @@ def test_rslad_attack_is_pgd_on_kl_to_the_clean_teacher_from_a_tiny_normal_start
     t_clean = teacher(ctx.x).detach()
     right = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), t_clean), "normal")
     at_adv = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), teacher(xa).detach()), "normal")
-    assert not torch.equal(right, at_adv)
+    clipped = reference_with_seed(ctx, lambda xa: kl_rows(student(xa), t_clean), "normal", clip_start=True)
+    assert not torch.equal(right, at_adv) and not torch.equal(right, clipped)
     assert torch.equal(attack_with_seed(ctx), right)
 
 
@@ -230,7 +233,11 @@ def test_ard_attack_batchnorm_mode_and_start(host, methods, bn, init):
     same_mode = copy.deepcopy(student).train(bn == "train")
     wrong_start = reference_with_seed(ctx, lambda xa: F.cross_entropy(same_mode(xa), ctx.y, reduction="none"),
                                       "normal")
+    clipping = copy.deepcopy(student).train(bn == "train")
+    wrong_clip = reference_with_seed(ctx, lambda xa: F.cross_entropy(clipping(xa), ctx.y, reduction="none"), init,
+                                     clip_start=True)
     assert not torch.equal(right, wrong_mode) and not torch.equal(right, wrong_start)
+    assert not torch.equal(right, wrong_clip)
     before = bn_buffers(student)
     student.train()
     adv = attack_with_seed(ctx)
@@ -242,6 +249,22 @@ def test_ard_attack_batchnorm_mode_and_start(host, methods, bn, init):
         assert not all(torch.equal(a, b) for a, b in zip(after, before))
     else:
         assert all(torch.equal(a, b) for a, b in zip(after, before)), "eval-mode attack leaves them alone"
+
+
+@pytest.mark.parametrize("methods, code_clips", [(["at"], True), (["trades"], False), (["ard"], False),
+                                                (["rslad"], False), (["adaad"], False)])
+@pytest.mark.parametrize("clip_start", ["code", "on", "off"])
+def test_attack_start_is_clipped_as_the_code_unless_the_user_says(host, methods, code_clips, clip_start):
+    # TRADES, ARD, RSLAD and AdaAD take the first gradient at the unclipped start, PGD-AT at the clipped one;
+    # --clip-start on|off decides for every method. The first iterate an observer sees is the start.
+    ctx = step_context(host, methods, student=tiny_model(seed=0), teacher=tiny_model(seed=1), batch=16,
+                       config=options(host, clip_start=clip_start))
+    ctx.x[:8] = 0.0  # black images: a start below 0 is visible
+    starts = []
+    ctx.run.observe_attack(lambda _ctx, iterate: starts.append(iterate.x_adv) if iterate.index == 0 else None)
+    run_attack(ctx)
+    clipped = bool(starts[0].min() >= 0)
+    assert clipped == {"code": code_clips, "on": True, "off": False}[clip_start]
 
 
 # -- composition --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_python_dash_m_is_the_same_cli():
 
 def test_unknown_plugin_lists_the_known_ones(capsys, tmp_path):
     err = error_of(capsys, "train", "--plugin", "nope", "--out", str(tmp_path / "r"))
-    assert "unknown plugin 'nope'; known plugins: adaad, ard, at, edgereg, gradnorm, igam, igdm, natural, pag, rrm, rslad, trades" in err
+    assert "unknown plugin 'nope'; known plugins: adaad, adaiad, akd, ard, at, edgereg, fairard, gradnorm, iad, iad2, igam, igdm, mtard, natural, pag, peeraid, rrm, rslad, saad, trades" in err
 
 
 def test_unknown_model_and_dataset(capsys, tmp_path):
@@ -134,7 +134,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
-    from robustdistill._arguments import build_parser
+    from robustdistill._arguments import build_parser, command_options
     from robustdistill._catalog import Catalog
     from robustdistill._config import config_from_args
     from robustdistill._manager import load_plugins
@@ -144,7 +144,8 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
     cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
     host = load_plugins(autoload=False)
     parser = build_parser(Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", None, str(cfg), plugin_given=False)
+    apply_option_files(parser.commands["train"], "train", command_options("train", Catalog.of(host)), None, str(cfg),
+                       plugin_given=False)
     config = config_from_args(parser.parse_args(["train", "--config", str(cfg), "--epochs", "2"]),
                               host.registry.options)
     assert config.plugin == ("trades",) and config.eps == pytest.approx(8 / 255) and config.step_size == 0.01
@@ -163,7 +164,7 @@ def test_config_file_errors(capsys, tmp_path):
 
 
 def test_a_config_file_in_the_preset_format_gives_its_train_section(tmp_path):
-    from robustdistill._arguments import build_parser
+    from robustdistill._arguments import build_parser, command_options
     from robustdistill._catalog import Catalog
     from robustdistill._config import config_from_args
     from robustdistill._manager import load_plugins
@@ -171,10 +172,11 @@ def test_a_config_file_in_the_preset_format_gives_its_train_section(tmp_path):
 
     host = load_plugins(autoload=False)
     parser = build_parser(Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", None, str(PRESET_DIR / "igdm-ard-cifar10.yaml"), False)
+    table = command_options("train", Catalog.of(host))
+    apply_option_files(parser.commands["train"], "train", table, None, str(PRESET_DIR / "igdm-ard-cifar10.yaml"), False)
     from_file = config_from_args(parser.parse_args(["train"]), host.registry.options)
     parser = build_parser(Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", "igdm-ard-cifar10", None, False)
+    apply_option_files(parser.commands["train"], "train", table, "igdm-ard-cifar10", None, False)
     from_preset = config_from_args(parser.parse_args(["train"]), host.registry.options)
     assert from_file == from_preset and from_file.igdm.alpha == preset("igdm-ard-cifar10").train["igdm-alpha"]
 

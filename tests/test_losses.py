@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill._attacks import AttackSpec, cw_margin, kl_objective, model_mode, perturb, pgd, fgsm, random_init
+from robustdistill._attacks import AttackSpec, cw_margin, kl_objective, model_mode, perturb, pgd, fgsm
+from robustdistill._config import NORMS
+from robustdistill._threats import THREAT_MODELS, threat_model
 from robustdistill._ops import pgd_step
 from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, run_step, tiny_model
@@ -163,12 +165,47 @@ def test_perturb_gives_no_parameter_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_random_init_normal_is_tiny_and_uniform_fills_the_ball():
+def test_random_start_normal_is_tiny_and_uniform_fills_the_ball():
     torch.manual_seed(0)
     x = torch.full((1000, 1), 0.5)
-    assert (random_init(x, 0.1, "normal") - x).abs().max() < 0.01
-    u = random_init(x, 0.1, "uniform") - x
+    linf = threat_model("linf")
+    assert (linf.start(x, 0.1, "normal") - x).abs().max() < 0.01
+    u = linf.start(x, 0.1, "uniform") - x
     assert u.abs().max() <= 0.1 and u.abs().max() > 0.09
+    radii = threat_model("l2").start(torch.full((1000, 4), 0.5), 0.1, "uniform").sub(0.5).norm(dim=1)
+    assert radii.max() <= 0.1 + 1e-6 and radii.max() > 0.09
+
+
+def test_start_is_clipped_to_the_image_range_unless_asked_not_to():
+    torch.manual_seed(0)
+    x = torch.zeros(1000, 1)  # like Fashion-MNIST's background: exactly 0
+    linf = threat_model("linf")
+    assert linf.start(x, 0.1, "uniform").min() == 0
+    torch.manual_seed(0)
+    unclipped = linf.start(x, 0.1, "uniform", clip=False)
+    assert unclipped.min() < -0.09
+    torch.manual_seed(0)
+    assert torch.equal(unclipped.clamp(0, 1), linf.start(x, 0.1, "uniform"))
+    assert threat_model("linf").start(x, 0.1, "normal", clip=False).min() < 0
+
+
+def test_threat_models_cover_the_norms_and_project_onto_their_balls():
+    assert tuple(THREAT_MODELS) == NORMS
+    delta = torch.tensor([[3.0, 4.0], [0.3, -0.4]])
+    linf, l2 = threat_model("linf"), threat_model("l2")
+    assert torch.allclose(l2.project(delta, 1.0), torch.tensor([[0.6, 0.8], [0.3, -0.4]]))
+    assert torch.allclose(l2.size(delta), torch.tensor([5.0, 0.5]))
+    assert torch.equal(linf.project(delta, 0.5), torch.tensor([[0.5, 0.5], [0.3, -0.4]]))
+    assert torch.allclose(linf.size(delta), torch.tensor([4.0, 0.4]))
+    assert torch.equal(l2.direction(torch.zeros(1, 2)), torch.zeros(1, 2)), "no step for a zero gradient"
+    assert (linf.robustbench, l2.robustbench) == ("Linf", "L2")
+
+
+def test_unknown_norm_and_init_are_named():
+    with pytest.raises(ValueError, match="unknown norm 'l1'; use one of: linf, l2"):
+        threat_model("l1")
+    with pytest.raises(ValueError, match="unknown init 'zero'"):
+        threat_model("linf").start(torch.zeros(2, 1), 0.1, "zero")
 
 
 @pytest.mark.parametrize("method", ["natural", "at", "trades"])
@@ -198,7 +235,7 @@ def test_at_attack_uses_the_configured_steps_and_stays_in_ball(host):
 
 def test_trades_attack_maximises_kl_from_the_clean_prediction(host):
     # TRADES' inner maximisation: Σ KL(σ(f(x)) ‖ σ(f(x′))) with f in eval mode, the clean prediction a constant
-    # target, from x + 0.001·N (not the CE of the labels, not a uniform start).
+    # target, from x + 0.001·N unclipped as the code (not the CE of the labels, not a uniform or clipped start).
     student = tiny_model(seed=0)
     ctx = step_context(host, ["trades"], student=student, batch=16)
     cfg = ctx.config
@@ -207,9 +244,10 @@ def test_trades_attack_maximises_kl_from_the_clean_prediction(host):
         target = F.softmax(student(ctx.x), 1)
     kl = lambda xa: F.kl_div(F.log_softmax(student(xa), 1), target, reduction="none").sum(1)  # noqa: E731
     ce = lambda xa: F.cross_entropy(student(xa), ctx.y, reduction="none")  # noqa: E731
-    right = seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal")
-    for wrong in (seeded(reference_pgd, ce, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal"),
-                  seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "uniform")):
+    right = seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal", False)
+    for wrong in (seeded(reference_pgd, ce, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal", False),
+                  seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "uniform", False),
+                  seeded(reference_pgd, kl, ctx.x, cfg.eps, cfg.step_size, cfg.attack_steps, "normal", True)):
         assert not torch.equal(right, wrong)
     student.train()
     assert torch.equal(seeded(run_attack, ctx), right)
@@ -249,8 +287,8 @@ def test_a_base_method_with_another_attack_maximises_that_objective(host):
 def test_training_attack_errors_name_the_fix(host):
     from robustdistill import RobustDistillError
 
-    with pytest.raises(RobustDistillError, match="unknown attack 'pgd'; known attacks: adaad-kl, ce, cw, teacher-kl, "
-                                                 "trades-kl"):
+    with pytest.raises(RobustDistillError, match="unknown attack 'pgd'; known attacks: adaad-kl, ce, cw, peer-kl, "
+                                                 "saad-kl, teacher-kl, trades-kl"):
         step_context(host, ["at"], config=options(host, attack="pgd"))
     with pytest.raises(RobustDistillError, match="the attack 'teacher-kl' uses a teacher: pass --teacher"):
         step_context(host, ["at"], config=options(host, attack="teacher-kl"))

@@ -13,25 +13,11 @@ import warnings
 import pytest
 import torch
 
-from robustdistill import _build, _ext, _ops as ops
+from robustdistill import _build, _doctor as doctor, _ext, _ops as ops
 
-REQUIRED = _build.extension_required()
-HAS_CUDA = torch.cuda.is_available()
+from support import DEVICES, HAS_CUDA, REQUIRED, need_kernels
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
-]
-
-
-def need_kernels(device: str) -> None:
-    ok, reason = _ext.available(device)
-    if ok:
-        return
-    if REQUIRED:
-        pytest.fail(f"fused kernels required ({_build.REQUIRE_ENV} or CI) but unavailable on {device}: {reason}")
-    pytest.skip(f"fused kernels unavailable on {device}: {reason}")
 
 
 @pytest.fixture(params=DEVICES)
@@ -555,7 +541,7 @@ def test_front_under_torch_compile(device):
 @pytest.fixture
 def counting_refs(monkeypatch):
     if _ext.available("cpu")[0]:
-        ops.kernel_status("cpu")  # the self-check (which calls the references) has run
+        doctor.kernel_status("cpu")  # the self-check (which calls the references) has run
     calls = {"pgd_step": 0, "fd_align": 0}
     real_pgd, real_fd = ops.pgd_step_ref, ops.fd_align_ref
 
@@ -643,21 +629,21 @@ def test_fallback_when_extension_absent(monkeypatch, counting_refs):
     assert len(relevant) == 1 and "simulated: no compiler" in str(relevant[0].message)
     assert counting_refs == {"pgd_step": 3, "fd_align": 3}
     assert torch.equal(out, ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
-    report = ops.backend_report()
+    report = doctor.backend_report()
     assert report["ops"]["pgd_step"]["cpu"]["backend"] == "ref"
     assert "simulated" in report["ops"]["fd_align"]["cpu"]["reason"]
     ops.set_backend("ext")
     with pytest.raises(ops.ExtensionUnavailableError, match="simulated: no compiler"):
         ops.pgd_step(x_adv, grad, x, 0.03, 0.01)
-    assert ops.backend_report()["ops"]["pgd_step"]["cpu"]["backend"] == "error"
+    assert doctor.backend_report()["ops"]["pgd_step"]["cpu"]["backend"] == "error"
 
 
 def test_self_check_passes_on_the_cpu():
     need_kernels("cpu")
-    status = ops.kernel_status("cpu")
+    status = doctor.kernel_status("cpu")
     assert status["self_check"] == "passed" and status["backend"] == "ext", status
     assert ops.select_backend("ext", torch.device("cpu"))["pgd_step"] == "ext"
-    assert "self-check on cpu: passed" in ops.doctor_lines()
+    assert "self-check on cpu: passed" in doctor.doctor_lines()
 
 
 @pytest.fixture
@@ -688,11 +674,11 @@ def test_failing_self_check_makes_auto_use_the_reference(monkeypatch, fresh_self
     assert re.search(reason, relevant[0])
     for out in outs:
         assert torch.equal(out, ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
-    status = ops.kernel_status("cpu")
+    status = doctor.kernel_status("cpu")
     assert status["backend"] == "ref" and status["self_check"].startswith("failed: ")
     assert ops.select_backend("auto", torch.device("cpu")) == {"requested": "auto", "pgd_step": "ref",
                                                                "fd_align": "ref"}
-    assert any(line.startswith("self-check on cpu: failed") for line in ops.doctor_lines())
+    assert any(line.startswith("self-check on cpu: failed") for line in doctor.doctor_lines())
     with pytest.raises(ops.ExtensionUnavailableError, match="self-check"):
         ops.select_backend("ext", torch.device("cpu"))
     with pytest.raises(ops.ExtensionUnavailableError, match="self-check"):
@@ -707,7 +693,7 @@ def test_self_check_runs_once_per_device(monkeypatch, fresh_self_checks):
     for _ in range(3):
         ops.pgd_step(x_adv, grad, x, 0.03, 0.01)
         ops.fd_align(*fd_inputs(3, 5))
-    ops.kernel_status("cpu")
+    doctor.kernel_status("cpu")
     assert runs == ["cpu"]
 
 
@@ -724,7 +710,7 @@ def test_self_check_under_torch_compile(fresh_self_checks):
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_cuda_self_check_and_capture(monkeypatch):
     need_kernels("cuda")
-    status = ops.kernel_status("cuda")
+    status = doctor.kernel_status("cuda")
     assert status["self_check"] == "passed", status
     assert status["runs"] in status["cuda_archs"], status
     # a first use inside CUDA-graph capture cannot self-check: 'auto' takes the reference, with a warning
@@ -737,18 +723,18 @@ def test_cuda_self_check_and_capture(monkeypatch):
     graph.replay()
     assert torch.equal(out, ops.pgd_step_ref(x_adv, grad, x, 0.03, 0.01))
     assert "cuda:0" not in ops._self_checks
-    assert ops.kernel_status("cuda")["self_check"] == "passed"
+    assert doctor.kernel_status("cuda")["self_check"] == "passed"
 
 
 def test_cuda_tensors_without_cuda_kernels_take_the_reference(monkeypatch):
     monkeypatch.setattr(_ext, "_status", _ext.ExtStatus(loaded=True, origin="aot", path="x", devices=("cpu",)))
     ok, reason = _ext.available("cuda")
     assert not ok and "no CUDA kernels" in reason
-    assert ops.backend_report()["ops"]["pgd_step"]["cuda"]["backend"] == "ref"
+    assert doctor.backend_report()["ops"]["pgd_step"]["cuda"]["backend"] == "ref"
 
 
 def test_backend_report_and_doctor():
-    report = ops.backend_report()
+    report = doctor.backend_report()
     json.dumps(report)
     assert report["requested"] == "auto" and set(report["ops"]) == {"pgd_step", "fd_align"}
     for per_device in report["ops"].values():
@@ -756,9 +742,9 @@ def test_backend_report_and_doctor():
         for choice in per_device.values():
             assert choice["backend"] in ("ext", "ref") and choice["reason"]
     ops.set_backend("ref")
-    assert ops.backend_report()["ops"]["fd_align"]["cpu"] == {"backend": "ref", "reason": "'ref' requested (set_backend())"}
+    assert doctor.backend_report()["ops"]["fd_align"]["cpu"] == {"backend": "ref", "reason": "'ref' requested (set_backend())"}
     ops.set_backend(None)
-    lines = ops.doctor_lines()
+    lines = doctor.doctor_lines()
     assert any(line.startswith("torch ") for line in lines)
     assert any("extension" in line for line in lines) and any("ninja" in line for line in lines)
 
@@ -857,7 +843,7 @@ def test_built_library_records_its_gpu_code():
     if "cuda" not in st.devices:
         pytest.skip("no CUDA kernels built")
     assert st.cuda_archs and all(re.fullmatch(r"(sm|compute)_\d+", code) for code in st.cuda_archs), st.cuda_archs
-    assert any(line.startswith("CUDA kernels compiled for: ") for line in ops.doctor_lines())
+    assert any(line.startswith("CUDA kernels compiled for: ") for line in doctor.doctor_lines())
 
 
 def test_ahead_of_time_build_is_not_stale():

@@ -28,7 +28,8 @@ def run_help(tmp_path, *args):
     return result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["report"], ["finetune-head"], ["doctor"], ["plugins"]])
+@pytest.mark.parametrize("command", [[], ["eval"], ["report"], ["finetune-head"], ["study"], ["presets"], ["doctor"],
+                                     ["plugins"]])
 def test_help_of_every_command_imports_no_torch(tmp_path, command):
     out = run_help(tmp_path, *command, "--help")
     assert out.strip().endswith("no torch") and "usage: robustdistill" in out

@@ -35,9 +35,10 @@ NAME = "average"
 
 @hookimpl
 def register_options(register: Callable) -> None:
-    register(Option(flag="--average", default="off", choices=MODES,
+    register(Option(flag="--average", default=None, type=str, choices=MODES,
                     help="average the student's weights: swa (equal weights at epoch ends, BatchNorm recomputed; SAAD, "
-                         "PeerAiD) or ema (every step); the average is then the run's final model"))
+                         "PeerAiD) or ema (every step); the average is then the run's final model (default: off, "
+                         "unless the method's composition turns it on, as saad's)"))
     register(Option(flag="--average-start", default=None, type=float, metavar="E",
                     help="first epoch (1-based) that updates the average, or a fraction of --epochs, e.g. 0.75 "
                          "(default: SWA the first epoch after the first multistep milestone, as PeerAiD, else 75% "
@@ -51,8 +52,8 @@ def register_options(register: Callable) -> None:
 @hookimpl
 def resolve_options(config: RunConfig) -> dict[str, Any]:
     opts = config.average
-    if opts.mode == "off":
-        return {}
+    if opts.mode in (None, "off"):
+        return {"mode": "off"}
     values: dict[str, Any] = {"bn": "refresh" if opts.mode == "swa" else "average"}
     if opts.mode == "ema":
         values["start"] = Default(value=1.0, source="EMA from the first epoch")

@@ -32,7 +32,10 @@ Where the paper has no row for the dataset, the run takes the row of the setting
 (CIFAR-10 for Fashion-MNIST, MNIST and other 10-class data; CIFAR-100 for 100 classes; Tiny-ImageNet for an
 image folder of 200 classes) and says so in one line and in ``config.json``; for other class counts, or a
 base the paper did not compose, it refuses and asks for ``--igdm-alpha``. The other teachers' and
-students' rows (BDM-AT, IKL-AT, MobileNetV2) are in methods-ad §1.5.
+students' rows (BDM-AT, IKL-AT, MobileNetV2) are in methods-ad §1.5. The IGDM code has no IAD, AKD or AdaIAD
+base, so those compose on the base plugins' own defaults (IAD-I's; AKD's later-code form; AdaIAD with the AdaAD
+code's τ = 30), with their App. B.2 α (methods-ad2 §8; AdaIAD's is AdaAD's, and the paper's "+IGDM" rows under
+AdaIAD are IGDM_AdaAD).
 Where the official code differs: the ramp denominator is hard-coded (200 epochs; 300 for RSLAD) —
 ``--igdm-ramp-epochs``; weight decay 2e-4 (paper 5e-4) — ``--weight-decay``.
 """
@@ -137,8 +140,8 @@ def resolve_options(config: RunConfig, dataset: DatasetInfo, base_method: str | 
 @hookimpl
 def train_start(run: RunView) -> None:
     if run.base_method is None:
-        raise RobustDistillError("igdm needs a base method that runs an attack (at, trades, ard, rslad, adaad) "
-                                 "to take δ from; add e.g. --plugin at")
+        raise RobustDistillError("igdm needs a base method that runs an attack (at, trades, ard, iad, akd, rslad, "
+                                 "adaad, adaiad) to take δ from; add e.g. --plugin at")
 
 
 def shifted_inputs(ctx: StepContext) -> dict[str, Tensor]:

@@ -81,11 +81,15 @@ def total_loss(terms: list[LossTerm]) -> Tensor:
 
 
 def optimise(run: Run, ctx: StepContext, terms: list[LossTerm]) -> Tensor:
-    """Backpropagate the summed loss, step the optimiser, then call ``step_end``; returns the loss."""
+    """Backpropagate the summed loss, step the optimisers (the student's, then those of modules added with
+    ``stepped=True``), then call ``step_end``; returns the loss."""
     total = total_loss(terms)
-    run.optimizer.zero_grad(set_to_none=True)
+    optimizers = run.optimizers()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     total.backward()
-    run.optimizer.step()
+    for optimizer in optimizers:
+        optimizer.step()
     run.hooks.event("step_end", run=run.view, ctx=ctx, terms=terms)
     return total.detach()
 
@@ -206,7 +210,7 @@ def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
             run.hooks.event("epoch_start", run=view, epoch=epoch)
         lr = run.optimizer.param_groups[0]["lr"]
         metrics = {"epoch": epoch, "lr": lr, **train_epoch(run, batches, epoch, clock)}
-        run.scheduler.step()
+        run.step_schedules()
         ended = time.perf_counter()
         run.hooks.event("epoch_end", run=view, epoch=epoch, metrics=metrics)
         metrics["seconds"] = metrics["train_seconds"] + time.perf_counter() - ended

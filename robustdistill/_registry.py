@@ -171,7 +171,9 @@ class Composition:
     When ``addon`` and ``base`` are selected together (on a dataset with ``num_classes`` classes, when given),
     each of ``options`` — the base plugin's option keys as it reads them (``{"tau": 1.0}`` for
     ``--ard-tau``) — takes its value wherever the user left that option unset, before the base resolves
-    its own defaults. ``source`` says where the values come from; ``config.json`` records it.
+    its own defaults. ``source`` says where the values come from; ``config.json`` records it. ``base`` may
+    also name a plugin that registers no method (``average``): its options then take the values whenever
+    ``addon`` is selected (SAAD's SWA from epoch 95: ``base="average"``).
     """
 
     addon: str

@@ -77,6 +77,8 @@ def check_options(config: RunConfig, host: "PluginHost", world: int) -> None:
     if config.batch_size % world:
         raise RobustDistillError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
                                  f"{world} processes")
+    if config.nesterov and config.momentum <= 0:
+        raise RobustDistillError(f"--nesterov needs a positive --momentum (got {config.momentum:g}); e.g. 0.9")
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise RobustDistillError(f"--checkpoint-every {config.checkpoint_every} must be at least 1 (steps)")
     if config.checkpoint_minutes < 0:
@@ -208,9 +210,12 @@ def resolve_plugin_options(config: RunConfig, host: "PluginHost", dataset: Datas
               else {option_key(name, o): o.default for o in registry.options[name]}
               for name in active if name in registry.options}
     sources: dict[str, dict[str, Any]] = {}
-    if base is not None:
-        for key, (value, addon, source) in composed_options(config, host, dataset, base).items():
-            owner = registry.method_plugin[base]
+    with_methods = set(registry.method_plugin.values())
+    targets = [base] if base is not None else []
+    targets += [name for name in active if name in values and name not in with_methods]  # e.g. average
+    for target in targets:
+        for key, (value, addon, source) in composed_options(config, host, dataset, target).items():
+            owner = registry.method_plugin.get(target, target)
             if values[owner][key] is None:
                 values[owner][key] = value
                 sources[f"{namespace(owner)}.{key}"] = {"value": value, "source": f"{addon}: {source}"}
@@ -249,11 +254,13 @@ def resolve_plugin_options(config: RunConfig, host: "PluginHost", dataset: Datas
 
 def composed_options(config: RunConfig, host: "PluginHost", dataset: DatasetInfo,
                      base: str) -> dict[str, tuple[Any, str, str]]:
-    """``{base option key: (value, add-on, source)}`` that the selected add-ons declare for ``base``."""
+    """``{base option key: (value, add-on, source)}`` that the selected add-ons declare for ``base``: the base
+    method, or a plugin that registers no method (``average``), whose options the selected methods' compositions
+    set."""
     from ._manager import PluginError
 
     registry = host.registry
-    owner = registry.method_plugin[base]
+    owner = registry.method_plugin.get(base, base)
     keys = {option_key(owner, o) for o in registry.options.get(owner, [])}
     chosen: dict[str, tuple[Any, str, str]] = {}
     for comp in registry.compositions:

@@ -21,10 +21,11 @@ from ._config import RunConfig, resolve_device
 from ._context import DEFAULT_TEACHER, AttackObserver, RunView
 from ._data import BatchIterator, hold_out
 from ._distributed import Distributed
+from ._doctor import kernel_status
 from ._folding import fold_or_keep, folded_pairs
 from ._manager import PluginHost, StepHooks
 from ._models import build_model
-from ._ops import kernel_status, select_backend
+from ._ops import select_backend
 from ._registry import DatasetInfo, ImageData, ModelArch, RobustDistillError
 from ._resolve import Resolution, default_milestones, resolve_config, role_values
 from ._state import (CHECKPOINT, EpochProgress, check_resumable, check_saveable, rng_state, seed_everything,
@@ -55,7 +56,9 @@ class Run:
     ``requested`` is the configuration as given (unset values ``None``), ``resolution.config`` as resolved.
     ``trainer`` is the module the loss forwards run through: the DDP wrapper of the student when distributed.
     ``resume_from`` is the checkpoint being resumed (``None`` for a new run); ``train_images`` the number of
-    training images before the validation split was held out.
+    training images before the validation split was held out. ``stepped`` holds the optimisers of the plugin
+    modules added with ``stepped=True``, each with its learning-rate schedule: every step steps them after the
+    student's.
     """
 
     requested: RunConfig
@@ -78,6 +81,7 @@ class Run:
     teacher_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume_from: dict[str, Any] | None = None
     plugin_modules: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] = field(default_factory=dict)
+    stepped: dict[str, tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]] = field(default_factory=dict)
     attack_observers: list[AttackObserver] = field(default_factory=list)
     final_model: tuple[str, nn.Module] | None = None
     view: RunView = field(init=False)
@@ -102,13 +106,37 @@ class Run:
     # -- what the views ask of the engine ------------------------------------------------------------
 
     def add_module(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer | None,
-                   joint: bool) -> None:
+                   joint: bool, stepped: bool = False) -> None:
+        if stepped and (optimizer is None or joint):
+            raise RobustDistillError(f"add_module({name!r}, stepped=True) needs the module's own optimizer= and "
+                                     "joint=False (joint=True trains it with the student's optimiser instead)")
         module.to(self.device)
         self.dist.share_module(module)
         if joint:
             self.optimizer.add_param_group({"params": list(module.parameters())})
             self.scheduler = make_scheduler(self.config, self.optimizer)  # schedule the new group too
         self.plugin_modules[name] = (module, optimizer)
+        if stepped and optimizer is not None:
+            self.stepped[name] = (optimizer, make_scheduler(self.config, optimizer))
+
+    def build_model(self, name: str | None) -> nn.Module:
+        arch: ModelArch = getattr(self.student, "arch", self.arch)
+        model = build_model(replace(arch, name=name) if name is not None else arch, self.host.registry.models)
+        model.to(self.device)
+        if self.config.channels_last == "on":
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimisers every training step zeroes and steps: the student's, then those of the modules added
+        with ``stepped=True``."""
+        return [self.optimizer, *(optimizer for optimizer, _ in self.stepped.values())]
+
+    def step_schedules(self) -> None:
+        """The end of an epoch for the learning-rate schedules: the student's and the stepped modules'."""
+        self.scheduler.step()
+        for _, scheduler in self.stepped.values():
+            scheduler.step()
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -214,6 +242,8 @@ class Run:
                 if optimizer is not None and saved["optimizer"] is not None:
                     optimizer.load_state_dict(saved["optimizer"])
         self.scheduler = scheduler_at(self.config, self.optimizer, self.view.epoch)
+        for name, (optimizer, _) in self.stepped.items():
+            self.stepped[name] = (optimizer, scheduler_at(self.config, optimizer, self.view.epoch))
         set_rng_state(ckpt["rng"][self.dist.rank])
 
     def environment(self) -> dict[str, Any]:
@@ -345,7 +375,7 @@ def build_run(requested: RunConfig, host: PluginHost, resume: bool = False, *, d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark == "on"
     optimizer = torch.optim.SGD([{"params": list(student.parameters())}], lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
     trainer = distributed.wrap(student, device, config.sync_bn)
     if distributed.world > 1:
         student = trainer.module  # SyncBatchNorm conversion happens in place of the original layers

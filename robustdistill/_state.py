@@ -155,12 +155,13 @@ def _fixed_options(config: RunConfig, registry: Registry) -> list[tuple[str, str
 def _flat(config: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """Core options by name, plugin options as ``plugin.key``. Earlier checkpoints are read as what they
     trained: one flat mapping (``igdm_alpha`` is ``igdm.alpha``), a single ``teacher`` string (one teacher),
-    no ``val_split`` (every training image trained: 0)."""
+    no ``val_split`` (every training image trained: 0), no ``nesterov`` (plain momentum)."""
     flat = {k: v for k, v in config.items() if k not in ("plugins", "sources")}
     for key in ("teacher", "teacher_arch", "teacher_normalize"):
         if isinstance(flat.get(key), str):
             flat[key] = [flat[key]]
     flat.setdefault("val_split", 0)
+    flat.setdefault("nesterov", False)
     for plugin, values in (config.get("plugins") or {}).items():
         flat.update({f"{plugin}.{k}": v for k, v in values.items()})
     if "plugins" not in config:

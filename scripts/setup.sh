@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up robustdistill on a fresh Debian/Ubuntu machine with Python 3.11:
 # a virtual environment in .venv with PyTorch, the package (editable, with test and AutoAttack extras; the test
-# extra brings robustbench and timm for the tests of robustbench:NAME and timm:NAME models),
+# extra brings robustbench and timm for the tests of robustbench:NAME and timm:NAME models, and Optuna for the
+# tests of `robustdistill study`),
 # and Fashion-MNIST from Debian's package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."

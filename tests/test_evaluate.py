@@ -1,4 +1,4 @@
-"""Tests of robustdistill._evaluate: built-in attacks, the evaluation loop and `robustdistill eval`."""
+"""Tests of robustdistill._eval: built-in attacks, the evaluation loop and `robustdistill eval`."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdistill._arguments import add_eval_arguments
+from robustdistill._command_config import EvalConfig
+from robustdistill._config import add_config_arguments, config_from_namespace
 from robustdistill._checkpoint import FORMAT
 from robustdistill._config import format_duration
 from robustdistill._eval import (
@@ -324,10 +325,10 @@ def make_registry(loads: list | None = None, recorder: Recorder | None = None) -
     return reg
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> EvalConfig:
     parser = argparse.ArgumentParser(prog="robustdistill eval")
-    add_eval_arguments(parser)
-    return parser.parse_args(argv)
+    add_config_arguments(parser, EvalConfig)
+    return config_from_namespace(EvalConfig, parser.parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -703,3 +704,70 @@ def test_eval_killed_keeps_the_finished_attacks(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert "clean, fgsm already in" in rerun.stdout and "started" not in rerun.stderr
     assert json.loads(out.read_text()) == kept
+
+
+# ------------------------------------------------------------------------------------ per-class accuracy
+
+def test_per_class_and_worst_class_accuracy_by_hand():
+    # logits = the image's three pixels: the prediction is the brightest; labels 0,0,0,1,1,1 and no image of class 2
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3))
+    predicted = torch.tensor([0, 0, 1, 1, 2, 2])
+    x = F.one_hot(predicted, 3).float().reshape(6, 1, 1, 3)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    result = run_evaluation(model, x, y, [ATTACKS["clean"]], settings(), batch_size=4, device="cpu")
+    assert result.per_class["clean"] == [2 / 3, 1 / 3, None]
+    assert result.accuracy["clean"] == pytest.approx(3 / 6)
+    from robustdistill._eval import worst_class
+    assert worst_class(result.per_class["clean"]) == 1 / 3 and worst_class([None, None]) is None
+
+
+def clean_per_class(model, data, n):
+    with torch.no_grad():
+        right = model.eval()(data.test_x[:n].float() / 255).argmax(1) == data.test_y[:n]
+    return [float(right[data.test_y[:n] == c].float().mean()) for c in range(NUM_CLASSES)]
+
+
+def test_the_results_file_and_the_table_give_per_class_and_worst_class_accuracy(trained, checkpoint, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean,fgsm"), make_registry()) == 0
+    report = json.loads(out.read_text())
+    assert list(report)[:2] == ["clean", "fgsm"], "attack names come first, as before"
+    assert report["per_class"]["clean"] == pytest.approx(clean_per_class(trained, make_data(), 60))
+    for name in ("clean", "fgsm"):
+        per_class = report["per_class"][name]
+        assert len(per_class) == NUM_CLASSES
+        assert sum(per_class) / NUM_CLASSES == pytest.approx(report[name])  # 6 test images per class
+        assert report["worst_class"][name] == min(per_class)
+    text = capsys.readouterr().out
+    worst = report["worst_class"]["fgsm"]
+    assert "worst class" in text and f"{100 * worst:.2f}% ({report['per_class']['fgsm'].index(worst)})" in text
+    rows = [line.split() for line in text.splitlines()[text.splitlines().index(next(
+        line for line in text.splitlines() if line.startswith("class"))) + 1:]][:NUM_CLASSES]
+    assert [row[0] for row in rows] == [str(c) for c in range(NUM_CLASSES)]
+    assert [row[1] for row in rows] == [f"{100 * a:.2f}%" for a in report["per_class"]["clean"]]
+
+    # a rerun keeps the finished attacks' per-class accuracy and adds the new attack's
+    assert eval_command(eval_args(checkpoint, out, "clean,fgsm,pgd20"), make_registry()) == 0
+    resumed = json.loads(out.read_text())
+    assert resumed["per_class"]["clean"] == report["per_class"]["clean"]
+    assert resumed["per_class"]["fgsm"] == report["per_class"]["fgsm"]
+    assert set(resumed["worst_class"]) == {"clean", "fgsm", "pgd20"}
+    assert resumed["worst_class"]["pgd20"] == min(resumed["per_class"]["pgd20"])
+    assert "(from the --json file)" in capsys.readouterr().out
+
+
+def test_a_results_file_without_per_class_accuracy_still_continues(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean"), make_registry()) == 0
+    older = json.loads(out.read_text())
+    del older["per_class"], older["worst_class"]  # as written before per-class accuracy was counted
+    out.write_text(json.dumps(older))
+    capsys.readouterr()
+    assert eval_command(eval_args(checkpoint, out, "clean,fgsm"), make_registry()) == 0
+    report = json.loads(out.read_text())
+    assert report["clean"] == older["clean"] and set(report["per_class"]) == {"fgsm"}
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("clean ") and "%" in line)
+    assert "—" in line and "(from the --json file)" in line

@@ -531,4 +531,4 @@ def test_resume_refuses_another_split_and_reads_old_runs_as_unsplit(tmp_path):
         train_run(host, ["natural"], tmp_path / "run", "--val-split", "16", "--epochs", "2", resume=True)
     from robustdistill._state import _flat
 
-    assert _flat({"teacher": "runs/t"}, host.registry) == {"teacher": ["runs/t"], "val_split": 0}
+    assert _flat({"teacher": "runs/t"}, host.registry) == {"teacher": ["runs/t"], "val_split": 0, "nesterov": False}

@@ -35,7 +35,7 @@ def public(cls) -> set[str]:
 def test_what_hooks_see_is_documented():
     view = {"config", "data", "dataset", "arch", "device", "student", "attack_student", "teachers", "default_teacher",
             "teacher", "methods", "base_method", "attack", "out", "steps_per_epoch", "is_main", "world_size", "epoch",
-            "history", "lr", "state", "checkpointed", "add_module", "observe_attack", "set_final_model",
+            "history", "lr", "state", "checkpointed", "add_module", "build_model", "observe_attack", "set_final_model",
             "reduce_sum", "train_batches", "validate"}
     step = {"x", "y", "x_adv", "delta", "epoch", "epochs", "step", "steps_per_epoch", "epoch_progress", "config",
             "student", "attack_student", "teacher", "teachers", "run", "state", "student_out", "student_input",

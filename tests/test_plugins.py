@@ -69,7 +69,7 @@ def test_two_attacks_and_unknown_plugins_are_refused():
     host = plugin_host()
     with pytest.raises(RobustDistillError, match="at and trades both run an attack"):
         host.resolve_methods(["at", "trades"])
-    with pytest.raises(RobustDistillError, match="unknown plugin 'igdn'; known plugins: adaad, ard, at, edgereg, gradnorm, igam, igdm, natural, pag, rrm, rslad, trades"):
+    with pytest.raises(RobustDistillError, match="unknown plugin 'igdn'; known plugins: adaad, adaiad, akd, ard, at, edgereg, fairard, gradnorm, iad, iad2, igam, igdm, mtard, natural, pag, peeraid, rrm, rslad, saad, trades"):
         host.resolve_methods(["igdn"])
 
 

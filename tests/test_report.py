@@ -22,6 +22,7 @@ from robustdistill._report import (
     load_run,
     loss_terms_figure,
     loss_terms_table,
+    per_class_table,
     results_table,
     robust_vs_eps_figure,
 )
@@ -89,7 +90,7 @@ def test_bad_run_directories(capsys, tmp_path, setup, message):
 def test_bad_report_options(capsys, tmp_path):
     run_dir = write_run(tmp_path / "a", [{"epoch": 1, "loss": 1.0, "terms": {}}], {})
     for args, message in ((["--eps", "0,2"], "give radii in [0, 1]"), (["--eps", "x"], "not a number"),
-                          (["--pgd-steps", "0"], "--pgd-steps 0 must be at least 1")):
+                          (["--pgd-steps", "0"], "--pgd-steps: '0' must be at least 1")):
         code, _, err = run_cli(capsys, "report", str(run_dir), "--out", str(tmp_path / "r"), *args)
         assert code == 2 and message in err
 
@@ -318,3 +319,24 @@ def test_report_writes_captions_and_defaults_under_runs(capsys, tmp_path, monkey
     assert "weight × term" in text.split("**loss_terms.png**")[1]
     old = [RunRecord(tmp_path, {}, [{"epoch": 1, "loss": 1.0, "terms": {"ce": 1.0}}], None)]
     assert "unweighted (these runs did not log the weights)" in figure_captions(old, ["loss_terms.png"])
+
+
+def test_worst_class_columns_and_the_per_class_table(capsys, tmp_path, monkeypatch):
+    history = [epoch_metrics(1, 1.0, {"kl": 1.0}, {"kl": 1.0})]
+    fair = write_run(tmp_path / "fair", history, {"plugin": ["ard", "fairard"]},
+                     {"clean": 0.75, "pgd20": 0.5, "n": 8, "per_class": {"clean": [1.0, 0.5, 0.75], "pgd20":
+                      [0.75, 0.25, None]}, "worst_class": {"clean": 0.5, "pgd20": 0.25}})
+    older = write_run(tmp_path / "older", history, {"plugin": ["ard"]}, {"clean": 0.7, "pgd20": 0.4, "n": 8})
+    runs = [load_run(fair), load_run(older)]
+    lines = results_table(runs).splitlines()
+    assert lines[0].endswith("| clean | PGD-20 | clean worst class | PGD-20 worst class | eval images |")
+    assert lines[2].endswith("| 75.00 | 50.00 | 50.00 | 25.00 | 8 |")
+    assert lines[3].endswith("| 70.00 | 40.00 | — | — | 8 |"), "an evaluation without per-class accuracy"
+    assert per_class_table(runs).splitlines() == [
+        "| run | attack | 0 | 1 | 2 |", "|---|---|---|---|---|",
+        "| fair | clean | 100.00 | 50.00 | 75.00 |", "| fair | PGD-20 | 75.00 | 25.00 | — |"]
+    assert per_class_table([load_run(older)]) == "" and "worst class" not in results_table([load_run(older)])
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, "report", str(fair), str(older), "--no-models")[0] == 0
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    assert "## Accuracy per class" in text and "| fair | PGD-20 | 75.00 | 25.00 | — |" in text

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .. import _attacks as attacks
 from .._config import format_duration
 from .._registry import RobustDistillError
+from .._threats import threat_model
 from .settings import APGD_ATTACKS, AUTOATTACK_MISSING, AUTOATTACK_SEED, EvalSettings
 
 
@@ -110,7 +111,7 @@ def _autoattack(stages: tuple[str, ...] | None = None) -> Callable[..., Tensor]:
                     f"AutoAttack's targeted attacks need at least 4 classes (its targeted DLR loss); "
                     f"the model has {num_classes}. Use the other attacks for this model")
             targets = min(9, num_classes - 1)
-            norm = {"linf": "Linf", "l2": "L2"}[settings.norm]
+            norm = threat_model(settings.norm).robustbench
             with _preserved_global_state(device), _autoattack_logging(verbose):
                 if stages is None:
                     adversary = AutoAttack(model, norm=norm, eps=settings.eps, version=settings.autoattack_version,
@@ -144,8 +145,8 @@ def attack_details(name: str, settings: EvalSettings) -> dict[str, Any]:
                "restarts": settings.cw_runs, "init": "uniform", "norm": settings.norm},
         "autoattack": {"version": settings.autoattack_version,
                        "attacks": AUTOATTACK_STAGES[settings.autoattack_version],
-                       "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
+                       "norm": threat_model(settings.norm).robustbench, "seed": AUTOATTACK_SEED},
         "apgd-ce+apgd-t": {"version": "custom", "attacks": list(APGD_ATTACKS), "restarts": 1,
-                           "norm": {"linf": "Linf", "l2": "L2"}[settings.norm], "seed": AUTOATTACK_SEED},
+                           "norm": threat_model(settings.norm).robustbench, "seed": AUTOATTACK_SEED},
     }
     return details.get(name, {})

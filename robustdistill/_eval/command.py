@@ -1,19 +1,19 @@
 """The ``robustdistill eval`` command."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._checkpoint import atomic_write_text
+from .._command_config import EvalConfig
 from .._config import NORMS, resolve_device
 from .._folding import fold_or_keep, folded_pairs
 from .._registry import EvalAttack, Registry, RobustDistillError
 from .._specs import load_model_spec, open_source
 from .autoattack import attack_details
-from .harness import run_evaluation
+from .harness import run_evaluation, worst_class
 from .progress import EvalProgress
 from .results import _finished_attacks, _results_file, weights_fingerprint
 from .settings import RESULT_METADATA_KEYS, EvalSettings
@@ -47,15 +47,32 @@ def _select_attacks(text: str, registry: Registry) -> list[EvalAttack]:
     return [registry.eval_attacks[name] for name in names]
 
 
-def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier: set[str]) -> None:
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier: set[str],
+                 per_class: dict[str, list[float | None]]) -> None:
+    """Each attack's accuracy, worst-class accuracy (and which class) and seconds; then a row per class."""
     width = max(len("attack"), *(len(name) for name in accuracy))
-    print(f"{'attack':<{width}}  {'accuracy':>9}  {'seconds':>8}")
+    print(f"{'attack':<{width}}  {'accuracy':>9}  {'worst class':>16}  {'seconds':>8}")
     for name, acc in accuracy.items():
+        classes = per_class.get(name) or []
+        worst = worst_class(classes)
+        which = f"{_percent(worst)} ({classes.index(worst)})" if worst is not None else "—"
         note = "  (from the --json file)" if name in earlier else ""
-        print(f"{name:<{width}}  {100 * acc:>8.2f}%  {seconds.get(name, float('nan')):>8.1f}{note}")
+        print(f"{name:<{width}}  {100 * acc:>8.2f}%  {which:>16}  {seconds.get(name, float('nan')):>8.1f}{note}")
+    shown = [name for name in accuracy if per_class.get(name)]
+    if not shown:
+        return
+    columns = [max(len(name), 7) for name in shown]
+    print("\n" + f"{'class':<{width}}  " + "  ".join(f"{name:>{w}}" for name, w in zip(shown, columns)))
+    for label in range(max(len(per_class[name]) for name in shown)):
+        cells = [_percent(per_class[name][label] if label < len(per_class[name]) else None) for name in shown]
+        print(f"{label:<{width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, columns)))
 
 
-def eval_command(args: argparse.Namespace, registry: Registry) -> int:
+def eval_command(args: EvalConfig, registry: Registry) -> int:
     """Run ``robustdistill eval``: print an accuracy table and optionally write JSON. Returns 0 (130 when
     interrupted: the attacks finished by then are in the ``--json`` file, and a rerun continues)."""
     selected = _select_attacks(args.attacks, registry)
@@ -135,13 +152,14 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
               f"skipped (--redo evaluates {'them' if len(earlier) > 1 else 'it'} again)", flush=True)
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    per_class: dict[str, list[float | None]] = {}
 
-    def save(name: str, acc: float, secs: float) -> None:
-        accuracy[name], seconds[name] = acc, secs
+    def save(name: str, acc: float, secs: float, classes: list[float | None]) -> None:
+        accuracy[name], seconds[name], per_class[name] = acc, secs, classes
         if json_path is not None:
             pending = [a.name for a in to_run if a.name not in accuracy]
-            atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending),
-                                                    indent=2) + "\n")
+            atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending,
+                                                                  per_class), indent=2) + "\n")
 
     if json_path is not None and (to_run or previous is None):
         atomic_write_text(json_path, json.dumps(_results_file(previous, current, {}, {}, [a.name for a in to_run]),
@@ -158,7 +176,9 @@ def eval_command(args: argparse.Namespace, registry: Registry) -> int:
     table = {a.name: float(previous[a.name]) if a.name in earlier else accuracy[a.name]  # type: ignore[index]
              for a in selected}
     table_seconds = {**((previous or {}).get("seconds") or {}), **seconds}
-    _print_table(table, table_seconds, earlier)
+    table_classes = {**{k: v for k, v in ((previous or {}).get("per_class") or {}).items() if k in earlier},
+                     **per_class}
+    _print_table(table, table_seconds, earlier, table_classes)
     if json_path is not None and to_run:
         print(f"wrote {json_path}")
     return 0

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .. import _attacks as attacks
 from .._registry import EvalAttack, RobustDistillError
+from .._threats import threat_model
 from .autoattack import _model_device
 from .progress import EvalProgress, attack_cost
 from .settings import EvalSettings
@@ -19,11 +20,19 @@ from .settings import EvalSettings
 
 @dataclass
 class EvalResult:
-    """Accuracy in ``[0, 1]`` and seconds spent, per attack name, on ``n`` inputs."""
+    """Accuracy in ``[0, 1]`` and seconds spent, per attack name, on ``n`` inputs; ``per_class`` the accuracy on
+    each class's inputs (index = label; ``None`` for a class without inputs)."""
 
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     n: int = 0
+    per_class: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+def worst_class(per_class: list[float | None]) -> float | None:
+    """The lowest accuracy over the classes that have inputs (``None`` when none has)."""
+    present = [acc for acc in per_class if acc is not None]
+    return min(present) if present else None
 
 
 def to_unit_float(x: Tensor) -> Tensor:
@@ -49,8 +58,7 @@ def check_adversarial(name: str, x_adv: Tensor, x: Tensor, settings: EvalSetting
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -tol or hi > 1.0 + tol:
         raise RobustDistillError(f"attack {name!r} returned inputs outside [0, 1] (range [{lo:.4g}, {hi:.4g}])")
-    delta = (x_adv.to(x.device, torch.float32) - x).flatten(1)
-    size = float(delta.abs().amax()) if settings.norm == "linf" else float(delta.norm(dim=1).amax())
+    size = float(threat_model(settings.norm).size(x_adv.to(x.device, torch.float32) - x).amax())
     if size > settings.eps * (1 + 1e-4) + tol:
         raise RobustDistillError(
             f"attack {name!r} moved inputs by {size:.6g} in {settings.norm}, more than eps = {settings.eps:.6g}")
@@ -85,14 +93,15 @@ def run_evaluation(
     device: torch.device | str | None = None,
     progress: bool | EvalProgress = False,
     seed: int | None = None,
-    on_attack_end: Callable[[str, float, float], None] | None = None,
+    on_attack_end: Callable[[str, float, float, list[float | None]], None] | None = None,
 ) -> EvalResult:
     """Like :func:`evaluate`, also returning the seconds spent per attack.
 
     Attacks run one after the other, in the given order. ``progress`` (True: an :class:`EvalProgress`
     on stderr) reports them; with ``seed``, the torch RNG is seeded with it before each attack, so an
     attack's result does not depend on which attacks ran before it. ``on_attack_end(name, accuracy,
-    seconds)`` is called as each attack finishes (to save results as they come).
+    seconds, per_class)`` is called as each attack finishes (to save results as they come). Classes are the
+    model's outputs: ``per_class[c]`` is the accuracy on the inputs labelled ``c``.
     """
     names = [a.name for a in attacks_to_run]
     if len(set(names)) != len(names):
@@ -113,9 +122,16 @@ def run_evaluation(
     if reporter is not None:
         reporter.plan([(name, attack_cost(name, settings)) for name in names], n)
 
-    def count_correct(x_adv: Tensor, labels: Tensor) -> int:
+    def count_correct(x_adv: Tensor, labels: Tensor, per_class: Tensor | None) -> tuple[int, Tensor]:
+        """Correct predictions in the batch, and added into ``per_class`` (made on the first batch: a count per
+        output of the model)."""
         with torch.no_grad():
-            return int((model(x_adv).argmax(dim=1) == labels).sum())
+            logits = model(x_adv)
+        right = logits.argmax(dim=1) == labels
+        if per_class is None:
+            per_class = torch.zeros(logits.shape[1], dtype=torch.long)
+        per_class += torch.bincount(labels[right].cpu(), minlength=len(per_class))[:len(per_class)]
+        return int(right.sum()), per_class
 
     with attacks.model_mode(model, train=False), _frozen_parameters(model), torch.enable_grad():
         for attack in attacks_to_run:
@@ -125,15 +141,16 @@ def run_evaluation(
                 torch.manual_seed(seed)
             _synchronize(device)
             began = time.perf_counter()
-            correct = 0
+            correct, class_correct = 0, None
             if n and attack.whole_set:
                 x_all, y_all = to_unit_float(x.cpu()), y.cpu()
                 x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size,
                                    verbose=reporter is not None).detach().cpu()
                 check_adversarial(attack.name, x_adv, x_all, settings)
                 for start in range(0, n, batch_size):
-                    correct += count_correct(x_adv[start:start + batch_size].to(device),
-                                             y_all[start:start + batch_size].to(device))
+                    right, class_correct = count_correct(x_adv[start:start + batch_size].to(device),
+                                                         y_all[start:start + batch_size].to(device), class_correct)
+                    correct += right
             elif n:
                 batches = math.ceil(n / batch_size)
                 for index, start in enumerate(range(0, n, batch_size), 1):
@@ -141,18 +158,29 @@ def run_evaluation(
                     yb = y[start:start + batch_size].to(device, non_blocking=True)
                     x_adv = attack.run(model, xb, yb, settings)
                     check_adversarial(attack.name, x_adv, xb, settings)
-                    correct += count_correct(x_adv, yb)
+                    right, class_correct = count_correct(x_adv, yb, class_correct)
+                    correct += right
                     if reporter is not None:
                         reporter.batch_finished(index, batches, correct, min(start + batch_size, n))
             _synchronize(device)
             seconds = time.perf_counter() - began
             accuracy = correct / n if n else float("nan")
+            per_class = _class_accuracies(class_correct, y)
             result.accuracy[attack.name], result.seconds[attack.name] = accuracy, seconds
+            result.per_class[attack.name] = per_class
             if reporter is not None:
                 reporter.attack_finished(attack.name, accuracy, seconds)
             if on_attack_end is not None:
-                on_attack_end(attack.name, accuracy, seconds)
+                on_attack_end(attack.name, accuracy, seconds, per_class)
     return result
+
+
+def _class_accuracies(correct: Tensor | None, y: Tensor) -> list[float | None]:
+    """Accuracy per class from the correct counts and the labels (``None`` for a class without inputs)."""
+    if correct is None:
+        return []
+    totals = torch.bincount(y.cpu(), minlength=len(correct))[:len(correct)]
+    return [int(c) / int(t) if t else None for c, t in zip(correct, totals)]
 
 
 def evaluate(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._registry import RobustDistillError
+from .harness import worst_class
 from .settings import RESULT_METADATA_KEYS
 
 
@@ -74,8 +75,10 @@ def _finished_attacks(path: Path, current: dict[str, Any], attack_names: list[st
 
 
 def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accuracy: dict[str, float],
-                  seconds: dict[str, float], pending: list[str]) -> dict[str, Any]:
-    """The JSON written after each attack: earlier results first, then this run's, then the metadata."""
+                  seconds: dict[str, float], pending: list[str],
+                  per_class: dict[str, list[float | None]] | None = None) -> dict[str, Any]:
+    """The JSON written after each attack: earlier results first, then this run's, then the metadata — with each
+    attack's accuracy per class (``per_class``, index = label) and its lowest (``worst_class``)."""
     earlier = {k: v for k, v in (previous or {}).items() if k not in RESULT_METADATA_KEYS and k not in accuracy}
     earlier_seconds = {k: v for k, v in ((previous or {}).get("seconds") or {}).items() if k in earlier}
     earlier_attacks = {k: v for k, v in (((previous or {}).get("settings") or {}).get("attacks") or {}).items()
@@ -84,5 +87,9 @@ def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accu
     result.update({key: value for key, value in current.items() if key != "settings"})
     result["settings"] = {**current["settings"], "attacks": {**earlier_attacks, **current["settings"]["attacks"]}}
     result["seconds"] = {**earlier_seconds, **{name: round(value, 3) for name, value in seconds.items()}}
+    classes = {**{k: v for k, v in ((previous or {}).get("per_class") or {}).items() if k in earlier},
+               **(per_class or {})}
+    result["per_class"] = classes
+    result["worst_class"] = {name: worst_class(values) for name, values in classes.items()}
     result["pending"] = pending
     return result

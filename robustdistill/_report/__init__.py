@@ -10,8 +10,9 @@ writes into ``--out`` (default ``runs/report``):
 - ``robust_vs_eps.png`` / ``.json``: PGD accuracy of each run's model against the radius ε;
 - ``gradients.png``: input gradients of the cross-entropy for a few test images, the teacher's (once)
   next to each run's (the picture IGAM and PAG are built on), with a colour bar;
-- ``results.md``: a Markdown table of the runs' evaluations with method, seed, epochs and wall time, the
-  loss terms of the last epoch, and a caption per figure.
+- ``results.md``: a Markdown table of the runs' evaluations with method, seed, epochs and wall time (and each
+  attack's worst-class accuracy), the accuracy per class, the loss terms of the last epoch, and a caption per
+  figure.
 
 The run records are :mod:`.records`, the Markdown :mod:`.tables`, the figures :mod:`.figures`, what is computed
 from models :mod:`.computations`, and the command :mod:`.command`.
@@ -27,8 +28,8 @@ from .figures import (
            robust_vs_eps_figure,
 )
 from .records import RunRecord, load_run
-from .tables import figure_captions, loss_terms_table, results_table
+from .tables import figure_captions, loss_terms_table, per_class_table, results_table
 
 __all__ = ["RunRecord", "curves_figure", "figure_captions", "gradients_figure", "input_gradients", "load_run",
-           "loss_terms_figure", "loss_terms_table", "report_command", "results_table", "robust_accuracy_curve",
-           "robust_vs_eps_figure"]
+           "loss_terms_figure", "loss_terms_table", "per_class_table", "report_command", "results_table",
+           "robust_accuracy_curve", "robust_vs_eps_figure"]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .._checkpoint import atomic_write_text
+from .._command_config import ReportConfig
 from .._config import parse_number, resolve_device
 from .._context import DEFAULT_TEACHER
 from .._eval import (
@@ -35,7 +36,7 @@ from .figures import (
     plot_robust_vs_eps,
 )
 from .records import DEFAULT_EPS_FACTORS, RunRecord, _unique_labels, load_run
-from .tables import figure_captions, loss_terms_table, results_table
+from .tables import figure_captions, loss_terms_table, per_class_table, results_table
 
 
 def _eps_list(text: str) -> list[float]:
@@ -48,12 +49,8 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
-def report_command(args: argparse.Namespace, registry: Registry) -> int:
+def report_command(args: ReportConfig, registry: Registry) -> int:
     """Write the report; prints what it wrote. Returns 0."""
-    for name, value in (("--pgd-steps", args.pgd_steps), ("--subset", args.subset),
-                        ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise RobustDistillError(f"{name} {value} must be at least 1")
     if args.grad_images < 0:
         raise RobustDistillError(f"--grad-images {args.grad_images} must be 0 or more")
     fixed_eps = _eps_list(args.eps) if args.eps is not None else None
@@ -68,10 +65,14 @@ def report_command(args: argparse.Namespace, registry: Registry) -> int:
     plot_loss_terms(runs, out / "loss_terms.png")
     written += ["curves.png", "loss_terms.png"]
 
-    if not args.no_models:
+    if args.models:
         written += _model_figures(args, runs, registry, out, fixed_eps)
 
-    text = ("# Results\n\n" + results_table(runs) + "\n## Loss terms in the last epoch\n\n"
+    classes = per_class_table(runs)
+    text = ("# Results\n\n" + results_table(runs)
+            + (f"\n## Accuracy per class\n\nAccuracy on each class's test images (by label), in percent.\n\n{classes}"
+               if classes else "")
+            + "\n## Loss terms in the last epoch\n\n"
             "The loss is the sum of weighted terms; *term, unweighted* is the term's mean over the epoch, *weight × "
             "term* its contribution to the loss.\n\n" + loss_terms_table(runs) + "\n" + figure_captions(runs, written))
     atomic_write_text(out / "results.md", text)
@@ -83,7 +84,7 @@ def report_command(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def _model_figures(args: argparse.Namespace, runs: list[RunRecord], registry: Registry, out: Path,
+def _model_figures(args: ReportConfig, runs: list[RunRecord], registry: Registry, out: Path,
                    fixed_eps: list[float] | None) -> list[str]:
     device = resolve_device(args.device)
     data_cache: dict[tuple[str, str | None], ImageData] = {}
@@ -145,7 +146,7 @@ def _teacher_label(spec: str) -> str:
     return (path.name if path.is_dir() else path.parent.name) or spec
 
 
-def _teacher_options(args: argparse.Namespace, runs: list[RunRecord]) -> dict[str, Any] | None:
+def _teacher_options(args: ReportConfig, runs: list[RunRecord]) -> dict[str, Any] | None:
     """The teacher of the gradient figure: ``--teacher`` with the report's teacher options, else the first run's
     ``--teacher`` with that run's options (``--robustbench-dir`` given here overrides the run's)."""
     if args.teacher:

@@ -1,4 +1,5 @@
-"""The report's Markdown: the results table, the loss terms of the last epoch, the figures' captions."""
+"""The report's Markdown: the results table, the accuracy per class, the loss terms of the last epoch, the figures'
+captions."""
 from __future__ import annotations
 
 import math
@@ -26,11 +27,22 @@ def eval_columns(runs: list[RunRecord]) -> list[str]:
     return [k for k in EVAL_COLUMNS if k in present] + [k for k in present if k not in EVAL_COLUMNS]
 
 
+def _worst_class(run: RunRecord) -> dict[str, Any]:
+    return (run.evaluation or {}).get("worst_class") or {}
+
+
+def _per_class(run: RunRecord) -> dict[str, Any]:
+    return (run.evaluation or {}).get("per_class") or {}
+
+
 def results_table(runs: list[RunRecord]) -> str:
-    """Markdown table: one row per run, accuracies in percent."""
+    """Markdown table: one row per run, accuracies in percent; the worst-class accuracy of each attack whose
+    evaluation counted it."""
     attacks = eval_columns(runs)
+    worst = [a for a in attacks if any(a in _worst_class(run) for run in runs)]
     header = ["run", "method", "model", "seed", "epochs", "s/epoch", "wall time",
-              *(EVAL_COLUMNS.get(a, a) for a in attacks), "eval images"]
+              *(EVAL_COLUMNS.get(a, a) for a in attacks), *(f"{EVAL_COLUMNS.get(a, a)} worst class" for a in worst),
+              "eval images"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         seconds = [float(m.get("seconds", m.get("train_seconds", 0.0))) for m in run.history]
@@ -39,7 +51,7 @@ def results_table(runs: list[RunRecord]) -> str:
         row = [run.label, run.methods, str(run.config.get("model", "?")), str(run.config.get("seed", "?")),
                str(len(run.history)), f"{sum(train_seconds) / max(len(train_seconds), 1):.1f}",
                format_duration(sum(seconds)), *(_percent(evaluation.get(a)) for a in attacks),
-               str(evaluation.get("n", "—"))]
+               *(_percent(_worst_class(run).get(a)) for a in worst), str(evaluation.get("n", "—"))]
         lines.append("| " + " | ".join(row) + " |")
     missing = [r.label for r in runs if r.evaluation is None]
     if missing:
@@ -52,6 +64,22 @@ def results_table(runs: list[RunRecord]) -> str:
         lines.append("")
         lines.append(f"Evaluation not finished for: {'; '.join(unfinished)} (the same `robustdistill eval` command "
                      "continues it).")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_table(runs: list[RunRecord]) -> str:
+    """Markdown table of the accuracy on each class (columns, by label), one row per run and attack; empty when
+    no evaluation counted it."""
+    rows = [(run, attack, _per_class(run)[attack]) for run in runs for attack in eval_columns([run])
+            if isinstance(_per_class(run).get(attack), list)]
+    if not rows:
+        return ""
+    classes = max(len(values) for _, _, values in rows)
+    header = ["run", "attack", *map(str, range(classes))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, attack, values in rows:
+        cells = [_percent(values[c]) if c < len(values) else "—" for c in range(classes)]
+        lines.append(f"| {run.label} | {EVAL_COLUMNS.get(attack, attack)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

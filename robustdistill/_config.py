@@ -5,7 +5,9 @@ Core options are the fields of :class:`RunConfig`; each field carries its comman
 parser, ``config.json`` and the resume check all derive from one declaration. Plugin options are kept
 per plugin in :class:`PluginOptions` namespaces: ``config.igdm.alpha``.
 
-This module does not import torch, so that ``--help`` starts at once.
+This module does not import torch, so that ``--help`` starts at once. It is about 500 lines because every core
+option of ``train`` is declared here, once, with its help text: splitting the declarations would split the
+reference ``train --help`` renders from.
 """
 from __future__ import annotations
 

@@ -43,7 +43,6 @@ class PreParsed:
     debug: bool
     preset: str | None
     config: str | None
-    plugin_given: bool
 
 
 def pre_parse(argv: Sequence[str]) -> PreParsed:
@@ -57,8 +56,7 @@ def pre_parse(argv: Sequence[str]) -> PreParsed:
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(rest)
     return PreParsed(argv, command, any(arg in HELP for arg in argv), debug, known.preset,
-                     known.config if command == "train" else None,
-                     any(arg.split("=", 1)[0] == "--plugin" for arg in rest))
+                     known.config if command == "train" else None)
 
 
 class Replaced(argparse.Action):

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(known)
         if pre.command in ("train", "eval") and (pre.preset or pre.config):
             apply_option_files(parser.commands[pre.command], pre.command, command_options(pre.command, known),
-                               pre.preset, pre.config, pre.plugin_given)
+                               pre.preset, pre.config)
         args = parser.parse_args(pre.argv)
         if args.command == "presets":
             return presets_command(args)

@@ -356,6 +356,17 @@ def _help(option: Option) -> str:
     return f"{option.help} (default: {shown})"
 
 
+class Repeated(argparse.Action):
+    """An option given once per value (``--teacher robust=A --teacher clean=B``). Values that came as defaults (from
+    ``--preset`` or ``--config``) are replaced by the command line's, not extended by them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*items, values])
+
+
 def add_option(group: argparse._ActionsContainer, option: Option, dest: str, repeat: bool = False,
                required: bool = False) -> None:
     """Add one :class:`Option` to an argparse parser or group."""
@@ -367,7 +378,7 @@ def add_option(group: argparse._ActionsContainer, option: Option, dest: str, rep
         kwargs["type"] = value_type(option)
         kwargs["default"] = None if repeat else option.default
         if repeat:
-            kwargs["action"] = "append"
+            kwargs["action"] = Repeated
         if option.choices is not None:
             kwargs["choices"] = option.choices
         if option.choices is None:

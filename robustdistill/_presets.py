@@ -105,15 +105,13 @@ def preset(name: str) -> Preset:
 # -- the command line ---------------------------------------------------------------------------------------
 
 def apply_option_files(subparser: argparse.ArgumentParser, command: str, table: OptionTable, preset_name: str | None,
-                       config_file: str | None, plugin_given: bool) -> None:
+                       config_file: str | None) -> None:
     """The defaults of ``command`` (whose options are ``table``) from ``--preset NAME``, then from ``--config FILE``
-    (which wins over the preset); the command line wins over both. A ``--plugin`` given on the command line
-    replaces the preset's."""
+    (which wins over the preset); the command line wins over both (a repeated option given there, such as
+    ``--plugin`` or ``--teacher``, replaces the files' values)."""
     if preset_name is not None:
         chosen = preset(preset_name)
         values = dict(chosen.train if command == "train" else chosen.eval)
-        if plugin_given:
-            values.pop("plugin", None)  # the command line's methods replace the preset's
         subparser.set_defaults(**option_defaults(table, values, f"--preset {chosen.name}", command))
     if config_file is not None:
         what = f"--config {config_file}"

@@ -144,8 +144,7 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
     cfg.write_text("plugin: trades\neps: 8/255\nstep-size: 0.01\ntrades_beta: 3\nepochs: 7\nigdm-clip-minus: true\n")
     host = load_plugins(autoload=False)
     parser = build_parser(Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", command_options("train", Catalog.of(host)), None, str(cfg),
-                       plugin_given=False)
+    apply_option_files(parser.commands["train"], "train", command_options("train", Catalog.of(host)), None, str(cfg))
     config = config_from_args(parser.parse_args(["train", "--config", str(cfg), "--epochs", "2"]),
                               host.registry.options)
     assert config.plugin == ("trades",) and config.eps == pytest.approx(8 / 255) and config.step_size == 0.01
@@ -173,10 +172,10 @@ def test_a_config_file_in_the_preset_format_gives_its_train_section(tmp_path):
     host = load_plugins(autoload=False)
     parser = build_parser(Catalog.of(host))
     table = command_options("train", Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", table, None, str(PRESET_DIR / "igdm-ard-cifar10.yaml"), False)
+    apply_option_files(parser.commands["train"], "train", table, None, str(PRESET_DIR / "igdm-ard-cifar10.yaml"))
     from_file = config_from_args(parser.parse_args(["train"]), host.registry.options)
     parser = build_parser(Catalog.of(host))
-    apply_option_files(parser.commands["train"], "train", table, "igdm-ard-cifar10", None, False)
+    apply_option_files(parser.commands["train"], "train", table, "igdm-ard-cifar10", None)
     from_preset = config_from_args(parser.parse_args(["train"]), host.registry.options)
     assert from_file == from_preset and from_file.igdm.alpha == preset("igdm-ard-cifar10").train["igdm-alpha"]
 

@@ -31,7 +31,7 @@ def with_preset(host, *argv):
     parser = build_parser(Catalog.of(host))
     pre = pre_parse(argv)
     apply_option_files(parser.commands[pre.command], pre.command, command_options(pre.command, Catalog.of(host)),
-                       pre.preset, pre.config, pre.plugin_given)
+                       pre.preset, pre.config)
     return parser.parse_args(argv)
 
 
@@ -62,6 +62,9 @@ def test_the_command_line_overrides_a_preset(host):
     config = config_from_args(args, host.registry.options)
     assert (config.epochs, config.plugin, config.igdm.alpha) == (3, ("rslad", "igdm"), 2.0)
     assert config.weight_decay == 5e-4 and config.milestones == (100, 150), "the rest of the preset stays"
+    teachers = with_preset(host, "train", "--preset", "igdm-ard-cifar10", "--teacher", "runs/mine")
+    assert list(config_from_args(teachers, host.registry.options).teacher) == ["runs/mine"], \
+        "a repeated option on the command line replaces the preset's values, it does not add to them"
     evaluation = with_preset(host, "eval", "x.pt", "--preset", "igdm-at-cifar10", "--cw-restarts", "2")
     assert (evaluation.cw_steps, evaluation.cw_restarts, evaluation.autoattack_version) == (50, 2, "standard")
 

@@ -127,26 +127,65 @@ def label_objective(model: nn.Module, y: Tensor, spec: AttackSpec) -> Objective:
     raise ValueError(f"unknown attack loss {spec.loss!r}; use one of {LABEL_LOSSES}")
 
 
+def _label_loss(logits: Tensor, y: Tensor, spec: AttackSpec) -> Tensor:
+    """Per-sample loss of ``spec.loss`` on the true labels, from the logits."""
+    if spec.loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if spec.loss == "cw":
+        return cw_margin(logits, y, spec.kappa)
+    raise ValueError(f"unknown attack loss {spec.loss!r}; use one of {LABEL_LOSSES}")
+
+
+def best_iterate(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec) -> tuple[Tensor, Tensor, Tensor]:
+    """One run of ``spec`` on the true labels that returns, per sample, its best iterate: the first that fools the
+    model, else the one of highest loss (the start counts when it is clipped to the image range). Each iterate is
+    judged from the forward pass its gradient needs, so this costs one forward more than the ascent alone.
+    Returns the iterates, their losses and whether they fool the model."""
+    from ._ops import pgd_step
+
+    threat = threat_model(spec.norm)
+    x = x.detach()
+    x_adv = threat.start(x, spec.eps, spec.init, clip=spec.clip_start)
+    best = x_adv.clone() if spec.clip_start else x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for step in range(spec.steps + 1):
+        ascend = step < spec.steps
+        with torch.enable_grad() if ascend else torch.no_grad():
+            x_adv.requires_grad_(ascend)
+            logits = model(x_adv)
+            loss = _label_loss(logits, y, spec)
+            grad = torch.autograd.grad(loss.sum(), x_adv)[0] if ascend else None
+        x_adv = x_adv.detach()
+        if step > 0 or spec.clip_start:
+            with torch.no_grad():
+                now_fooled = logits.argmax(dim=1) != y
+                take = (~fooled) & (now_fooled | (loss.float() > best_loss))
+                best[take] = x_adv[take]
+                best_loss = torch.where(take, loss.float().detach(), best_loss)
+                fooled |= now_fooled
+        if grad is not None:
+            x_adv = pgd_step(x_adv, grad, x, spec.eps, spec.step_size, threat.name, 0.0, 1.0)
+    return best, best_loss, fooled
+
+
 def pgd(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, bn_mode: str = "eval") -> Tensor:
     """PGD on the true labels as ``spec`` says (CE or C&W margin), keeping each sample's worst case.
 
-    Over restarts a sample keeps the first adversarial example that fools the model, else the one
-    with the highest loss.
+    Within a run a sample keeps its best iterate (:func:`best_iterate`: an iterate that fooled the model is
+    returned even if later ones do not); over restarts it keeps the first adversarial example that fools the
+    model, else the one with the highest loss.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
-    objective = label_objective(model, y, spec)
+    if spec.loss not in LABEL_LOSSES:
+        raise ValueError(f"unknown attack loss {spec.loss!r}; use one of {LABEL_LOSSES}")
     with model_mode(model, train=bn_mode == "train"):
         best = x.detach().clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(max(1, spec.restarts)):
-            x_adv = spec.perturb(objective, x)
-            with torch.no_grad():
-                logits = model(x_adv)
-                sample_loss = (F.cross_entropy(logits, y, reduction="none") if spec.loss == "ce"
-                               else cw_margin(logits, y, spec.kappa)).float()
-                now_fooled = logits.argmax(dim=1) != y
+            x_adv, sample_loss, now_fooled = best_iterate(model, x, y, spec)
             take = (~fooled) & (now_fooled | (sample_loss > best_loss))
             best[take] = x_adv[take]
             best_loss = torch.where(take, sample_loss, best_loss)

@@ -74,6 +74,11 @@ class EvalConfig:
     robustbench_dir: str | None = from_option(ROBUSTBENCH_DIR)
     download: bool = from_option(DOWNLOAD)
     seed: int = _option("--seed", 0, "seed of the attacks' random starts")
+    sanity: bool = _option("--sanity", False, "also run the sanity checks of the evaluation (deterministic forward, "
+                           "logits, zero gradients, accuracy against eps, large and unbounded eps, FGSM against PGD, "
+                           "more steps), each with a verdict; about 2x the cost of pgd20 on --sanity-images images")
+    sanity_images: int = _option("--sanity-images", 1000, "the first N evaluated images get the sanity checks",
+                                 type=positive_int, metavar="N")
     progress: bool = _option("--progress", True, "report on stderr each attack as it starts and ends, the progress "
                              "within long attacks (AutoAttack's log, a line every 30 s, a bar on a terminal) and the "
                              "time left")

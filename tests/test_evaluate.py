@@ -771,3 +771,62 @@ def test_a_results_file_without_per_class_accuracy_still_continues(checkpoint, t
     assert report["clean"] == older["clean"] and set(report["per_class"]) == {"fgsm"}
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("clean ") and "%" in line)
     assert "—" in line and "(from the --json file)" in line
+
+
+# ------------------------------------------------------------------------------------ per-example worst case
+
+def test_the_worst_case_over_all_attacks_in_the_table_the_json_and_after_a_resume(checkpoint, tmp_path, capsys):
+    fresh, resumed = tmp_path / "fresh.json", tmp_path / "resumed.json"
+    assert eval_command(eval_args(checkpoint, fresh, "clean,fgsm,pgd20"), make_registry()) == 0
+    report = json.loads(fresh.read_text())
+    points = {name: torch.tensor([c == "1" for c in text]) for name, text in report["correct"].items()}
+    assert set(points) == {"clean", "fgsm", "pgd20"} and all(len(p) == 60 for p in points.values())
+    for name, p in points.items():
+        assert float(p.float().mean()) == pytest.approx(report[name])
+    together = float(torch.stack(list(points.values())).all(0).float().mean())
+    assert report["worst_case"] == pytest.approx(together) and report["worst_case_attacks"] == ["clean", "fgsm", "pgd20"]
+    assert together <= min(report[n] for n in points)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("all together"))
+    assert f"{100 * together:.2f}%" in row and "clean, fgsm, pgd20" in row
+
+    # in two runs: the second reads the first's per-image outcomes back
+    assert eval_command(eval_args(checkpoint, resumed, "clean,fgsm"), make_registry()) == 0
+    assert eval_command(eval_args(checkpoint, resumed, "clean,fgsm,pgd20"), make_registry()) == 0
+    second = json.loads(resumed.read_text())
+    assert second["correct"] == report["correct"] and second["worst_case"] == report["worst_case"]
+    assert "all together" in capsys.readouterr().out
+
+    # a file written before the outcomes were stored: the worst case covers the attacks that have them, and says so
+    older = {k: v for k, v in second.items() if k != "correct"}
+    resumed.write_text(json.dumps(older))
+    assert eval_command(eval_args(checkpoint, resumed, "clean,fgsm,pgd20,cw"), make_registry()) == 0
+    third = json.loads(resumed.read_text())
+    assert third["worst_case_attacks"] == ["cw"] and third["worst_case"] == pytest.approx(third["cw"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("all together"))
+    assert "not clean, fgsm, pgd20" in row
+
+
+def test_eval_sanity_prints_its_plan_first_and_writes_its_section(checkpoint, tmp_path, capsys):
+    from robustdistill._eval.sanity import VERDICTS
+
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean,pgd20", "--sanity", "--sanity-images", "30"),
+                        make_registry()) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    plan = next(i for i, line in enumerate(lines) if line.startswith("then sanity checks on 30 images"))
+    assert "reusing pgd20" in lines[plan] and "passes per image" in lines[plan]
+    assert plan < next(i for i, line in enumerate(lines) if line.startswith("attack "))
+    section = json.loads(out.read_text())["sanity"]
+    assert section["images"] == 30 and section["verdict"] in VERDICTS
+    names = [c["name"] for c in section["checks"]]
+    assert names == ["deterministic", "batch_size", "probabilities", "zero_gradients", "eps_monotone", "large_eps",
+                     "unbounded", "fgsm_vs_pgd", "more_steps"]
+    assert all(c["verdict"] in VERDICTS and c["meaning"] for c in section["checks"])
+    assert f"sanity (30 images): {section['verdict']}" in text and "more_steps" in text
+
+    # a rerun keeps them; adding an attack keeps them too
+    assert eval_command(eval_args(checkpoint, out, "clean,pgd20,fgsm", "--sanity", "--sanity-images", "30"),
+                        make_registry()) == 0
+    assert "sanity checks already in" in capsys.readouterr().out
+    assert json.loads(out.read_text())["sanity"] == section

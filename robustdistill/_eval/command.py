@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from .._checkpoint import atomic_write_text
 from .._command_config import EvalConfig
-from .._config import NORMS, resolve_device
+from .._config import NORMS, format_duration, resolve_device
 from .._folding import fold_or_keep, folded_pairs
 from .._registry import EvalAttack, Registry, RobustDistillError
 from .._specs import load_model_spec, open_source
 from .autoattack import attack_details
 from .harness import run_evaluation, worst_class
 from .progress import EvalProgress
-from .results import _finished_attacks, _results_file, weights_fingerprint
+from .results import _finished_attacks, _results_file, decode_points, encode_points, weights_fingerprint, worst_case
+from .sanity import format_sanity, run_sanity, sanity_plan, sanity_section
 from .settings import RESULT_METADATA_KEYS, EvalSettings
 
 
@@ -51,10 +55,14 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+WORST_CASE_ROW = "all together"
+
+
 def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier: set[str],
-                 per_class: dict[str, list[float | None]]) -> None:
-    """Each attack's accuracy, worst-class accuracy (and which class) and seconds; then a row per class."""
-    width = max(len("attack"), *(len(name) for name in accuracy))
+                 per_class: dict[str, list[float | None]], together: tuple[float | None, list[str]]) -> None:
+    """Each attack's accuracy, worst-class accuracy (and which class) and seconds, the per-example worst case over
+    the attacks with per-image outcomes (``together``: its accuracy and those attacks); then a row per class."""
+    width = max(len("attack"), len(WORST_CASE_ROW), *(len(name) for name in accuracy))
     print(f"{'attack':<{width}}  {'accuracy':>9}  {'worst class':>16}  {'seconds':>8}")
     for name, acc in accuracy.items():
         classes = per_class.get(name) or []
@@ -62,6 +70,12 @@ def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier:
         which = f"{_percent(worst)} ({classes.index(worst)})" if worst is not None else "—"
         note = "  (from the --json file)" if name in earlier else ""
         print(f"{name:<{width}}  {100 * acc:>8.2f}%  {which:>16}  {seconds.get(name, float('nan')):>8.1f}{note}")
+    overall, covered = together
+    if overall is not None:
+        left_out = [name for name in accuracy if name not in covered]
+        note = f" (not {', '.join(left_out)}: no per-image outcomes in the --json file)" if left_out else ""
+        print(f"{WORST_CASE_ROW:<{width}}  {100 * overall:>8.2f}%  {'':>16}  {'':>8}  robust only if every attack "
+              f"failed: {', '.join(covered)}{note}")
     shown = [name for name in accuracy if per_class.get(name)]
     if not shown:
         return
@@ -139,6 +153,11 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
         previous = _finished_attacks(json_path, current, [a.name for a in selected])
     earlier = {a.name for a in selected if previous is not None and isinstance(previous.get(a.name), (int, float))}
     to_run = [a for a in selected if a.name not in earlier]
+    sanity_done = args.sanity and previous is not None and isinstance(previous.get("sanity"), dict)
+    earlier_points = {name: decode_points(((previous or {}).get("correct") or {}).get(name), n) for name in earlier}
+    outcomes = {name: points for name, points in earlier_points.items() if points is not None}
+    plan = sanity_plan(settings, min(n, args.sanity_images),
+                       {a.name for a in to_run} | set(outcomes)) if args.sanity and not sanity_done else None
 
     model.to(device).eval()
     if args.fold_bn == "on":
@@ -150,16 +169,25 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
     if earlier:
         print(f"{', '.join(sorted(earlier, key=[a.name for a in selected].index))} already in {json_path}: "
               f"skipped (--redo evaluates {'them' if len(earlier) > 1 else 'it'} again)", flush=True)
+    if plan is not None:
+        print(f"then {plan.describe()}", flush=True)
+    elif sanity_done:
+        print(f"sanity checks already in {json_path}: skipped (--redo runs them again)", flush=True)
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}
     per_class: dict[str, list[float | None]] = {}
+    points: dict[str, str] = {}
 
-    def save(name: str, acc: float, secs: float, classes: list[float | None]) -> None:
-        accuracy[name], seconds[name], per_class[name] = acc, secs, classes
+    def write(sanity: dict[str, Any] | None = None) -> None:
         if json_path is not None:
             pending = [a.name for a in to_run if a.name not in accuracy]
             atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending,
-                                                                  per_class), indent=2) + "\n")
+                                                                  per_class, points, sanity), indent=2) + "\n")
+
+    def save(name: str, acc: float, secs: float, classes: list[float | None], correct: Tensor) -> None:
+        accuracy[name], seconds[name], per_class[name] = acc, secs, classes
+        points[name], outcomes[name] = encode_points(correct), correct
+        write()
 
     if json_path is not None and (to_run or previous is None):
         atomic_write_text(json_path, json.dumps(_results_file(previous, current, {}, {}, [a.name for a in to_run]),
@@ -173,12 +201,29 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
             if json_path is not None else "nothing is kept without --json FILE"
         print(f"robustdistill: interrupted; {kept}", file=sys.stderr)
         return 130
+    section = (previous or {}).get("sanity") if sanity_done else None
+    if plan is not None:
+        pgd_seconds = seconds.get("pgd20")
+        if pgd_seconds is not None and n:
+            expected = pgd_seconds / (settings.pgd_steps * n) * plan.passes * plan.images
+            print(f"sanity: about {format_duration(expected)} expected", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        checks = run_sanity(model, test_x[:n], test_y[:n], settings, plan, batch_size=args.batch_size,
+                            device=device, seed=args.seed, known=outcomes,
+                            say=(lambda line: print(line, file=sys.stderr, flush=True)) if args.progress
+                            else (lambda line: None))
+        section = sanity_section(plan, checks, time.perf_counter() - began)
+        write(section)
     table = {a.name: float(previous[a.name]) if a.name in earlier else accuracy[a.name]  # type: ignore[index]
              for a in selected}
     table_seconds = {**((previous or {}).get("seconds") or {}), **seconds}
     table_classes = {**{k: v for k, v in ((previous or {}).get("per_class") or {}).items() if k in earlier},
                      **per_class}
-    _print_table(table, table_seconds, earlier, table_classes)
-    if json_path is not None and to_run:
+    table_points = {**{k: v for k, v in ((previous or {}).get("correct") or {}).items() if k in earlier}, **points}
+    _print_table(table, table_seconds, earlier, table_classes,
+                 worst_case({k: v for k, v in table_points.items() if k in table}, n))
+    if section is not None:
+        print("\n" + format_sanity(section))
+    if json_path is not None and (to_run or plan is not None):
         print(f"wrote {json_path}")
     return 0

@@ -21,12 +21,26 @@ from .settings import EvalSettings
 @dataclass
 class EvalResult:
     """Accuracy in ``[0, 1]`` and seconds spent, per attack name, on ``n`` inputs; ``per_class`` the accuracy on
-    each class's inputs (index = label; ``None`` for a class without inputs)."""
+    each class's inputs (index = label; ``None`` for a class without inputs); ``correct`` per input whether it was
+    classified right under the attack (a bool tensor on the CPU)."""
 
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     n: int = 0
     per_class: dict[str, list[float | None]] = field(default_factory=dict)
+    correct: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def worst_case(self) -> float:
+        """Accuracy under all the attacks together: an input counts only if every attack left it right."""
+        return worst_case_accuracy(list(self.correct.values()))
+
+
+def worst_case_accuracy(correct: list[Tensor]) -> float:
+    """The fraction of inputs classified right under every attack (``correct``: one bool tensor per attack)."""
+    if not correct or not correct[0].numel():
+        return float("nan")
+    return float(torch.stack([c.bool() for c in correct]).all(dim=0).float().mean())
 
 
 def worst_class(per_class: list[float | None]) -> float | None:
@@ -93,15 +107,16 @@ def run_evaluation(
     device: torch.device | str | None = None,
     progress: bool | EvalProgress = False,
     seed: int | None = None,
-    on_attack_end: Callable[[str, float, float, list[float | None]], None] | None = None,
+    on_attack_end: Callable[[str, float, float, list[float | None], Tensor], None] | None = None,
 ) -> EvalResult:
     """Like :func:`evaluate`, also returning the seconds spent per attack.
 
     Attacks run one after the other, in the given order. ``progress`` (True: an :class:`EvalProgress`
     on stderr) reports them; with ``seed``, the torch RNG is seeded with it before each attack, so an
     attack's result does not depend on which attacks ran before it. ``on_attack_end(name, accuracy,
-    seconds, per_class)`` is called as each attack finishes (to save results as they come). Classes are the
-    model's outputs: ``per_class[c]`` is the accuracy on the inputs labelled ``c``.
+    seconds, per_class, correct)`` is called as each attack finishes (to save results as they come; ``correct``
+    as in :class:`EvalResult`). Classes are the model's outputs: ``per_class[c]`` is the accuracy on the inputs
+    labelled ``c``.
     """
     names = [a.name for a in attacks_to_run]
     if len(set(names)) != len(names):
@@ -122,16 +137,16 @@ def run_evaluation(
     if reporter is not None:
         reporter.plan([(name, attack_cost(name, settings)) for name in names], n)
 
-    def count_correct(x_adv: Tensor, labels: Tensor, per_class: Tensor | None) -> tuple[int, Tensor]:
-        """Correct predictions in the batch, and added into ``per_class`` (made on the first batch: a count per
-        output of the model)."""
+    def count_correct(x_adv: Tensor, labels: Tensor, per_class: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Which predictions of the batch are right (on the CPU), also added into ``per_class`` (made on the first
+        batch: a count per output of the model)."""
         with torch.no_grad():
             logits = model(x_adv)
         right = logits.argmax(dim=1) == labels
         if per_class is None:
             per_class = torch.zeros(logits.shape[1], dtype=torch.long)
         per_class += torch.bincount(labels[right].cpu(), minlength=len(per_class))[:len(per_class)]
-        return int(right.sum()), per_class
+        return right.cpu(), per_class
 
     with attacks.model_mode(model, train=False), _frozen_parameters(model), torch.enable_grad():
         for attack in attacks_to_run:
@@ -141,7 +156,8 @@ def run_evaluation(
                 torch.manual_seed(seed)
             _synchronize(device)
             began = time.perf_counter()
-            correct, class_correct = 0, None
+            rights: list[Tensor] = []
+            class_correct, so_far = None, 0
             if n and attack.whole_set:
                 x_all, y_all = to_unit_float(x.cpu()), y.cpu()
                 x_adv = attack.run(model, x_all, y_all, settings, batch_size=batch_size,
@@ -150,7 +166,7 @@ def run_evaluation(
                 for start in range(0, n, batch_size):
                     right, class_correct = count_correct(x_adv[start:start + batch_size].to(device),
                                                          y_all[start:start + batch_size].to(device), class_correct)
-                    correct += right
+                    rights.append(right)
             elif n:
                 batches = math.ceil(n / batch_size)
                 for index, start in enumerate(range(0, n, batch_size), 1):
@@ -159,19 +175,21 @@ def run_evaluation(
                     x_adv = attack.run(model, xb, yb, settings)
                     check_adversarial(attack.name, x_adv, xb, settings)
                     right, class_correct = count_correct(x_adv, yb, class_correct)
-                    correct += right
+                    rights.append(right)
+                    so_far += int(right.sum())
                     if reporter is not None:
-                        reporter.batch_finished(index, batches, correct, min(start + batch_size, n))
+                        reporter.batch_finished(index, batches, so_far, min(start + batch_size, n))
             _synchronize(device)
             seconds = time.perf_counter() - began
-            accuracy = correct / n if n else float("nan")
+            correct = torch.cat(rights) if rights else torch.zeros(0, dtype=torch.bool)
+            accuracy = int(correct.sum()) / n if n else float("nan")
             per_class = _class_accuracies(class_correct, y)
             result.accuracy[attack.name], result.seconds[attack.name] = accuracy, seconds
-            result.per_class[attack.name] = per_class
+            result.per_class[attack.name], result.correct[attack.name] = per_class, correct
             if reporter is not None:
                 reporter.attack_finished(attack.name, accuracy, seconds)
             if on_attack_end is not None:
-                on_attack_end(attack.name, accuracy, seconds, per_class)
+                on_attack_end(attack.name, accuracy, seconds, per_class, correct)
     return result
 
 

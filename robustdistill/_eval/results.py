@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._registry import RobustDistillError
-from .harness import worst_class
+from .harness import worst_case_accuracy, worst_class
 from .settings import RESULT_METADATA_KEYS
 
 
@@ -74,11 +74,37 @@ def _finished_attacks(path: Path, current: dict[str, Any], attack_names: list[st
     return previous
 
 
+def encode_points(correct: torch.Tensor) -> str:
+    """Per-input outcomes as text: ``1`` where the input was classified right, ``0`` where the attack fooled it."""
+    return "".join("1" if right else "0" for right in correct.bool().tolist())
+
+
+def decode_points(text: Any, n: int) -> torch.Tensor | None:
+    """The outcomes :func:`encode_points` wrote, or ``None`` if ``text`` is not such a record of ``n`` inputs."""
+    if not isinstance(text, str) or len(text) != n or set(text) - {"0", "1"}:
+        return None
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
+def worst_case(correct: dict[str, str], n: int) -> tuple[float | None, list[str]]:
+    """The per-example worst case over the attacks with per-input outcomes: its accuracy (``None`` without any)
+    and the attacks it covers."""
+    decoded = {name: decode_points(text, n) for name, text in correct.items()}
+    covered = [name for name, points in decoded.items() if points is not None]
+    if not covered:
+        return None, []
+    return worst_case_accuracy([decoded[name] for name in covered]), covered  # type: ignore[misc]
+
+
 def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accuracy: dict[str, float],
                   seconds: dict[str, float], pending: list[str],
-                  per_class: dict[str, list[float | None]] | None = None) -> dict[str, Any]:
+                  per_class: dict[str, list[float | None]] | None = None,
+                  correct: dict[str, str] | None = None, sanity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON written after each attack: earlier results first, then this run's, then the metadata — with each
-    attack's accuracy per class (``per_class``, index = label) and its lowest (``worst_class``)."""
+    attack's accuracy per class (``per_class``, index = label) and its lowest (``worst_class``), each input's
+    outcome per attack (``correct``, :func:`encode_points`), the accuracy under all of those attacks together
+    (``worst_case``, over ``worst_case_attacks``) and the checks of ``--sanity`` (``sanity``, kept from the
+    earlier file unless given)."""
     earlier = {k: v for k, v in (previous or {}).items() if k not in RESULT_METADATA_KEYS and k not in accuracy}
     earlier_seconds = {k: v for k, v in ((previous or {}).get("seconds") or {}).items() if k in earlier}
     earlier_attacks = {k: v for k, v in (((previous or {}).get("settings") or {}).get("attacks") or {}).items()
@@ -91,5 +117,12 @@ def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accu
                **(per_class or {})}
     result["per_class"] = classes
     result["worst_class"] = {name: worst_class(values) for name, values in classes.items()}
+    points = {**{k: v for k, v in ((previous or {}).get("correct") or {}).items() if k in earlier},
+              **(correct or {})}
+    result["correct"] = points
+    result["worst_case"], result["worst_case_attacks"] = worst_case(points, int(current["n"]))
+    sanity = sanity if sanity is not None else (previous or {}).get("sanity")
+    if sanity is not None:
+        result["sanity"] = sanity
     result["pending"] = pending
     return result

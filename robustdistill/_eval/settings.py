@@ -17,7 +17,8 @@ AUTOATTACK_SEED = 0
 """Seed handed to AutoAttack so that its random starts, and so its result, are reproducible."""
 
 RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
-                                  "weights", "settings", "seconds", "per_class", "worst_class", "pending", "preset"})
+                                  "weights", "settings", "seconds", "per_class", "worst_class", "pending", "preset",
+                                  "correct", "worst_case", "worst_case_attacks", "sanity"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "iad": "robustdistill.plugins.iad",
     "igam": "robustdistill.plugins.igam",
     "igdm": "robustdistill.plugins.igdm",
+    "mlflow": "robustdistill.plugins.mlflow",
     "mtard": "robustdistill.plugins.mtard",
     "natural": "robustdistill.plugins.natural",
     "pag": "robustdistill.plugins.pag",
@@ -53,6 +54,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "tensorboard": "robustdistill.plugins.tensorboard",
     "trades": "robustdistill.plugins.trades",
     "validation": "robustdistill.plugins.validation",
+    "wandb": "robustdistill.plugins.wandb",
 }
 STEP_HOOKS = ("teacher_forward", "input_gradient", "attack", "student_inputs", "loss", "sample_weights")
 LIFECYCLE_HOOKS = ("train_start", "epoch_start", "step_end", "epoch_end", "checkpoint_saved", "train_end")

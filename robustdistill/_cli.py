@@ -120,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(err, PluginError) and not debug:
             print(f"robustdistill: (--debug or ${DEBUG_ENV}=1 prints the plugin's traceback)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("robustdistill: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"robustdistill: {err or 'interrupted; the last checkpoint is kept (continue with --resume)'}",
+              file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = _default_showwarning

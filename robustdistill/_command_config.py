@@ -25,6 +25,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """A whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """``robustdistill eval``: a model, the attacks and their budgets, the evaluated images."""
@@ -188,3 +199,18 @@ class StudyConfig:
                                       metavar="N")
     control: tuple[str, ...] | None = _option("--control", None, "a paired difference in the table, e.g. --control "
                                               "rslad+igdm=rslad", type=str, metavar="ROW=CONTROL", repeat=True)
+    slurm: bool = _option("--slurm", False, "submit the --workers as a SLURM array job (through submitit) instead of "
+                          "starting them here; this command then follows the study and writes the table")
+    slurm_partition: str | None = _option("--slurm-partition", None, "the SLURM partition of the jobs (default: the "
+                                          "cluster's)", type=str, metavar="NAME")
+    slurm_time: int = _option("--slurm-time", 60, "the time limit of each job; before it, the running trial is "
+                              "stopped at its checkpoint, queued again and the job requeued", type=positive_int,
+                              metavar="MINUTES")
+    slurm_gpus_per_task: int = _option("--slurm-gpus-per-task", 1, "GPUs of each job (its trials see them all; 0 on "
+                                       "a CPU partition)", type=nonnegative_int, metavar="N")
+    slurm_folder: str | None = _option("--slurm-folder", None, "where submitit keeps the jobs' scripts and logs "
+                                       "(default: OUT/slurm)", type=str, metavar="DIR")
+    slurm_cluster: str = _option("--slurm-cluster", "slurm", "where the jobs run: slurm, or local (submitit's local "
+                                 "executor: the same jobs as processes of this machine, to try a study file or "
+                                 "test on one machine), or auto (slurm where sbatch is found, else local)",
+                                 choices=("slurm", "local", "auto"))

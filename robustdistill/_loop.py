@@ -7,9 +7,11 @@ A step is a few phases (:func:`new_step`, :func:`attack`, :func:`student_inputs`
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
-from contextlib import nullcontext
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -117,33 +119,76 @@ def check_finite(run: Run, epoch: int) -> None:
             "Lower --lr or check that term's plugin options")
 
 
-class CheckpointClock:
-    """Mid-epoch checkpoints: every ``--checkpoint-every`` steps and after ``--checkpoint-minutes`` of training.
+class Stopped(KeyboardInterrupt):
+    """The run was asked to stop (SIGTERM, SIGINT) and wrote a checkpoint first."""
 
-    The time-based decision is rank 0's clock, agreed by every process (checked every few steps).
+    def __init__(self, signal_name: str, epoch: int, batch: int) -> None:
+        super().__init__(f"stopped by {signal_name} at epoch {epoch}, step {batch} of the epoch, after writing a "
+                         "checkpoint; the same command with --resume continues exactly from there")
+
+
+class CheckpointClock:
+    """Mid-epoch checkpoints: every ``--checkpoint-every`` steps, after ``--checkpoint-minutes`` of training, and at
+    once when the process is asked to stop (SIGTERM — a scheduler's preemption or time limit — or a first SIGINT;
+    a second SIGINT, a second or more later, stops without waiting).
+
+    The time-based and stop decisions are agreed by every process (checked every few steps) in distributed runs.
     """
 
     AGREE_EVERY = 8  # steps between the processes' agreement on the clock in distributed runs
+    REPEAT_AFTER = 1.0  # seconds after a first SIGINT from which a second one stops at once
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.every = run.config.checkpoint_every
         self.seconds = run.config.checkpoint_minutes * 60
         self.last = time.monotonic()
+        self.signal: str | None = None  # the signal that asked this process to stop
+        self.stopping = False  # every process agreed to stop after this checkpoint
 
     def saved(self) -> None:
         self.last = time.monotonic()
 
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGTERM and a first SIGINT into a checkpoint and a stop at the next step (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        asked_at = 0.0
+
+        def ask(signum: int, frame: Any) -> None:
+            nonlocal asked_at
+            if self.signal is not None and signum == signal.SIGINT:
+                if time.monotonic() - asked_at > self.REPEAT_AFTER:
+                    raise KeyboardInterrupt  # asked twice: stop now, the last checkpoint is kept
+                return  # the same Ctrl-C reaching this process twice (a terminal's and a parent's forward)
+            self.signal, asked_at = signal.Signals(signum).name, time.monotonic()
+
+        previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def due(self, batch: int) -> bool:
-        if self.every and batch % self.every == 0:
-            return True
-        if not self.seconds:
-            return False
+        every = bool(self.every and batch % self.every == 0)
         if self.run.dist.world > 1:
             if batch % self.AGREE_EVERY:
-                return False
-            return self.run.dist.any(self.run.dist.is_main and time.monotonic() - self.last >= self.seconds)
-        return time.monotonic() - self.last >= self.seconds
+                return every
+            self.stopping = self.run.dist.any(self.signal is not None)
+            late = bool(self.seconds) and time.monotonic() - self.last >= self.seconds
+            return every or self.stopping or self.run.dist.any(self.run.dist.is_main and late)
+        self.stopping = self.signal is not None
+        return every or self.stopping or (bool(self.seconds) and time.monotonic() - self.last >= self.seconds)
+
+    def stop_at_epoch_end(self) -> bool:
+        """Whether every process agrees to stop now that the epoch's checkpoint is written."""
+        self.stopping = self.run.dist.any(self.signal is not None) if self.run.dist.world > 1 else \
+            self.signal is not None
+        return self.stopping
 
 
 def train_epoch(run: Run, batches: BatchIterator, epoch: int, clock: CheckpointClock) -> dict[str, Any]:
@@ -161,6 +206,8 @@ def train_epoch(run: Run, batches: BatchIterator, epoch: int, clock: CheckpointC
             check_finite(run, epoch)
             run.save()
             clock.saved()
+            if clock.stopping:
+                raise Stopped(clock.signal or "a signal to another process", epoch, progress.batch)
     check_finite(run, epoch)
     seen = run.dist.sum(float(progress.seen))
     return {"loss": run.dist.sum(float(progress.loss_sum)) / max(seen, 1),
@@ -203,6 +250,15 @@ def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
     batches = BatchIterator(view.data.train_x, view.data.train_y, config.batch_size, shuffle=True, seed=config.seed,
                             device=run.device, augment=view.dataset.augment)
     clock = CheckpointClock(run)
+    with clock.stop_on_signals():
+        _epochs(run, batches, clock)
+    run.hooks.event("train_end", run=view)
+    run.dist.close()
+    return run
+
+
+def _epochs(run: Run, batches: BatchIterator, clock: CheckpointClock) -> None:
+    config, view = run.config, run.view
     while view.epoch < config.epochs:
         epoch = view.epoch + 1
         batches.set_epoch(epoch)
@@ -219,6 +275,5 @@ def _train(requested: RunConfig, host: PluginHost, resume: bool) -> Run:
         run.progress = EpochProgress.start(run.device)
         run.save()
         clock.saved()
-    run.hooks.event("train_end", run=view)
-    run.dist.close()
-    return run
+        if view.epoch < config.epochs and clock.stop_at_epoch_end():
+            raise Stopped(clock.signal or "a signal to another process", epoch + 1, 0)

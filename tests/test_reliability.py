@@ -181,6 +181,51 @@ def test_a_stateful_plugin_and_the_weight_average_survive_kills_bit_for_bit(tmp_
         assert torch.equal(value, b["models"]["average"][key]), key
 
 
+SIGNAL_AT_STEP = """
+import os, signal, sys
+import robustdistill._manager as manager
+from robustdistill import hookimpl
+step, name = int(os.environ["RD_SIGNAL_STEP"]), os.environ["RD_SIGNAL"]
+class Signal:
+    @hookimpl
+    def step_end(self, run, ctx, terms):
+        if ctx.step == step:
+            os.kill(os.getpid(), getattr(signal, name))
+load = manager.load_plugins
+def with_signal(autoload=None):
+    host = load(autoload)
+    host.register(Signal(), "signal-at-step", "test", "third-party")
+    host.build_registry()
+    return host
+manager.load_plugins = with_signal
+from robustdistill._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, step", [("SIGTERM", 3), ("SIGINT", 14), ("SIGTERM", 11)],
+                         ids=["sigterm-mid-epoch", "sigint-in-epoch-2", "sigterm-at-the-last-step-of-epoch-1"])
+def test_a_signal_writes_a_checkpoint_at_the_next_step_and_the_resumed_run_equals_an_unbroken_one(
+        straight, tmp_path, name, step):
+    # a scheduler's SIGTERM (preemption, time limit) or a Ctrl-C: the run checkpoints where it is and stops; the
+    # same command with --resume then finishes as the unbroken run (12 steps per epoch here)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(SIGNAL_AT_STEP)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(launcher), *RUN, "--checkpoint-minutes", "0", "--out", str(out)],
+                          env={**ENV, "RD_SIGNAL_STEP": str(step), "RD_SIGNAL": name}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    position = (ckpt["epoch"], ckpt["progress"]["batch"])
+    assert position == {3: (0, 4), 14: (1, 3), 11: (1, 0)}[step], "the checkpoint is the step after the signal"
+    assert f"stopped by {name} at epoch" in proc.stderr and "--resume" in proc.stderr
+    finished = cli(*RUN, "--resume", "--out", str(out))
+    assert finished.wait(timeout=300) == 0, finished.stderr.read()
+    assert_same_run(straight, out)
+
+
 def test_a_finished_run_repairs_records_a_kill_left_behind(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--dataset", "synthetic", "--plugin", "at", "--epochs", "2", "--val-split", "16", "--out", str(out)]

@@ -216,3 +216,84 @@ def test_a_search_tries_its_first_values_first_and_prunes_recording_why(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["pruned"] >= 1 and summary["trials"]["done"] == 3
     assert all("lr" in group["options"] for group in summary["groups"])
+
+
+def slurm_args(folder):
+    return ["--slurm", "--slurm-cluster", "local", "--slurm-gpus-per-task", "0", "--slurm-time", "10",
+            "--slurm-folder", str(folder)]
+
+
+def test_without_submitit_slurm_is_a_one_line_error_naming_the_extra(tmp_path):
+    code = ("import sys; sys.modules['submitit'] = None; from robustdistill._cli import main; "
+            f"sys.exit(main(['study', '--file', {str(GRID)!r}, '--out', {str(tmp_path)!r}, '--slurm']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "robustdistill: error: robustdistill study --slurm needs submitit: pip install 'robustdistill[study]'"]
+
+
+@pytest.mark.slow
+def test_a_grid_submitted_with_slurm_runs_each_trial_once_in_the_jobs_and_tabulates_them(tmp_path, capfd):
+    out, folder = tmp_path / "study", tmp_path / "jobs"
+    assert main(["study", "--name", "slurm", "--out", str(out), "--row", "natural", "--seeds", "0,1", *SMALL, "--set",
+                 "epochs=2", "--workers", "2", "--progress-every", "5", *slurm_args(folder)]) == 0
+    assert "2 worker(s) submitted as job(s)" in capfd.readouterr().out
+    trials = trials_of(out, "slurm")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    run_dirs = {t.user_attrs["cell"]: out / t.user_attrs["run_dir"] for t in trials}
+    assert sorted(run_dirs) == ["natural seed=0", "natural seed=1"] and len(list((out / "trials").iterdir())) == 2
+    logs = "".join(path.read_text() for path in folder.glob("*_log.out"))
+    for cell, run_dir in run_dirs.items():
+        assert len(commands_in(run_dir)) == 1 and f"({cell}) → {run_dir}" in logs, f"{cell} ran once, in a job"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["done"] == 2 and summary["trials"]["failed"] == 0
+    (group,) = summary["groups"]
+    values = [epochs_of(run_dir)[-1]["val_clean"] for run_dir in run_dirs.values()]
+    cell = group["values"]["val_clean (last)"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.fmean(values))
+    assert cell["sd"] == pytest.approx(statistics.stdev(values))
+
+
+def job_processes(folder):
+    """The pids of the running submitit tasks whose jobs live in ``folder``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in args and str(folder).encode() in args:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_the_time_limit_signal_stops_the_trial_at_its_checkpoint_and_the_requeued_job_resumes_it(tmp_path):
+    out, folder = tmp_path / "study", tmp_path / "jobs"
+    command = [sys.executable, "-m", "robustdistill", "study", "--name", "limit", "--out", str(out), "--row",
+               "natural", "--seeds", "0", *SMALL, "--set", "epochs=8", "--workers", "1", *slurm_args(folder)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    signalled = None
+    while signalled is None:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+        for run_dir in (out / "trials").glob("natural-*") if (out / "trials").exists() else []:
+            if 1 <= len(epochs_of(run_dir)) < 6:
+                (pid,) = job_processes(folder)
+                os.kill(pid, signal.SIGUSR2)  # what SLURM sends before the time limit
+                signalled = run_dir
+        time.sleep(0.1)
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, log[-2000:]
+    trials = trials_of(out, "limit")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[0].user_attrs["failed"] == "stopped by a signal; queued again"
+    assert trials[1].system_attrs.get("failed_trial") == 0 and out / trials[1].user_attrs["run_dir"] == signalled
+    segments = (signalled / "train.log").read_text().split("$ ")[1:]
+    assert len(segments) == 2 and "stopped by SIGINT" in segments[0] and "holds no checkpoint" not in segments[1]
+    assert [e["epoch"] for e in epochs_of(signalled)] == list(range(1, 9)), "resumed, no epoch done twice"
+    (job_log,) = [path.read_text() for path in folder.glob("*_log.out")]
+    assert job_log.index("worker 0: trial 0 stopped; its checkpoint is kept") < job_log.index("Requeued job")
+    assert "worker 0: trial 1 done" in job_log.split("Requeued job")[1], "the requeued job ran the trial's copy"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["done"] == 1 and summary["trials"]["failed"] == 0

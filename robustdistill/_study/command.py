@@ -1,5 +1,6 @@
 """The ``robustdistill study`` command: reads the study, makes or continues it in its storage, starts the workers
-of this machine, prints progress while they run, and writes the table at the end."""
+of this machine (or submits them as a SLURM array job), prints progress while they run, and writes the table at the
+end."""
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,16 @@ from .._config import RunConfig, format_duration, option_table, parse_number
 from .._registry import Registry, RobustDistillError
 from . import storage as store
 from .spec import StudySpec, build_spec, pairs, read_study_file, search_range, slot_key
+from .storage import INSTALL
 from .table import results, summarize, write_summary
 from .trials import worker_env
-from .worker import WorkerPlan, work
+from .worker import WorkerPlan, visible_gpus, work
 
 if TYPE_CHECKING:
     import optuna
+
+SLURM_POLL = 5.0
+"""Seconds between looks at the submitted jobs."""
 
 
 def _section(values: dict[str, Any], key: str) -> dict[str, Any]:
@@ -90,15 +95,6 @@ def read_spec(config: StudyConfig, registry: Registry) -> StudySpec:
                       option_table(EvalConfig), sorted(registry.methods))
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs the workers are pinned to: those ``CUDA_VISIBLE_DEVICES`` names, else every one torch sees."""
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return named[:count] if named else [str(i) for i in range(count)]
-
-
 class Progress:
     """Lines that read in a log: trials done / running / left, the best so far, the time left."""
 
@@ -155,16 +151,9 @@ class Progress:
         return counts
 
 
-def study_command(config: StudyConfig, registry: Registry) -> int:
-    """Run ``robustdistill study`` (see the module's docstring). Returns 0 when every trial is done, 1 when some
-    failed (a rerun retries them), 130 when interrupted (a rerun continues)."""
-    optuna = store.import_optuna()
-    spec = read_spec(config, registry)
-    out = Path(config.out or f"runs/study-{spec.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    url = config.storage or store.default_storage(out)
-    storage = store.open_storage(url, config.heartbeat)
-    study = store.open_study(spec, storage)
+def run_here(spec: StudySpec, out: Path, url: str, config: StudyConfig, study: optuna.Study,
+             progress: Progress) -> bool:
+    """Run the workers as processes of this machine until no trial is left; returns whether it was interrupted."""
     gpus, cpus = visible_gpus(), len(os.sched_getaffinity(0))
     pinned = f"GPU {', '.join(gpus)}" if gpus else f"{max(1, cpus // config.workers)} CPU thread(s) each"
     print(f"study {spec.name}: {len(spec.slots())} trials in {url}; {config.workers} worker(s) here ({pinned}); "
@@ -183,7 +172,6 @@ def study_command(config: StudyConfig, registry: Registry) -> int:
                 os.kill(process.pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    progress = Progress(spec, config.workers)
     try:
         for process in processes:
             process.start()
@@ -193,6 +181,53 @@ def study_command(config: StudyConfig, registry: Registry) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return interrupted
+
+
+def run_on_slurm(spec: StudySpec, out: Path, url: str, config: StudyConfig, study: optuna.Study,
+                 progress: Progress) -> bool:
+    """Submit the workers as an array job (none when every trial is done) and follow the study until the jobs end;
+    returns whether following was interrupted (the jobs go on)."""
+    try:
+        from . import slurm
+    except ImportError as err:
+        if err.name != "submitit":
+            raise
+        raise RobustDistillError(f"robustdistill study --slurm needs submitit: {INSTALL}") from None
+    counts = progress.counts(study)
+    if counts["done"] == counts["slots"]:
+        return False
+    jobs = slurm.submit(spec, out, url, config)
+    ids = ", ".join(sorted({job.job_id.split("_")[0] for job in jobs}))
+    print(f"study {spec.name}: {len(spec.slots())} trials in {url}; {config.workers} worker(s) submitted as job(s) "
+          f"{ids} ({config.slurm_gpus_per_task} GPU(s) and {config.slurm_time} min each, "
+          f"requeued at the time limit; logs in {jobs[0].paths.folder}); run directories in {out / 'trials'}",
+          flush=True)
+    try:
+        while not all(job.done() for job in jobs):
+            progress.show(study, config.progress_every)
+            time.sleep(SLURM_POLL)
+    except KeyboardInterrupt:
+        print(f"study {spec.name}: no longer followed; its jobs go on (scancel stops them), and the same command "
+              "writes the table", flush=True)
+        return True
+    for failure in slurm.failures(jobs):
+        print(f"study {spec.name}: {failure}", flush=True)
+    return False
+
+
+def study_command(config: StudyConfig, registry: Registry) -> int:
+    """Run ``robustdistill study`` (see the module's docstring). Returns 0 when every trial is done, 1 when some
+    failed (a rerun retries them), 130 when interrupted (a rerun continues)."""
+    optuna = store.import_optuna()
+    spec = read_spec(config, registry)
+    out = Path(config.out or f"runs/study-{spec.name}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    url = config.storage or store.default_storage(out)
+    storage = store.open_storage(url, config.heartbeat)
+    study = store.open_study(spec, storage)
+    progress = Progress(spec, config.workers)
+    interrupted = (run_on_slurm if config.slurm else run_here)(spec, out, url, config, study, progress)
     counts = progress.show(study, config.progress_every)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     path = write_summary(out, summarize(spec, results(spec, complete), counts))

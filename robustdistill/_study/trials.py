@@ -143,7 +143,8 @@ class Child:
         self.log = log
 
     def stop(self) -> None:
-        """Ask it to stop as Ctrl-C does: ``train`` keeps its last checkpoint, ``eval`` its finished attacks."""
+        """Ask it to stop as Ctrl-C does: ``train`` writes a checkpoint at its next step and stops, ``eval`` keeps
+        its finished attacks."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
 

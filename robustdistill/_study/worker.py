@@ -1,8 +1,10 @@
 """A worker: takes queued trials one after another and runs each as a ``train`` command (then ``eval``), beating
 the trial's heartbeat, following its ``metrics.jsonl`` for pruning, and telling the storage how it ended. A
-SIGTERM or SIGINT is passed on to the running child, which keeps its checkpoint; the trial is queued again."""
+SIGTERM or SIGINT is passed on to the running child, which checkpoints at its next step and stops; the trial is
+queued again."""
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
 
 POLL = 0.5
 """Seconds between looks at a running child and its ``metrics.jsonl``."""
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs the workers are pinned to: those ``CUDA_VISIBLE_DEVICES`` names, else every one torch sees."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:count] if named else [str(i) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,14 @@ class Worker:
     def say(self, text: str) -> None:
         print(f"worker {self.plan.index}: {text}", flush=True)
 
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def stop(self) -> None:
+        """Stop the running trial (its run keeps its checkpoint), queue it again, and take no other."""
         self.stopping = True
         if self.child is not None:
             self.child.stop()
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
 
     def run(self) -> None:
         optuna = store.import_optuna()

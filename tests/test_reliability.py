@@ -456,6 +456,10 @@ def torchrun(nproc, *args):
 def ddp_straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
     result = torchrun(2, *RUN, "--out", str(out))
+    if result.returncode and "terminate called without an active exception" in result.stderr:
+        # gloo's TCP transport now and then aborts a process on a loaded machine (pytorch/gloo#514): once more
+        shutil.rmtree(out)
+        result = torchrun(2, *RUN, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 2/2") == 1, "only rank 0 logs"
     return out

@@ -53,6 +53,8 @@ from robustdistill import hookimpl
 from robustdistill.api import (DatasetInfo, Default, LossTerm, Method, Option, RobustDistillError, RunConfig, RunView,
                                StepContext)
 
+from .rslad import rslad_kl_elements  # the codes' element-wise b·(log(b + 1e-5) − log σ(a)), as RSLAD's
+
 NAME = "mtard"
 VARIANTS = ("mtard", "b-mtard")
 ROBUST, CLEAN = "robust", "clean"
@@ -117,12 +119,6 @@ def decayed(rate: float, epoch: int, config: RunConfig) -> float:
     return rate
 
 
-def mtard_kl_elements(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
-    """The codes' element-wise ``b·(log(b + 1e-5) − log σ(a))`` ``[B, C]``, the teacher side detached."""
-    b = teacher_probs.detach().float()
-    return b * (torch.log(b + 1e-5) - F.log_softmax(student_logits.float(), dim=1))
-
-
 def mean_entropy_term(probs: Tensor) -> Tensor:
     """h̄ = mean over B×C of p·log(p + 1e-5) (−H/C on average; negative)."""
     return (probs * torch.log(probs + 1e-5)).mean()
@@ -182,8 +178,8 @@ def loss(ctx: StepContext) -> list[LossTerm]:
     tau_adv, tau_nat = (state["tau_adv"], state["tau_nat"]) if tempered else (1.0, 1.0)
     p_adv = F.softmax(ctx.teacher_out("adv", ctx.x_adv, teacher=ROBUST).logits.float() / tau_adv, dim=1)
     p_nat = F.softmax(ctx.teacher_out("clean", ctx.x, teacher=CLEAN).logits.float() / tau_nat, dim=1)
-    adv = mtard_kl_elements(ctx.student_out("adv"), p_adv)
-    nat = mtard_kl_elements(ctx.student_out("clean"), p_nat)
+    adv = rslad_kl_elements(ctx.student_out("adv"), p_adv)
+    nat = rslad_kl_elements(ctx.student_out("clean"), p_nat)
     loss_adv, loss_nat = adv.mean(), nat.mean()
     values = [loss_adv, loss_nat, *([mean_entropy_term(p_adv), mean_entropy_term(p_nat)] if tempered else [])]
     numbers = process_mean(run, values)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from robustdistill import _build, _ext
+from robustdistill.testing import tiny_model
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # the Debian package's files, or a copy in a $ROBUSTDISTILL_DATA directory (where the loaders look too)
@@ -33,6 +34,21 @@ def need_kernels(device: str) -> None:
     if REQUIRED:
         pytest.fail(f"fused kernels required ({_build.REQUIRE_ENV} or CI) but unavailable on {device}: {reason}")
     pytest.skip(f"fused kernels unavailable on {device}: {reason}")
+
+
+# -- models whose outputs are known in closed form -------------------------------------------------------------
+
+class Scaled(torch.nn.Module):
+    """A 'network' whose logits are ``scale · x``: its outputs are known in closed form."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+        self.arch = tiny_model().arch
+
+    def forward(self, x, return_features=False):
+        out = self.scale * x
+        return (out, out) if return_features else out
 
 
 # -- attacks written out, for tests that check the plugins' attacks against them ------------------------------

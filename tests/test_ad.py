@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill._ops import fd_align
 from robustdistill.testing import attack as run_attack
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model
 
-from support import reference_pgd
+from support import Scaled, reference_pgd
 
 LN3 = math.log(3)
 
@@ -21,19 +20,6 @@ LN3 = math.log(3)
 @pytest.fixture(scope="module")
 def host():
     return plugin_host()
-
-
-class Scaled(nn.Module):
-    """A 'network' whose logits are ``scale · x``: its outputs are known in closed form."""
-
-    def __init__(self, scale=1.0):
-        super().__init__()
-        self.scale = scale
-        self.arch = tiny_model().arch
-
-    def forward(self, x, return_features=False):
-        out = self.scale * x
-        return (out, out) if return_features else out
 
 
 def context(host, methods, x, x_adv, y=(0,), teacher_scale=2.0, epoch=1, epochs=10, **config):

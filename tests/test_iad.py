@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill._data import DATASET_INFOS
@@ -19,7 +18,7 @@ from robustdistill.testing import attack as run_attack
 from robustdistill.testing import (loss_terms, options, plugin_host, resolved_config, step_context, tiny_model,
                                    train_config)
 
-from support import needs_fashion_mnist, reference_pgd
+from support import Scaled, needs_fashion_mnist, reference_pgd
 
 LN3 = math.log(3)
 SEED = 11
@@ -212,19 +211,6 @@ def test_iad_code_defaults_per_variant(host):
 
 
 # -- hand-computed values ----------------------------------------------------------------------------------------
-
-class Scaled(nn.Module):
-    """A 'network' whose logits are ``scale · x``."""
-
-    def __init__(self, scale=1.0):
-        super().__init__()
-        self.scale = scale
-        self.arch = tiny_model().arch
-
-    def forward(self, x, return_features=False):
-        out = self.scale * x
-        return (out, out) if return_features else out
-
 
 def context(host, methods, x, x_adv, y=(0,), epoch=61, teachers=None, **config):
     ctx = step_context(host, methods, student=Scaled(1.0), teacher=None if teachers else Scaled(2.0), teachers=teachers,

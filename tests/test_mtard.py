@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustdistill import RobustDistillError
 from robustdistill._checkpoint import load_checkpoint
@@ -18,7 +17,7 @@ from robustdistill._loop import new_step, train_step
 from robustdistill.plugins.mtard import balanced_temperatures, decayed
 from robustdistill.testing import loss_terms, options, plugin_host, step_context, tiny_model, train_config, train_run
 
-from support import needs_fashion_mnist, reference_pgd
+from support import Scaled, needs_fashion_mnist, reference_pgd
 
 LN3 = math.log(3)
 
@@ -26,19 +25,6 @@ LN3 = math.log(3)
 @pytest.fixture(scope="module")
 def host():
     return plugin_host()
-
-
-class Scaled(nn.Module):
-    """A 'network' whose logits are ``scale · x``."""
-
-    def __init__(self, scale=1.0):
-        super().__init__()
-        self.scale = scale
-        self.arch = tiny_model().arch
-
-    def forward(self, x, return_features=False):
-        out = self.scale * x
-        return (out, out) if return_features else out
 
 
 def context(host, x, x_adv, state=None, epoch=1, **config):

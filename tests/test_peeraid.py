@@ -23,7 +23,7 @@ from robustdistill._presets import preset
 from robustdistill.testing import (attack, loss_terms, options, plugin_host, resolved_config, run_step, step_context,
                                    tiny_model, train_config, train_run)
 
-from support import needs_fashion_mnist, reference_pgd
+from support import Scaled, needs_fashion_mnist, reference_pgd
 
 LN3 = math.log(3)
 WEIGHTS = {"tau": 2.0, "tau_peer": 1.5, "gamma1": 0.7, "gamma2": 0.3, "lambda1": 0.2, "lambda2": 1.3, "lambda3": 0.9}
@@ -139,19 +139,6 @@ def test_several_steps_equal_the_formulas_both_networks_and_the_peer_optimiser(h
 
 
 # -- the losses by hand -----------------------------------------------------------------------------------------
-
-class Scaled(nn.Module):
-    """A 'network' whose logits are ``scale · x``: its outputs are known in closed form."""
-
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-        self.arch = tiny_model().arch
-
-    def forward(self, x, return_features=False):
-        out = self.scale * x
-        return (out, out) if return_features else out
-
 
 def kl(p, q):
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))

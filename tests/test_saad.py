@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustdistill import RobustDistillError, hookimpl
 from robustdistill._checkpoint import load_checkpoint
@@ -20,7 +19,7 @@ from robustdistill.testing import attack as run_attack
 from robustdistill.testing import (loss_terms, options, plugin_host, resolved_config, step_context, tiny_model,
                                    train_config, train_run)
 
-from support import needs_fashion_mnist, reference_pgd
+from support import Scaled, needs_fashion_mnist, reference_pgd
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +57,6 @@ def test_weights_carry_no_gradient():
 
 
 # -- the loss by hand --------------------------------------------------------------------------------------------
-
-class Scaled(nn.Module):
-    """A 'network' whose logits are ``scale · x``."""
-
-    def __init__(self, scale=1.0):
-        super().__init__()
-        self.scale = scale
-        self.arch = tiny_model().arch
-
-    def forward(self, x, return_features=False):
-        out = self.scale * x
-        return (out, out) if return_features else out
-
 
 def softmax(v):
     e = [math.exp(a) for a in v]

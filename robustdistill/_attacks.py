@@ -136,11 +136,13 @@ def _label_loss(logits: Tensor, y: Tensor, spec: AttackSpec) -> Tensor:
     raise ValueError(f"unknown attack loss {spec.loss!r}; use one of {LABEL_LOSSES}")
 
 
-def best_iterate(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec) -> tuple[Tensor, Tensor, Tensor]:
+def best_iterate(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec,
+                 losses: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One run of ``spec`` on the true labels that returns, per sample, its best iterate: the first that fools the
     model, else the one of highest loss (the start counts when it is clipped to the image range). Each iterate is
     judged from the forward pass its gradient needs, so this costs one forward more than the ascent alone.
-    Returns the iterates, their losses and whether they fool the model."""
+    Returns the iterates, their losses and whether they fool the model; ``losses``, when given, receives each
+    iterate's per-sample loss (the start's first)."""
     from ._ops import pgd_step
 
     threat = threat_model(spec.norm)
@@ -157,6 +159,8 @@ def best_iterate(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec) -> tu
             loss = _label_loss(logits, y, spec)
             grad = torch.autograd.grad(loss.sum(), x_adv)[0] if ascend else None
         x_adv = x_adv.detach()
+        if losses is not None:
+            losses.append(loss.detach().float())
         if step > 0 or spec.clip_start:
             with torch.no_grad():
                 now_fooled = logits.argmax(dim=1) != y

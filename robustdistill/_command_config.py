@@ -87,9 +87,13 @@ class EvalConfig:
     seed: int = _option("--seed", 0, "seed of the attacks' random starts")
     sanity: bool = _option("--sanity", False, "also run the sanity checks of the evaluation (deterministic forward, "
                            "logits, zero gradients, accuracy against eps, large and unbounded eps, FGSM against PGD, "
-                           "more steps), each with a verdict; about 2x the cost of pgd20 on --sanity-images images")
+                           "more steps and the loss's convergence, black-box Square, transfer from the teacher), each "
+                           "with a verdict; about 2-3x the cost of pgd20 on --sanity-images images")
     sanity_images: int = _option("--sanity-images", 1000, "the first N evaluated images get the sanity checks",
                                  type=positive_int, metavar="N")
+    sanity_teacher: str | None = _option(
+        "--sanity-teacher", None, "the model spec the transfer check crafts PGD on (default: the run's teacher, "
+        "when the checkpoint records one and it can be found; none: no transfer check)", type=str, metavar="SPEC")
     progress: bool = _option("--progress", True, "report on stderr each attack as it starts and ends, the progress "
                              "within long attacks (AutoAttack's log, a line every 30 s, a bar on a terminal) and the "
                              "time left")
@@ -163,6 +167,9 @@ class StudyConfig:
     storage: str | None = _option("--storage", None, "the study's storage: an Optuna RDB URL (sqlite:///…, "
                                   "postgresql://…, mysql://…) or a journal file on a shared file system (a path) "
                                   "(default: sqlite:///OUT/study.db)", type=str, metavar="URL|PATH")
+    results: str | None = _option("--results", None, "also copy the small files of every finished trial and teacher "
+                                  "(config, metrics, environment, evaluations; no checkpoints) and the table here, "
+                                  "as ROW/seed-N/ — a folder that can be committed", type=str, metavar="DIR")
     name: str | None = _option("--name", None, "the study's name in the storage (default: the file's name key, else "
                                "its file name)", type=str)
     workers: int = _option("--workers", 1, "trials run at once on this machine, each on its own GPU (else a share of "

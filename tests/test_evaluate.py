@@ -809,6 +809,8 @@ def test_the_worst_case_over_all_attacks_in_the_table_the_json_and_after_a_resum
 def test_eval_sanity_prints_its_plan_first_and_writes_its_section(checkpoint, tmp_path, capsys):
     from robustdistill._eval.sanity import VERDICTS
 
+    pytest.importorskip("pyautoattack")
+
     out = tmp_path / "eval.json"
     assert eval_command(eval_args(checkpoint, out, "clean,pgd20", "--sanity", "--sanity-images", "30"),
                         make_registry()) == 0
@@ -821,7 +823,7 @@ def test_eval_sanity_prints_its_plan_first_and_writes_its_section(checkpoint, tm
     assert section["images"] == 30 and section["verdict"] in VERDICTS
     names = [c["name"] for c in section["checks"]]
     assert names == ["deterministic", "batch_size", "probabilities", "zero_gradients", "eps_monotone", "large_eps",
-                     "unbounded", "fgsm_vs_pgd", "more_steps"]
+                     "unbounded", "fgsm_vs_pgd", "more_steps", "converged", "square"], "no teacher: no transfer"
     assert all(c["verdict"] in VERDICTS and c["meaning"] for c in section["checks"])
     assert f"sanity (30 images): {section['verdict']}" in text and "more_steps" in text
 
@@ -830,3 +832,30 @@ def test_eval_sanity_prints_its_plan_first_and_writes_its_section(checkpoint, tm
                         make_registry()) == 0
     assert "sanity checks already in" in capsys.readouterr().out
     assert json.loads(out.read_text())["sanity"] == section
+
+
+def test_the_transfer_check_attacks_the_runs_teacher_or_the_one_named(trained, checkpoint, tmp_path, capsys):
+    pytest.importorskip("pyautoattack")
+    student = tmp_path / "student.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save({**state, "config": {**state["config"], "teacher": [str(checkpoint)]}}, student)
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(student, out, "clean,pgd20", "--sanity", "--sanity-images", "24"),
+                        make_registry()) == 0
+    assert f"PGD-20 transferred from the teacher {checkpoint}" in capsys.readouterr().out
+    (transfer,) = [c for c in json.loads(out.read_text())["sanity"]["checks"] if c["name"] == "transfer"]
+    assert transfer["details"]["teacher"] == str(checkpoint)
+    # the student is its own teacher here: the transferred attack is the white-box one
+    assert transfer["verdict"] == "ok" and transfer["figure"] <= transfer["warning_above"]
+
+    def checks(*extra):
+        assert eval_command(eval_args(lost, tmp_path / f"e{len(extra)}.json", "clean", "--sanity", "--sanity-images",
+                                      "24", *extra), make_registry()) == 0
+        return [c["name"] for c in json.loads((tmp_path / f"e{len(extra)}.json").read_text())["sanity"]["checks"]]
+
+    lost = tmp_path / "lost.pt"
+    torch.save({**state, "config": {**state["config"], "teacher": [str(tmp_path / "gone.pt")]}}, lost)
+    assert "transfer" not in checks()
+    assert f"the run's teacher {tmp_path / 'gone.pt'} is not found" in capsys.readouterr().out
+    assert "transfer" in checks("--sanity-teacher", str(checkpoint))
+    assert "transfer" not in checks("--sanity-teacher", "none", "--redo")

@@ -23,6 +23,7 @@ from robustdistill._report import (
     loss_terms_figure,
     loss_terms_table,
     per_class_table,
+    sanity_table,
     results_table,
     robust_vs_eps_figure,
 )
@@ -340,3 +341,28 @@ def test_worst_class_columns_and_the_per_class_table(capsys, tmp_path, monkeypat
     assert run_cli(capsys, "report", str(fair), str(older), "--no-models")[0] == 0
     text = (tmp_path / "runs" / "report" / "results.md").read_text()
     assert "## Accuracy per class" in text and "| fair | PGD-20 | 75.00 | 25.00 | — |" in text
+
+
+def test_the_sanity_verdicts_table_with_what_each_failed_check_means(capsys, tmp_path, monkeypatch):
+    history = [epoch_metrics(1, 1.0, {"kl": 1.0}, {"kl": 1.0})]
+
+    def check(name, verdict, figure, meaning):
+        return {"name": name, "figure": figure, "warning_above": 0.01, "failed_above": 0.02, "verdict": verdict,
+                "meaning": meaning, "details": {}}
+
+    masked = write_run(tmp_path / "masked", history, {"plugin": ["rrm"]}, {"clean": 0.9, "n": 8, "sanity": {
+        "images": 8, "steps": 10, "seconds": 1.0, "verdict": "failed",
+        "checks": [check("deterministic", "ok", 0.0, "agree"), check("square", "failed", 0.25, "Square beats PGD")]}})
+    sound = write_run(tmp_path / "sound", history, {"plugin": ["at"]}, {"clean": 0.8, "n": 8, "sanity": {
+        "images": 8, "steps": 10, "seconds": 1.0, "verdict": "ok", "checks": [check("deterministic", "ok", 0.0, "x")]}})
+    bare = write_run(tmp_path / "bare", history, {"plugin": ["at"]}, {"clean": 0.8, "n": 8})
+    runs = [load_run(masked), load_run(sound), load_run(bare)]
+    assert sanity_table(runs).splitlines() == [
+        "| run | images | verdict | deterministic | square |", "|---|---|---|---|---|",
+        "| masked | 8 | failed | ok (0) | failed (0.25) |", "| sound | 8 | ok | ok (0) | — |", "",
+        "- masked, square (failed): Square beats PGD"]
+    assert sanity_table([load_run(bare)]) == ""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, "report", str(masked), str(bare), "--no-models")[0] == 0
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    assert "## Sanity checks of the evaluation" in text and "| masked | 8 | failed |" in text

@@ -9,7 +9,14 @@ from torch import nn
 
 from robustdistill import _attacks as attacks
 from robustdistill._eval import BUILTIN_EVAL_ATTACKS, EvalSettings
-from robustdistill._eval.sanity import binomial_margin, format_sanity, run_sanity, sanity_plan, sanity_section
+from robustdistill._eval.sanity import (
+    binomial_margin,
+    format_sanity,
+    not_converged,
+    run_sanity,
+    sanity_plan,
+    sanity_section,
+)
 
 K, SIZE, EPS, IMAGES = 10, 8, 0.08, 400
 ATTACKS = {a.name: a for a in BUILTIN_EVAL_ATTACKS}
@@ -48,9 +55,9 @@ class Composed(nn.Module):
         return self.post(self.net(self.pre(x)))
 
 
-def train(model: nn.Module, eps: float = 0.0, epochs: int = 20, pre=lambda x: x) -> nn.Module:
+def train(model: nn.Module, eps: float = 0.0, epochs: int = 20, pre=lambda x: x, seed: int = 0) -> nn.Module:
     """Adam on the training images, PGD-AT (5 steps of eps/3) when ``eps`` > 0, on ``pre`` of the inputs."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     x, y = images(1000, seed=1)
     optimiser = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(epochs):
@@ -88,6 +95,21 @@ class BatchStatistics(nn.Module):
         return self.net[3]((hidden - mean) / (std + 1e-5) + mean)
 
 
+class NoisyGradient(torch.autograd.Function):
+    """The identity whose backward adds Gaussian noise ``k`` times the gradient's mean magnitude: gradients that
+    point the right way only on average, as a stochastic defence's do."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: float) -> torch.Tensor:
+        ctx.k = k
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scale = grad.flatten(1).abs().mean(1).view(-1, *[1] * (grad.dim() - 1))
+        return grad + ctx.k * scale * torch.randn_like(grad), None
+
+
 @pytest.fixture(scope="module")
 def robust() -> nn.Module:
     """A PGD-AT network at ε = 0.08 (about 55 % PGD-20 accuracy, 100 % clean)."""
@@ -95,37 +117,46 @@ def robust() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
+def robust_teacher() -> nn.Module:
+    """Another PGD-AT network (its own initialisation), the teacher of the transfer check on ``robust``."""
+    return train(mlp(), eps=EPS, seed=1)
+
+
+@pytest.fixture(scope="module")
 def natural() -> nn.Module:
     return train(mlp())
 
 
-def checks_of(model: nn.Module, seed: int = 0) -> dict[str, object]:
+def checks_of(model: nn.Module, seed: int = 0, teacher: nn.Module | None = None) -> dict[str, object]:
     for p in model.parameters():
         p.requires_grad_(False)
     x, y = images(IMAGES, seed=2)
-    checks = run_sanity(model, x, y, SETTINGS, sanity_plan(SETTINGS, IMAGES, set()), batch_size=200, device="cpu",
-                        seed=seed)
+    plan = sanity_plan(SETTINGS, IMAGES, set(), teacher="teacher" if teacher is not None else None)
+    checks = run_sanity(model, x, y, SETTINGS, plan, batch_size=200, device="cpu", seed=seed, teacher=teacher)
     return {check.name: check for check in checks}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_a_pgd_at_model_passes_every_check(robust, seed):
-    checks = checks_of(robust, seed)
+def test_a_pgd_at_model_passes_every_check(robust, robust_teacher, seed):
+    checks = checks_of(robust, seed, teacher=robust_teacher)
     assert list(checks) == ["deterministic", "batch_size", "probabilities", "zero_gradients", "eps_monotone",
-                            "large_eps", "unbounded", "fgsm_vs_pgd", "more_steps"]
+                            "large_eps", "unbounded", "fgsm_vs_pgd", "more_steps", "converged", "square",
+                            "transfer"]
     assert {name: c.verdict for name, c in checks.items()} == dict.fromkeys(checks, "ok"), \
         {name: (c.figure, c.warning_above) for name, c in checks.items()}
     assert 0.3 < checks["eps_monotone"].details["accuracy_eps"] < 0.8  # robust, but not everywhere
 
 
+MASKED = {"zero_gradients", "large_eps", "unbounded", "square", "transfer"}
 BROKEN = {
-    # accurate models whose input gradients vanish
-    "quantised input": (lambda natural: Composed(train(mlp(), pre=quantise), pre=quantise),
-                        {"zero_gradients", "large_eps", "unbounded"}),
-    "steep saturating input": (lambda natural: Composed(train(mlp(), pre=binarise), pre=binarise),
-                               {"zero_gradients", "large_eps", "unbounded"}),
-    "saturated softmax": (lambda natural: Composed(natural, post=lambda z: 1e4 * z),
-                          {"zero_gradients", "large_eps", "unbounded"}),
+    # accurate models whose input gradients vanish (the natural network is the teacher of the transfer check)
+    "quantised input": (lambda natural: Composed(train(mlp(), pre=quantise), pre=quantise), MASKED),
+    "steep saturating input": (lambda natural: Composed(train(mlp(), pre=binarise), pre=binarise), MASKED),
+    # (Square's 100 queries break one image of 400 here: at the noise bound, so that check stays silent)
+    "saturated softmax": (lambda natural: Composed(natural, post=lambda z: 1e4 * z), MASKED - {"square"}),
+    # gradients right only on average: the attack does not converge
+    "noisy gradients": (lambda natural: Composed(natural, pre=lambda x: NoisyGradient.apply(x, 2.0)),
+                        {"more_steps", "converged", "transfer"}),
     # a randomised forward, a batch-dependent one, probabilities instead of logits
     "noisy forward": (lambda natural: Composed(natural, pre=lambda x: (x + 0.05 * torch.randn_like(x)).clamp(0, 1)),
                       {"deterministic", "batch_size"}),
@@ -137,7 +168,7 @@ BROKEN = {
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_a_broken_model_fails_the_checks_that_apply(natural, name):
     build, expected = BROKEN[name]
-    checks = checks_of(build(natural))
+    checks = checks_of(build(natural), teacher=natural)
     failed = {check for check, c in checks.items() if c.verdict == "failed"}
     assert expected <= failed, {check: (c.verdict, c.figure) for check, c in checks.items()}
 
@@ -149,6 +180,24 @@ def test_the_masked_models_stay_accurate(natural):
         model = BROKEN[name][0](natural)
         with torch.no_grad():
             assert float((model(x).argmax(1) == y).float().mean()) > 0.9, name
+
+
+def test_convergence_is_the_rescaled_running_maximum_over_the_last_ten_steps():
+    steps = torch.arange(21, dtype=torch.float32)
+    flat = torch.where(steps < 10, steps / 10, 1.0)
+    losses = torch.stack([
+        steps / 20,                                   # still rising: the last 10 steps hold half the rise
+        flat,                                         # flat from step 10
+        flat + torch.where(steps == 20, 0.04, 0.0),   # +0.04 of 1.04 at the last step
+        flat + torch.where(steps == 20, 0.06, 0.0),   # +0.06 of 1.06
+        torch.where(steps == 5, 1.0, 0.0),            # the running maximum is kept: a later drop is no rise
+        torch.zeros(21),                              # no rise at all
+        10 * flat + torch.where(steps == 20, 0.45, 0.0),  # +0.45 of 10.45: rescaled, 0.043
+    ], dim=1)
+    # rises of the rescaled running maximum over the last 10 steps: 0.5, 0, 0.038, 0.057, 0, none, 0.043
+    assert not_converged(losses).tolist() == [True, False, False, True, False, False, False]
+    # a window longer than the path counts from the start
+    assert not_converged(losses, window=25).tolist() == [True, True, True, True, True, False, True]
 
 
 def test_tolerances_are_binomial_at_the_number_of_images():

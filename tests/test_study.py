@@ -74,7 +74,15 @@ BAD = [
     ("rows: [natural]\nseeds: [0, 0]", "seeds: list each seed once"),
     ("rows: [natural]\ncontrols: {natural: at}", "controls.natural: 'at' is not a row"),
     ("rows: [natural]\nevaluate: {options: {json: x.json}}", "evaluate.options.json: a study sets it"),
-    ("rows: [natural]\ncolour: blue", "colour: unknown key; a study file has name, train, rows"),
+    ("rows: [natural]\nteachers: {t: {plugins: [nope]}}", "teachers.t.plugins: unknown method 'nope'"),
+    ("rows: [natural]\nteachers: {t: {plugins: [at], options: {teacher: x}}}",
+     "teachers.t.options.teacher: a study's teacher trains without a teacher"),
+    ("rows: [natural]\nteachers: {t: {plugins: [at], options: {out: x}}}", "teachers.t.options.out: a study sets it"),
+    ("rows: [natural]\nevaluate: [{attacks: clean}, {attacks: pgd20}]",
+     "evaluate[1].name: give each evaluation after the first a file name"),
+    ("rows: [natural]\nevaluate: [{attacks: clean}, {name: eval, attacks: pgd20}]",
+     "evaluate: two evaluations are named eval"),
+    ("rows: [natural]\ncolour: blue", "colour: unknown key; a study file has name, train, teachers, rows"),
     ("train: {epochs: 1}", "rows: missing"),
     ("rows: [natural\n", "is not valid YAML"),
 ]
@@ -103,6 +111,68 @@ def test_the_example_study_files_load_with_their_slots_and_first_values():
     assert spec.objective.metric == "val_pgd" and spec.pruning.min_epochs == 16
     grid = read_spec(StudyConfig(file=str(GRID), set=("epochs=5",), seeds="3"), registry)
     assert grid.train["epochs"] == "5" and grid.seeds == (3,) and [r.name for r in grid.rows] == ["natural", "at"]
+
+
+def test_the_rounds_study_files_load_with_their_teacher_and_two_evaluations():
+    from robustdistill._manager import load_plugins
+    from robustdistill._study.command import read_spec
+    from robustdistill._study.trials import trial_command
+
+    registry = load_plugins().registry
+    spec = read_spec(StudyConfig(file=str(EXAMPLES / "round2-fmnist.yaml")), registry)
+    assert [t.name for t in spec.teachers] == ["teacher-at"] and spec.teachers[0].options == {"epochs": 4}
+    assert [(e.name, e.attacks, e.subset) for e in spec.evaluate] == [
+        ("eval", "clean,pgd20,cw", None), ("apgd1000", "clean,apgd-ce+apgd-t", 1000)]
+    assert len(spec.slots()) == 9 * 3 and dict(spec.controls)["ard+igdm"] == "ard-igdm-base"
+    rows = {row.name: row for row in spec.rows}
+    assert rows["ard-igdm-base"].plugins == ("ard",) and rows["ard-igdm-base"].options["ard-tau"] == 1
+    assert "--teacher" not in trial_command(spec, spec.cells()[0], {}).argv, "the at row distils from no teacher"
+    round1 = read_spec(StudyConfig(file=str(EXAMPLES / "round1-fmnist.yaml")), registry)
+    assert [t.name for t in round1.teachers] == ["teacher-at", "teacher-trades"] and len(round1.slots()) == 15
+    assert round1.evaluate[0].subset == 1000 and round1.evaluate[0].attacks == "clean,fgsm,pgd20,cw"
+    controls = read_spec(StudyConfig(file=str(EXAMPLES / "round2-fmnist-controls.yaml")), registry)
+    assert controls.seeds == (0, 1, 2, 3, 4) and controls.teachers == spec.teachers
+    # a seed's rows come before the next seed's: a study stopped early holds pairs
+    assert [c.key for c, _ in controls.slots()[:5]] == ["ard+igdm seed=0", "ard-igdm-base seed=0",
+                                                        "adaad+igdm seed=0", "adaad-igdm-base seed=0",
+                                                        "ard+igdm seed=1"]
+    # the command line's attacks replace the first evaluation's, the others stay
+    changed = read_spec(StudyConfig(file=str(EXAMPLES / "round2-fmnist.yaml"), attacks="clean"), registry)
+    assert [(e.name, e.attacks) for e in changed.evaluate] == [("eval", "clean"), ("apgd1000", "clean,apgd-ce+apgd-t")]
+
+
+def test_a_trial_names_its_study_teacher_by_run_directory_hashed_independently_of_the_study_folder(tmp_path):
+    from robustdistill._manager import load_plugins
+    from robustdistill._study.command import read_spec
+    from robustdistill._study.trials import teacher_command, trial_command
+
+    spec = read_spec(StudyConfig(file=str(EXAMPLES / "round2-fmnist.yaml")), load_plugins().registry)
+    teacher = teacher_command(spec, spec.teachers[0])
+    assert teacher.argv[:2] == ["--plugin", "at"] and "--teacher" not in teacher.argv
+    assert teacher.options["epochs"] == 4 and teacher.options["model"] == "cnn"
+    teacher_dir = teacher.run_dir(tmp_path)
+    assert teacher_dir.parent == tmp_path / "teachers"
+    cell = next(c for c, _ in spec.slots() if c.key == "ard+igdm seed=1")
+    command = trial_command(spec, cell, {})
+    assert command.argv[command.argv.index("--teacher") + 1] == f"teachers/{teacher_dir.name}"
+    for out in (tmp_path / "a", tmp_path / "b"):
+        train = command.train(out)
+        assert train[train.index("--teacher") + 1] == str(out / "teachers" / teacher_dir.name)
+        assert command.run_dir(out) == out / "trials" / f"ard+igdm-{command.digest}"
+
+
+def test_paired_differences_carry_their_95_percent_t_interval():
+    from robustdistill._study.table import _cell, stats
+
+    two = stats([0.01, 0.03])
+    assert two["mean"] == pytest.approx(0.02) and two["n"] == 2
+    assert two["ci95"] == pytest.approx(12.706 * statistics.stdev([0.01, 0.03]) / 2 ** 0.5)
+    five = stats([0.01, 0.02, 0.03, 0.04, 0.05])
+    assert five["ci95"] == pytest.approx(2.776 * statistics.stdev([0.01, 0.02, 0.03, 0.04, 0.05]) / 5 ** 0.5)
+    assert stats([0.5])["ci95"] is None and stats([0.1] * 40)["ci95"] == 0.0
+    low, high = 100 * (0.03 - five["ci95"]), 100 * (0.03 + five["ci95"])
+    assert _cell(five, interval=True) == f"3.00 ± 1.58 (5) [{low:.2f}, {high:.2f}]"
+    assert _cell(five) == "3.00 ± 1.58 (5)"
 
 
 @pytest.mark.slow
@@ -297,3 +367,64 @@ def test_the_time_limit_signal_stops_the_trial_at_its_checkpoint_and_the_requeue
     assert "worker 0: trial 1 done" in job_log.split("Requeued job")[1], "the requeued job ran the trial's copy"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["done"] == 1 and summary["trials"]["failed"] == 0
+
+
+TAUGHT = """name: taught
+train: {dataset: synthetic, batch-size: 16, val-split: 32, val-attack-steps: 1, epochs: 2, teacher: teacher-at}
+teachers:
+  teacher-at: {plugins: [at], options: {epochs: 1}}
+rows: [rslad, rslad+igdm]
+seeds: [0]
+objective: {metric: val_clean}
+evaluate:
+  - attacks: clean
+  - name: fgsm16
+    attacks: clean,fgsm
+    subset: 16
+controls: {rslad+igdm: rslad}
+"""
+
+
+@pytest.mark.slow
+def test_two_study_commands_on_one_journal_file_share_the_teacher_and_run_each_trial_once(tmp_path):
+    """The multi-machine path on one machine: two separate commands on one journal storage; the study's teacher is
+    trained by one of them before any trial, each trial runs once, and --results gets the runs' small files."""
+    (tmp_path / "taught.yaml").write_text(TAUGHT)
+    command = [sys.executable, "-m", "robustdistill", "study", "--file", "taught.yaml", "--out", "study", "--storage",
+               "study/journal.log", "--workers", "1"]
+    first = subprocess.Popen([*command, "--results", "results"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    second = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    logs = [proc.communicate(timeout=900)[0].decode() for proc in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    out = tmp_path / "study"
+    (teacher,) = (out / "teachers").iterdir()
+    assert [e["epoch"] for e in epochs_of(teacher)] == [1], "the teacher was trained once"
+    assert {"eval.json", "fgsm16.json"} <= {p.name for p in teacher.iterdir()}
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
+    trials = optuna.load_study(study_name="taught", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.user_attrs["cell"] for t in trials) == ["rslad seed=0", "rslad+igdm seed=0"]
+    for trial in trials:
+        run_dir = out / trial.user_attrs["run_dir"]
+        assert len(commands_in(run_dir)) == 1, "each trial ran once, in one of the two commands"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["teacher"] == [str(teacher.resolve())]
+        assert json.loads((run_dir / "fgsm16.json").read_text())["n"] == 16
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["columns"] == ["val_clean (last)", "test clean", "fgsm16 clean", "fgsm16 fgsm"]
+    teacher_eval = json.loads((teacher / "fgsm16.json").read_text())
+    assert summary["teachers"]["teacher-at"]["fgsm16 fgsm"] == teacher_eval["fgsm"]
+    assert "| teacher-at |" in (out / "summary.md").read_text()
+    (diff,) = summary["differences"]
+    assert diff["values"]["test clean"]["n"] == 1 and diff["values"]["test clean"]["ci95"] is None
+    results = tmp_path / "results"
+    assert (results / "summary.md").read_text() == (out / "summary.md").read_text()
+    assert sorted(p.name for p in (results / "teacher-at").iterdir()) == [
+        "config.json", "environment.json", "eval.json", "fgsm16.json", "metrics.jsonl"]
+    for row in ("rslad", "rslad+igdm"):
+        copied = results / row / "seed-0"
+        assert {"config.json", "metrics.jsonl", "eval.json", "fgsm16.json"} <= {p.name for p in copied.iterdir()}
+        text = (copied / "config.json").read_text()
+        assert str(tmp_path) not in text, "paths relative to the command's directory"
+        assert json.loads(text)["teacher"] == [f"study/teachers/{teacher.name}"]

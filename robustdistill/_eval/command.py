@@ -7,20 +7,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._checkpoint import atomic_write_text
 from .._command_config import EvalConfig
 from .._config import NORMS, format_duration, resolve_device
+from .._context import DEFAULT_TEACHER
 from .._folding import fold_or_keep, folded_pairs
-from .._registry import EvalAttack, Registry, RobustDistillError
+from .._registry import DatasetInfo, EvalAttack, Registry, RobustDistillError
+from .._resolve import role_values
 from .._specs import load_model_spec, open_source
 from .autoattack import attack_details
 from .harness import run_evaluation, worst_class
 from .progress import EvalProgress
 from .results import _finished_attacks, _results_file, decode_points, encode_points, weights_fingerprint, worst_case
 from .sanity import format_sanity, run_sanity, sanity_plan, sanity_section
-from .settings import RESULT_METADATA_KEYS, EvalSettings
+from .settings import AUTOATTACK_MISSING, RESULT_METADATA_KEYS, EvalSettings
 
 
 def _format_eps(eps: float) -> str:
@@ -84,6 +86,50 @@ def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier:
     for label in range(max(len(per_class[name]) for name in shown)):
         cells = [_percent(per_class[name][label] if label < len(per_class[name]) else None) for name in shown]
         print(f"{label:<{width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, columns)))
+
+
+def _has_autoattack() -> bool:
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _sanity_teacher(args: EvalConfig, config: dict[str, Any], info: DatasetInfo, registry: Registry,
+                    norm: str) -> tuple[str | None, nn.Module | None]:
+    """The transfer check's teacher: ``--sanity-teacher``, else the run's default teacher when it can be found."""
+    if args.sanity_teacher == "none":
+        return None, None
+    if args.sanity_teacher is not None:
+        spec, arch, normalize = args.sanity_teacher, None, None
+    else:
+        teachers = role_values(config.get("teacher"), "--teacher")
+        if not teachers:
+            return None, None
+        role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
+        spec = teachers[role]
+        arch = role_values(config.get("teacher_arch"), "--teacher-arch").get(role)
+        normalize = role_values(config.get("teacher_normalize"), "--teacher-normalize").get(role)
+        if not spec.startswith(("robustbench:", "timm:")) and not Path(spec).exists():
+            print(f"note: the run's teacher {spec} is not found; the transfer check is skipped (--sanity-teacher "
+                  "SPEC names it)", flush=True)
+            return None, None
+        if config.get("teacher_resize"):
+            print("note: the run's teacher sees resized images; the transfer check is skipped (--sanity-teacher "
+                  "SPEC names a teacher of the model's input size)", flush=True)
+            return None, None
+    loaded = load_model_spec(spec, info=info, models=registry.models, arch=arch, normalize=normalize,
+                             robustbench_dir=args.robustbench_dir, download=args.download, norm=norm,
+                             flag_prefix="teacher-")
+    if loaded.arch.num_classes != info.num_classes:
+        if args.sanity_teacher is not None:
+            raise RobustDistillError(f"--sanity-teacher {spec}: a {loaded.arch.num_classes}-class model, but "
+                                     f"{info.name} has {info.num_classes} classes; name a teacher of this dataset")
+        print(f"note: the run's teacher {spec} has {loaded.arch.num_classes} classes, not {info.num_classes}; the "
+              "transfer check is skipped", flush=True)
+        return None, None
+    return spec, loaded.model
 
 
 def eval_command(args: EvalConfig, registry: Registry) -> int:
@@ -156,8 +202,15 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
     sanity_done = args.sanity and previous is not None and isinstance(previous.get("sanity"), dict)
     earlier_points = {name: decode_points(((previous or {}).get("correct") or {}).get(name), n) for name in earlier}
     outcomes = {name: points for name, points in earlier_points.items() if points is not None}
-    plan = sanity_plan(settings, min(n, args.sanity_images),
-                       {a.name for a in to_run} | set(outcomes)) if args.sanity and not sanity_done else None
+    plan = teacher = None
+    if args.sanity and not sanity_done:
+        teacher_spec, teacher = _sanity_teacher(args, config, info, registry, norm)
+        plan = sanity_plan(settings, min(n, args.sanity_images), {a.name for a in to_run} | set(outcomes),
+                           square=_has_autoattack(), teacher=teacher_spec)
+        if not plan.square_queries:
+            print(f"note: the Square check needs pyautoattack ({AUTOATTACK_MISSING}); it is skipped", flush=True)
+        if teacher is not None:
+            teacher.to(device).eval()
 
     model.to(device).eval()
     if args.fold_bn == "on":
@@ -209,7 +262,7 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
             print(f"sanity: about {format_duration(expected)} expected", file=sys.stderr, flush=True)
         began = time.perf_counter()
         checks = run_sanity(model, test_x[:n], test_y[:n], settings, plan, batch_size=args.batch_size,
-                            device=device, seed=args.seed, known=outcomes,
+                            device=device, seed=args.seed, known=outcomes, teacher=teacher,
                             say=(lambda line: print(line, file=sys.stderr, flush=True)) if args.progress
                             else (lambda line: None))
         section = sanity_section(plan, checks, time.perf_counter() - began)

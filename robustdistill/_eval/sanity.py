@@ -15,7 +15,13 @@ Pintor et al. 2022's indicators):
 * ``large_eps`` — at L∞ ε = 0.5 (L2: half the diagonal), which reaches a uniform grey image, accuracy is at
   chance or below; ``unbounded`` — with no bound, every correctly classified image is fooled;
 * ``fgsm_vs_pgd`` — FGSM does not beat PGD-20; ``more_steps`` — twice the steps do not lower PGD-20's accuracy
-  by more than noise.
+  by more than noise; ``converged`` — on the points that attack leaves, its loss has converged (Pintor et al.'s
+  incomplete-optimisation indicator: the running maximum of the loss, rescaled to [0, 1] over the path, rose by
+  no more than 0.05 over the last 10 steps);
+* ``square`` — the black-box Square attack (``pyautoattack``, a few queries per PGD step) breaks no more of the
+  points PGD-20 left than noise allows: gradient-free success where gradients fail means masked gradients;
+* ``transfer`` — with a teacher (the run's, or ``--sanity-teacher``), PGD-20 crafted on the teacher and applied
+  to the model breaks no more of the points white-box PGD-20 left than noise allows.
 
 Attacks whose outcome follows from another's are run only on the images still standing: an image fooled in a
 smaller ball is fooled in the larger one, and more steps can only fool images PGD-20 left.
@@ -47,6 +53,11 @@ SINGLES = 16
 """Images forwarded one at a time by ``batch_size``."""
 LARGE_LINF = 0.5
 """The large L∞ radius: every image in [0, 1] is within 0.5 of uniform grey."""
+CONVERGENCE_WINDOW = 10
+CONVERGENCE_MOVE = 0.05
+"""Pintor et al.'s indicator: the rescaled running maximum of the loss may rise by 0.05 over the last 10 steps."""
+SQUARE_QUERIES_PER_STEP = 5
+"""Square's queries (forwards only) per PGD step: 100 queries beside PGD-20."""
 
 
 def binomial_margin(p: float, m: int, z: float) -> float:
@@ -87,6 +98,13 @@ def _accuracy_rise(name: str, higher: float, lower_bound: float, m: int, meaning
                   binomial_margin(lower_bound, m, Z_FAILED), meanings, **details)
 
 
+def _accuracy_drop(name: str, accuracy: float, lowered: float, m: int, meanings: dict[str, str],
+                   **details: Any) -> Check:
+    """Another attack should not lower ``accuracy`` to ``lowered`` beyond binomial noise at ``m`` images."""
+    return _judge(name, accuracy - lowered, binomial_margin(accuracy, m, Z_WARNING),
+                  binomial_margin(accuracy, m, Z_FAILED), meanings, **details)
+
+
 @dataclass(frozen=True)
 class SanityPlan:
     """What ``--sanity`` runs: on the first ``images`` evaluated images, attacks of ``steps`` steps."""
@@ -95,28 +113,39 @@ class SanityPlan:
     steps: int
     pgd_steps: int
     reuse: frozenset[str]
+    square_queries: int = 0
+    """Square's queries (0: no Square check, ``pyautoattack`` missing)."""
+    teacher: str | None = None
+    """The model spec of the teacher the transfer check attacks (``None``: no transfer check)."""
 
     @property
     def passes(self) -> float:
-        """Forward-and-backward passes per checked image, counting the attacks on the images still standing as if
-        half of them were left."""
+        """Forward-and-backward passes per checked image (a forward counting a third), counting the attacks on the
+        images still standing as if half of them were left."""
         pgd = 0 if "pgd20" in self.reuse else self.pgd_steps
         fgsm = 0 if "fgsm" in self.reuse else 1
-        return 2 + fgsm + pgd + 2 * self.steps + 0.5 * (self.steps + 2 * self.pgd_steps)
+        left = self.steps + 2 * self.pgd_steps + self.square_queries / 3 + (self.pgd_steps if self.teacher else 0)
+        return 2 + fgsm + pgd + 2 * self.steps + 0.5 * left
 
     def describe(self) -> str:
         reused = f" (reusing {', '.join(sorted(self.reuse))} of this evaluation)" if self.reuse else ""
+        square = f", Square ({self.square_queries} queries)" if self.square_queries else ""
+        teacher = f", PGD-{self.pgd_steps} transferred from the teacher {self.teacher}" if self.teacher else ""
         return (f"sanity checks on {self.images} images{reused}: repeated and one-at-a-time forwards, outputs, "
                 f"input gradients at the images and at a random start, FGSM, PGD-{self.pgd_steps}, PGD-{self.steps} "
                 f"at eps/2 and 2*eps, PGD-{self.steps} from the image at a large eps and unbounded, "
-                f"PGD-{2 * self.pgd_steps} on the points PGD-{self.pgd_steps} left; about {self.passes:.0f} passes "
-                f"per image ({self.passes / self.pgd_steps:.1f}x PGD-{self.pgd_steps})")
+                f"PGD-{2 * self.pgd_steps} (with its loss's convergence){square}{teacher} on the points "
+                f"PGD-{self.pgd_steps} left; about {self.passes:.0f} passes per image "
+                f"({self.passes / self.pgd_steps:.1f}x PGD-{self.pgd_steps})")
 
 
-def sanity_plan(settings: EvalSettings, images: int, reuse: set[str]) -> SanityPlan:
-    """The checks' plan on ``images`` images, reusing the per-image outcomes of the attacks named in ``reuse``."""
+def sanity_plan(settings: EvalSettings, images: int, reuse: set[str], *, square: bool = True,
+                teacher: str | None = None) -> SanityPlan:
+    """The checks' plan on ``images`` images, reusing the per-image outcomes of the attacks named in ``reuse``;
+    ``square``: run the Square check, ``teacher``: the transfer check's teacher."""
     return SanityPlan(images=images, steps=max(1, settings.pgd_steps // 2), pgd_steps=settings.pgd_steps,
-                      reuse=frozenset(reuse) & {"fgsm", "pgd20"})
+                      reuse=frozenset(reuse) & {"fgsm", "pgd20"},
+                      square_queries=SQUARE_QUERIES_PER_STEP * settings.pgd_steps if square else 0, teacher=teacher)
 
 
 def _large_eps(settings: EvalSettings, x: Tensor) -> float:
@@ -213,12 +242,88 @@ def _zero_gradient_check(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, 
         zero_at_image=zero / right_total, zero_at_random_start=at_start / right_total)
 
 
+def not_converged(losses: Tensor, window: int = CONVERGENCE_WINDOW, move: float = CONVERGENCE_MOVE) -> Tensor:
+    """Per sample of ``losses`` (iterates × samples, the start first): whether the loss's running maximum, rescaled to
+    [0, 1] over the path, rose by more than ``move`` over the last ``window`` steps (Pintor et al.'s
+    incomplete-optimisation indicator, for an attack that maximises its loss)."""
+    best = losses.float().cummax(dim=0).values
+    span = best[-1] - best[0]
+    earlier = best[max(0, best.shape[0] - 1 - window)]
+    return (span > 0) & (best[-1] - earlier > move * span)
+
+
+def _batches(where: Tensor, batch_size: int) -> list[Tensor]:
+    index = where.nonzero().flatten()
+    return [index[start:start + batch_size] for start in range(0, index.numel(), batch_size)]
+
+
+def _longer_pgd(model: nn.Module, x: Tensor, y: Tensor, where: Tensor, settings: EvalSettings, batch_size: int,
+                device: torch.device, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """PGD with twice ``settings``' steps (and its restarts) on the points ``where``: per point whether it stays
+    right, and, for the points its first run left, whether that run's loss had not converged (and which were
+    left)."""
+    m = x.shape[0]
+    right, moving, left = (torch.zeros(m, dtype=torch.bool) for _ in range(3))
+    spec = attacks.AttackSpec(eps=settings.eps, step_size=settings.step_size, steps=2 * settings.pgd_steps,
+                              norm=settings.norm, init="uniform")
+    torch.manual_seed(seed)
+    for chosen in _batches(where, batch_size):
+        xb, yb = to_unit_float(x[chosen].to(device)), y[chosen].to(device)
+        trace: list[Tensor] = []
+        _, _, fooled = attacks.best_iterate(model, xb, yb, spec, trace)
+        first_left = ~fooled
+        for _ in range(max(1, settings.restarts) - 1):
+            fooled |= attacks.best_iterate(model, xb, yb, spec)[2]
+        right[chosen] = ~fooled.cpu()
+        left[chosen] = first_left.cpu()
+        moving[chosen] = (not_converged(torch.stack(trace)) & first_left).cpu()
+    return right, moving, left
+
+
+def _square(model: nn.Module, x: Tensor, y: Tensor, where: Tensor, settings: EvalSettings, queries: int,
+            batch_size: int, device: torch.device) -> Tensor:
+    """Square (``pyautoattack``, its standard parameters but ``queries``) on the points ``where``: per point whether
+    it stays right."""
+    from .autoattack import _autoattack_logging, _import_autoattack, _preserved_global_state
+    from .settings import AUTOATTACK_SEED
+
+    right = torch.zeros(x.shape[0], dtype=torch.bool)
+    AutoAttack = _import_autoattack()
+    with _preserved_global_state(device), _autoattack_logging(False):
+        adversary = AutoAttack(model, norm=threat_model(settings.norm).robustbench, eps=settings.eps,
+                               version="custom", attacks=["square"], device=device, seed=AUTOATTACK_SEED)
+        adversary.square.n_queries = queries
+        adversary.square.verbose = False
+        for chosen in _batches(where, batch_size):
+            xb, yb = to_unit_float(x[chosen].to(device)), y[chosen].to(device).long()
+            x_adv = adversary.square.perturb(xb, yb)
+            with torch.no_grad():
+                right[chosen] = (model(x_adv).argmax(1) == yb).cpu()
+    return right
+
+
+def _transferred(model: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, where: Tensor, settings: EvalSettings,
+                 batch_size: int, device: torch.device, seed: int) -> Tensor:
+    """PGD (``settings``) crafted on ``teacher`` on the points ``where``: per point whether ``model`` stays right."""
+    right = torch.zeros(x.shape[0], dtype=torch.bool)
+    spec = attacks.AttackSpec(eps=settings.eps, step_size=settings.step_size, steps=settings.pgd_steps,
+                              norm=settings.norm, init="uniform", restarts=settings.restarts)
+    torch.manual_seed(seed)
+    for chosen in _batches(where, batch_size):
+        xb, yb = to_unit_float(x[chosen].to(device)), y[chosen].to(device)
+        x_adv = attacks.pgd(teacher, xb, yb, spec)
+        with torch.no_grad():
+            right[chosen] = (model(x_adv).argmax(1) == yb).cpu()
+    return right
+
+
 def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, plan: SanityPlan, *,
                batch_size: int, device: torch.device | str, seed: int = 0,
-               known: dict[str, Tensor] | None = None,
+               known: dict[str, Tensor] | None = None, teacher: nn.Module | None = None,
                say: Callable[[str], None] = lambda message: None) -> list[Check]:
-    """The checks on the first ``plan.images`` of ``x`` (model already on ``device``); ``known`` the per-image
-    outcomes (:class:`~robustdistill._eval.harness.EvalResult` ``correct``) of attacks already run on them."""
+    """The checks on the first ``plan.images`` of ``x`` (model, and ``teacher`` for the transfer check, already on
+    ``device``); ``known`` the per-image outcomes (:class:`~robustdistill._eval.harness.EvalResult` ``correct``)
+    of attacks already run on them."""
     m = plan.images
     x, y = x[:m], y[:m].long()
     device = torch.device(device)
@@ -259,7 +364,16 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
         unbounded = outcomes(_from_image(2 * plan.steps),
                              replace(settings, eps=unbounded_eps, step_size=unbounded_eps / 10), large)
         say(f"sanity: PGD-{2 * settings.pgd_steps} on the points PGD-{settings.pgd_steps} left")
-        stronger = outcomes(builtin["pgd20"], replace(settings, pgd_steps=2 * settings.pgd_steps), pgd)
+        stronger, moving, first_left = _longer_pgd(model, x, y, pgd, settings, batch_size, device, seed)
+        square = None
+        if plan.square_queries:
+            say(f"sanity: Square ({plan.square_queries} queries) on the points PGD-{settings.pgd_steps} left")
+            square = _square(model, x, y, pgd, settings, plan.square_queries, batch_size, device)
+        transfer = None
+        if teacher is not None:
+            say(f"sanity: PGD-{settings.pgd_steps} from the teacher on the points PGD-{settings.pgd_steps} left")
+            with attacks.model_mode(teacher, train=False), _frozen_parameters(teacher):
+                transfer = _transferred(model, teacher, x, y, pgd, settings, batch_size, device, seed)
 
     def acc(points: Tensor) -> float:
         return float(points.float().mean())
@@ -291,16 +405,37 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
         "warning": f"FGSM comes close to beating {pgd_name}: check the step size and --pgd-steps",
         "failed": f"FGSM beats {pgd_name}: the iterative attack is misled (masked gradients or a bad step size); "
                   "trust autoattack"}, accuracy_fgsm=acc(fgsm), accuracy_pgd=acc(pgd)))
-    drop = acc(pgd) - acc(pgd & stronger)
-    checks.append(_judge("more_steps", drop, binomial_margin(acc(pgd), m, Z_WARNING),
-                         binomial_margin(acc(pgd), m, Z_FAILED), {
-                             "ok": f"twice the steps do not lower {pgd_name}'s accuracy beyond noise",
-                             "warning": f"twice the steps lower the accuracy noticeably: {pgd_name} has not "
-                                        "converged; rerun with more --pgd-steps or --restarts",
-                             "failed": f"twice the steps lower the accuracy a lot: {pgd_name} is far from "
-                                       "converged; report a longer attack or autoattack"},
-                         accuracy_pgd=acc(pgd), accuracy_more_steps=acc(pgd & stronger),
-                         steps=2 * settings.pgd_steps))
+    checks.append(_accuracy_drop("more_steps", acc(pgd), acc(pgd & stronger), m, {
+        "ok": f"twice the steps do not lower {pgd_name}'s accuracy beyond noise",
+        "warning": f"twice the steps lower the accuracy noticeably: {pgd_name} has not converged; rerun with more "
+                   "--pgd-steps or --restarts",
+        "failed": f"twice the steps lower the accuracy a lot: {pgd_name} is far from converged; report a longer "
+                  "attack or autoattack"},
+        accuracy_pgd=acc(pgd), accuracy_more_steps=acc(pgd & stronger), steps=2 * settings.pgd_steps))
+    standing = max(int(first_left.sum()), 1)
+    checks.append(_judge("converged", int(moving.sum()) / standing, 0.05, 0.2, {
+        "ok": f"PGD-{2 * settings.pgd_steps}'s loss has converged on the points it leaves",
+        "warning": f"PGD-{2 * settings.pgd_steps}'s loss is still rising on some points it leaves: rerun with more "
+                   "--pgd-steps or trust autoattack",
+        "failed": f"PGD-{2 * settings.pgd_steps}'s loss is still rising on many points it leaves: the attack has "
+                  "not converged (noisy or misleading gradients); report a longer attack or autoattack"},
+        window=CONVERGENCE_WINDOW, move=CONVERGENCE_MOVE, points=int(first_left.sum())))
+    if square is not None:
+        checks.append(_accuracy_drop("square", acc(pgd), acc(pgd & square), m, {
+            "ok": f"the black-box Square attack is no stronger than {pgd_name}",
+            "warning": f"the black-box Square attack breaks some points {pgd_name} left: gradients may be masked; "
+                       "run autoattack",
+            "failed": f"the black-box Square attack beats {pgd_name}: gradients are likely masked; trust "
+                      f"autoattack, not {pgd_name}"},
+            queries=plan.square_queries, accuracy_pgd=acc(pgd), accuracy_with_square=acc(pgd & square)))
+    if transfer is not None:
+        checks.append(_accuracy_drop("transfer", acc(pgd), acc(pgd & transfer), m, {
+            "ok": f"{pgd_name} transferred from the teacher is no stronger than {pgd_name} on the model",
+            "warning": f"{pgd_name} transferred from the teacher breaks some points the white-box attack left: its "
+                       "gradients may be masked; run autoattack",
+            "failed": f"{pgd_name} transferred from the teacher beats the white-box attack: the model's gradients "
+                      f"are masked or misleading; trust autoattack, not {pgd_name}"},
+            teacher=plan.teacher, accuracy_pgd=acc(pgd), accuracy_with_transfer=acc(pgd & transfer)))
     return checks
 
 

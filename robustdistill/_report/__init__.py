@@ -28,8 +28,8 @@ from .figures import (
            robust_vs_eps_figure,
 )
 from .records import RunRecord, load_run
-from .tables import figure_captions, loss_terms_table, per_class_table, results_table
+from .tables import figure_captions, loss_terms_table, per_class_table, results_table, sanity_table
 
 __all__ = ["RunRecord", "curves_figure", "figure_captions", "gradients_figure", "input_gradients", "load_run",
            "loss_terms_figure", "loss_terms_table", "per_class_table", "report_command", "results_table",
-           "robust_accuracy_curve", "robust_vs_eps_figure"]
+           "robust_accuracy_curve", "robust_vs_eps_figure", "sanity_table"]

@@ -36,7 +36,7 @@ from .figures import (
     plot_robust_vs_eps,
 )
 from .records import DEFAULT_EPS_FACTORS, RunRecord, _unique_labels, load_run
-from .tables import figure_captions, loss_terms_table, per_class_table, results_table
+from .tables import figure_captions, loss_terms_table, per_class_table, results_table, sanity_table
 
 
 def _eps_list(text: str) -> list[float]:
@@ -69,9 +69,13 @@ def report_command(args: ReportConfig, registry: Registry) -> int:
         written += _model_figures(args, runs, registry, out, fixed_eps)
 
     classes = per_class_table(runs)
+    sanity = sanity_table(runs)
     text = ("# Results\n\n" + results_table(runs)
             + (f"\n## Accuracy per class\n\nAccuracy on each class's test images (by label), in percent.\n\n{classes}"
                if classes else "")
+            + ("\n## Sanity checks of the evaluation\n\nThe verdicts of `robustdistill eval --sanity` (ok, warning, "
+               "failed) with each check's figure (more is worse), and what each check that did not pass means.\n\n"
+               f"{sanity}" if sanity else "")
             + "\n## Loss terms in the last epoch\n\n"
             "The loss is the sum of weighted terms; *term, unweighted* is the term's mean over the epoch, *weight × "
             "term* its contribution to the loss.\n\n" + loss_terms_table(runs) + "\n" + figure_captions(runs, written))

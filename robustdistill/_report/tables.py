@@ -83,6 +83,26 @@ def per_class_table(runs: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sanity_table(runs: list[RunRecord]) -> str:
+    """Markdown table of the ``eval --sanity`` verdicts: one row per run that has them, a column per check (its
+    verdict and figure), and the meaning of each check that did not pass; empty when no run has them."""
+    sections = [(run, (run.evaluation or {}).get("sanity")) for run in runs]
+    sections = [(run, section) for run, section in sections if isinstance(section, dict)]
+    if not sections:
+        return ""
+    names = list(dict.fromkeys(c["name"] for _, section in sections for c in section["checks"]))
+    header = ["run", "images", "verdict", *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for run, section in sections:
+        checks = {c["name"]: c for c in section["checks"]}
+        cells = [f"{checks[n]['verdict']} ({checks[n]['figure']:.3g})" if n in checks else "—" for n in names]
+        lines.append(f"| {run.label} | {section['images']} | {section['verdict']} | " + " | ".join(cells) + " |")
+        notes += [f"- {run.label}, {c['name']} ({c['verdict']}): {c['meaning']}" for c in section["checks"]
+                  if c["verdict"] != "ok"]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
 def figure_captions(runs: list[RunRecord], written: list[str]) -> str:
     """One sentence per written figure, for results.md."""
     weighted = any(has_weighted_terms(run) for run in runs)

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from .._registry import Registry, RobustDistillError
 from . import storage as store
 from .spec import StudySpec, build_spec, pairs, read_study_file, search_range, slot_key
 from .storage import INSTALL
-from .table import results, summarize, write_summary
+from .table import mirror, results, summarize, teacher_results, write_summary
 from .trials import worker_env
 from .worker import WorkerPlan, visible_gpus, work
 
@@ -71,9 +72,11 @@ def study_values(config: StudyConfig) -> dict[str, Any]:
     if config.prune and not values.get("pruning"):
         values["pruning"] = True
     if config.attacks or config.eval_subset:
-        evaluate = _section(values, "evaluate")
+        given = values.get("evaluate")
+        listed = list(given) if isinstance(given, list) and given else None
+        evaluate = dict(listed[0]) if listed and isinstance(listed[0], dict) else _section(values, "evaluate")
         evaluate.update({k: v for k, v in (("attacks", config.attacks), ("subset", config.eval_subset)) if v})
-        values["evaluate"] = evaluate
+        values["evaluate"] = [evaluate, *listed[1:]] if listed else evaluate
     if config.control:
         values["controls"] = {**_section(values, "controls"), **dict(pairs(config.control, "--control",
                                                                            "rslad+igdm=rslad"))}
@@ -98,9 +101,10 @@ def read_spec(config: StudyConfig, registry: Registry) -> StudySpec:
 class Progress:
     """Lines that read in a log: trials done / running / left, the best so far, the time left."""
 
-    def __init__(self, spec: StudySpec, workers: int) -> None:
+    def __init__(self, spec: StudySpec, workers: int, on_done: Callable[[], None] = lambda: None) -> None:
         self.spec = spec
         self.workers = workers
+        self.on_done = on_done
         self.started = time.monotonic()
         self.last: tuple[int, ...] = ()
         self.shown = 0.0
@@ -147,6 +151,8 @@ class Progress:
         now = time.monotonic()
         if key != self.last or now - self.shown >= every:
             print(self.line(study, counts), flush=True)
+            if not self.last or key[0] != self.last[0]:
+                self.on_done()
             self.last, self.shown = key, now
         return counts
 
@@ -226,12 +232,23 @@ def study_command(config: StudyConfig, registry: Registry) -> int:
     url = config.storage or store.default_storage(out)
     storage = store.open_storage(url, config.heartbeat)
     study = store.open_study(spec, storage)
+    results_dir = Path(config.results) if config.results else None
+
+    def tabulate(counts: dict[str, int]) -> Path:
+        """Write the table (and, with ``--results``, copy the finished runs' small files); returns its path."""
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        path = write_summary(out, summarize(spec, results(spec, complete), counts, teacher_results(spec, out)))
+        if results_dir is not None:
+            mirror(spec, out, complete, results_dir)
+        return path
+
     progress = Progress(spec, config.workers)
+    progress.on_done = lambda: tabulate(progress.counts(study))
     interrupted = (run_on_slurm if config.slurm else run_here)(spec, out, url, config, study, progress)
     counts = progress.show(study, config.progress_every)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    path = write_summary(out, summarize(spec, results(spec, complete), counts))
-    print(f"study {spec.name}: table in {path} and {out / 'summary.json'}", flush=True)
+    path = tabulate(counts)
+    where = f" (copied with the runs' small files to {results_dir})" if results_dir is not None else ""
+    print(f"study {spec.name}: table in {path} and {out / 'summary.json'}{where}", flush=True)
     if interrupted:
         print(f"study {spec.name}: interrupted; the same command continues it", flush=True)
         return 130

@@ -19,13 +19,14 @@ from .._config import OptionTable, option_defaults, parse_int, parse_number, val
 from .._presets import read_option_file
 from .._registry import RobustDistillError
 
-KEYS = ("name", "train", "rows", "seeds", "grid", "search", "objective", "pruning", "evaluate", "controls")
+KEYS = ("name", "train", "teachers", "rows", "seeds", "grid", "search", "objective", "pruning", "evaluate",
+        "controls")
 RESERVED = {"plugin": "name the methods in rows", "seed": "list the seeds under seeds",
             "out": "trials write to OUT/trials/ (study --out)", "config": "put the options under train",
             "resume": "a trial always resumes its run directory"}
 """Train options a study sets itself, and what to write instead."""
 EVAL_RESERVED = {"checkpoint": "each trial's run directory is evaluated",
-                 "json": "the results go to eval.json in the run directory",
+                 "json": "the results go to NAME.json in the run directory (evaluate's name, eval by default)",
                  "attacks": "use evaluate.attacks", "subset": "use evaluate.subset"}
 EPOCHS = ("last", "best")
 DIRECTIONS = ("maximize", "minimize")
@@ -35,6 +36,16 @@ SAMPLERS = ("tpe", "random")
 @dataclass(frozen=True)
 class Row:
     """One grid row: a composition of method plugins and its own train options."""
+
+    name: str
+    plugins: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher the study trains once, before the trials that name it (``teacher: NAME`` in ``train``, a row's
+    options or ``grid``): its plugins and its options over the study's ``train`` options (without ``teacher``)."""
 
     name: str
     plugins: tuple[str, ...]
@@ -75,8 +86,10 @@ class Pruning:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """``robustdistill eval`` at the end of each trial, on the test set: reported, never selected on."""
+    """``robustdistill eval`` at the end of each trial, on the test set, into ``NAME.json``: reported, never selected
+    on."""
 
+    name: str = "eval"
     attacks: str = "clean,pgd20"
     subset: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +121,7 @@ class StudySpec:
     name: str
     train: dict[str, Any]
     rows: tuple[Row, ...]
+    teachers: tuple[Teacher, ...] = ()
     seeds: tuple[int, ...] = (0,)
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     search: tuple[Searched, ...] = ()
@@ -116,15 +130,16 @@ class StudySpec:
     sampler: str = "tpe"
     objective: Objective = Objective()
     pruning: Pruning | None = None
-    evaluate: Evaluation | None = None
+    evaluate: tuple[Evaluation, ...] = ()
     controls: tuple[tuple[str, str], ...] = ()
 
     def cells(self) -> list[Cell]:
-        """Every grid cell: rows × seeds × the listed options' values, in the file's order."""
+        """Every grid cell: the listed options' values × seeds × rows, in the file's order (every row of a seed
+        before the next seed, so a study stopped early holds pairs of rows at the same seed)."""
         names = [name for name, _ in self.grid]
         combos = itertools.product(*(values for _, values in self.grid))
-        return [Cell(row, seed, tuple(zip(names, combo))) for combo in combos for row in self.rows
-                for seed in self.seeds]
+        return [Cell(row, seed, tuple(zip(names, combo))) for combo in combos for seed in self.seeds
+                for row in self.rows]
 
     def slots(self) -> list[tuple[Cell, int]]:
         """Every trial of the study as (cell, index in the cell), the first values of every cell first."""
@@ -317,26 +332,69 @@ class Checker:
         return Pruning(self.whole("pruning.min-epochs", item.get("min-epochs", 1), 1),
                        self.whole("pruning.reduction-factor", item.get("reduction-factor", 3), 2))
 
-    def evaluate(self, value: Any) -> Evaluation | None:
+    def evaluate(self, value: Any) -> tuple[Evaluation, ...]:
         if value is None or value is False:
-            return None
-        item = self.mapping("evaluate", value, "{attacks: clean,pgd20, subset: 1000}")
-        unknown = sorted(set(item) - {"attacks", "subset", "options"})
+            return ()
+        items = value if isinstance(value, (list, tuple)) else [value]
+        evaluations = tuple(self.evaluation("evaluate" if len(items) == 1 and not isinstance(value, (list, tuple))
+                                            else f"evaluate[{i}]", item, "eval" if i == 0 else None)
+                            for i, item in enumerate(items))
+        names = [e.name for e in evaluations]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise self.fail("evaluate", f"two evaluations are named {duplicated[0]}; each writes NAME.json, so give "
+                                        "each its own name")
+        return evaluations
+
+    def evaluation(self, where: str, value: Any, default_name: str | None) -> Evaluation:
+        item = self.mapping(where, value, "{attacks: clean,pgd20, subset: 1000}")
+        unknown = sorted(set(item) - {"name", "attacks", "subset", "options"})
         if unknown:
-            raise self.fail(f"evaluate.{unknown[0]}", "unknown key; evaluate has attacks, subset and options")
+            raise self.fail(f"{where}.{unknown[0]}", "unknown key; an evaluation has name, attacks, subset and options")
+        name = item.get("name", default_name)
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise self.fail(f"{where}.name", "give each evaluation after the first a file name without / (e.g. "
+                                             "name: aa1000)")
         attacks = item.get("attacks", "clean,pgd20")
         attacks = ",".join(attacks) if isinstance(attacks, list) else attacks
         if not isinstance(attacks, str) or not attacks.strip(","):
-            raise self.fail("evaluate.attacks", "name the attacks (e.g. clean,pgd20,autoattack)")
+            raise self.fail(f"{where}.attacks", "name the attacks (e.g. clean,pgd20,autoattack)")
         subset = item.get("subset")
         if subset is not None:
-            self.whole("evaluate.subset", subset, 1)
-        options = self.mapping("evaluate.options", item.get("options"), "{pgd-steps: 20}")
-        for name in options:
-            if name in EVAL_RESERVED:
-                raise self.fail(f"evaluate.options.{name}", f"a study sets it; {EVAL_RESERVED[name]}")
-        option_defaults(self.eval_table, options, f"{self.source}: evaluate.options", "eval")
-        return Evaluation(attacks, subset, options)
+            self.whole(f"{where}.subset", subset, 1)
+        options = self.mapping(f"{where}.options", item.get("options"), "{pgd-steps: 20}")
+        for option in options:
+            if option in EVAL_RESERVED:
+                raise self.fail(f"{where}.options.{option}", f"a study sets it; {EVAL_RESERVED[option]}")
+        option_defaults(self.eval_table, options, f"{self.source}: {where}.options", "eval")
+        return Evaluation(name, attacks, subset, options)
+
+    def teachers(self, value: Any) -> tuple[Teacher, ...]:
+        teachers = []
+        for name, item in self.mapping("teachers", value, "{teacher-at: {plugins: [at], options: {epochs: 30}}}"
+                                       ).items():
+            where = f"teachers.{name}"
+            if not name or "/" in name:
+                raise self.fail(where, "give each teacher a name without / (e.g. teacher-at)")
+            item = self.mapping(where, item, "{plugins: [at], options: {epochs: 30}}")
+            unknown = sorted(set(item) - {"plugins", "options"})
+            if unknown:
+                raise self.fail(f"{where}.{unknown[0]}", "unknown key; a teacher has plugins and options")
+            plugins = item.get("plugins", name.split("+"))
+            plugins = [plugins] if isinstance(plugins, str) else self.sequence(f"{where}.plugins", plugins, "[at]")
+            for plugin in plugins:
+                if plugin not in self.methods:
+                    raise self.fail(f"{where}.plugins", f"unknown method {plugin!r}; known: {', '.join(self.methods)}")
+            options = self.mapping(f"{where}.options", item.get("options"), "{epochs: 30, model: resnet18}")
+            if "teacher" in options:
+                raise self.fail(f"{where}.options.teacher", "a study's teacher trains without a teacher; train it "
+                                "first and name its run directory as the teacher instead")
+            for option in RESERVED.keys() - {"seed"}:
+                if option in options:
+                    raise self.fail(f"{where}.options.{option}", f"a study sets it; {RESERVED[option]}")
+            option_defaults(self.train_table, options, f"{self.source}: {where}.options", "train")
+            teachers.append(Teacher(str(name), tuple(plugins), dict(options)))
+        return tuple(teachers)
 
     def controls(self, value: Any, rows: Sequence[Row]) -> tuple[tuple[str, str], ...]:
         names = [row.name for row in rows]
@@ -364,13 +422,14 @@ def build_spec(values: Mapping[str, Any], source: str, default_name: str, train_
         raise check.fail("name", "give the study a name (e.g. name: igdm-alpha)")
     train = check.train_options("train", check.mapping("train", values.get("train"), "{dataset: cifar10}"))
     rows = check.rows(values["rows"])
+    teachers = check.teachers(values.get("teachers"))
     searched, trials, first, sampler = check.search(values.get("search"))
     grid = check.grid(values.get("grid"))
     clash = sorted({s.name for s in searched} & {name for name, _ in grid})
     if clash:
         raise check.fail(f"search.options.{clash[0]}", "is also listed under grid; search it or list it, not both")
-    return StudySpec(name=name, train=train, rows=rows, seeds=check.seeds(values.get("seeds", [0])), grid=grid,
-                     search=searched, trials=trials, first=first, sampler=sampler,
+    return StudySpec(name=name, train=train, rows=rows, teachers=teachers, seeds=check.seeds(values.get("seeds", [0])),
+                     grid=grid, search=searched, trials=trials, first=first, sampler=sampler,
                      objective=check.objective(values.get("objective"), train), pruning=check.pruning(values.get(
                          "pruning")), evaluate=check.evaluate(values.get("evaluate")),
                      controls=check.controls(values.get("controls"), rows))

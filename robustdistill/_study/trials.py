@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .spec import Cell, Objective, StudySpec
+from .spec import Cell, Evaluation, Objective, StudySpec, Teacher
 
 LOCK = ".trial.lock"
 TRAIN_LOG = "train.log"
 EVAL_LOG = "eval.log"
-EVAL_JSON = "eval.json"
 METRICS = "metrics.jsonl"
+TEACHERS = "teachers"
+"""The study folder's subfolder of the teachers' run directories."""
+
+
+class StudyPath(str):
+    """An option value that is a path inside the study folder: hashed as written, passed to ``train`` under the
+    study's folder (so a trial's directory name does not depend on where the study lives)."""
 
 
 def option_argv(options: Mapping[str, Any]) -> list[str]:
@@ -47,6 +53,7 @@ class TrialCommand:
     row: str
     plugins: tuple[str, ...]
     options: dict[str, Any]
+    folder: str = "trials"
 
     @property
     def argv(self) -> list[str]:
@@ -58,29 +65,39 @@ class TrialCommand:
         return hashlib.sha256("\0".join(self.argv).encode()).hexdigest()[:12]
 
     def run_dir(self, out: Path) -> Path:
-        """``OUT/trials/<row>-<hash>``."""
-        return out / "trials" / f"{self.row}-{self.digest}"
+        """``OUT/trials/<row>-<hash>`` (a teacher's: ``OUT/teachers/<name>-<hash>``)."""
+        return out / self.folder / f"{self.row}-{self.digest}"
 
     def train(self, out: Path) -> list[str]:
         """The whole train command line: a run directory holding a checkpoint is resumed, else started."""
-        return [sys.executable, "-m", "robustdistill", "train", *self.argv, "--out", str(self.run_dir(out)),
-                "--resume"]
+        options = {k: str(out / v) if isinstance(v, StudyPath) else v for k, v in self.options.items()}
+        argv = [arg for plugin in self.plugins for arg in ("--plugin", plugin)] + option_argv(options)
+        return [sys.executable, "-m", "robustdistill", "train", *argv, "--out", str(self.run_dir(out)), "--resume"]
+
+
+def teacher_command(spec: StudySpec, teacher: Teacher) -> TrialCommand:
+    """The command of one of the study's teachers: the fixed options (without ``teacher``), then its own."""
+    options = {k: v for k, v in spec.train.items() if k != "teacher"}
+    return TrialCommand(teacher.name, teacher.plugins, {**options, **teacher.options}, folder=TEACHERS)
 
 
 def trial_command(spec: StudySpec, cell: Cell, searched: Mapping[str, Any]) -> TrialCommand:
     """The command of a trial of ``cell`` with the searched options' values: the fixed options, then the row's,
-    the cell's listed values, the searched values and the seed, each over the ones before."""
+    the cell's listed values, the searched values and the seed, each over the ones before; a ``teacher`` that
+    names one of the study's teachers is its run directory."""
     options = {**spec.train, **cell.row.options, **dict(cell.values), **searched, "seed": cell.seed}
+    teachers = {teacher.name: teacher for teacher in spec.teachers}
+    if options.get("teacher") in teachers:
+        taught = teacher_command(spec, teachers[options["teacher"]])
+        options["teacher"] = StudyPath(f"{taught.folder}/{taught.row}-{taught.digest}")
     return TrialCommand(cell.row.name, cell.row.plugins, options)
 
 
-def eval_command(spec: StudySpec, run_dir: Path) -> list[str]:
-    """``robustdistill eval`` of a finished trial on the test set, into ``eval.json`` (resumable)."""
-    assert spec.evaluate is not None
-    evaluate = spec.evaluate
-    argv = [sys.executable, "-m", "robustdistill", "eval", str(run_dir), "--attacks", evaluate.attacks,
-            "--json", str(run_dir / EVAL_JSON), *option_argv(evaluate.options)]
-    return argv + (["--subset", str(evaluate.subset)] if evaluate.subset else [])
+def eval_command(evaluation: Evaluation, run_dir: Path) -> list[str]:
+    """``robustdistill eval`` of a finished run on the test set, into ``NAME.json`` (resumable)."""
+    argv = [sys.executable, "-m", "robustdistill", "eval", str(run_dir), "--attacks", evaluation.attacks,
+            "--json", str(run_dir / f"{evaluation.name}.json"), *option_argv(evaluation.options)]
+    return argv + (["--subset", str(evaluation.subset)] if evaluation.subset else [])
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -104,9 +121,9 @@ def objective_value(records: list[dict[str, Any]], objective: Objective) -> tupl
     return pick(scored, key=lambda item: item[0])
 
 
-def read_eval(run_dir: Path) -> dict[str, Any]:
-    """The finished attacks of a trial's ``eval.json`` and the number of images."""
-    data = json.loads((run_dir / EVAL_JSON).read_text(encoding="utf-8"))
+def read_eval(run_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
+    """The finished attacks of an evaluation's ``NAME.json`` and the number of images."""
+    data = json.loads((run_dir / f"{evaluation.name}.json").read_text(encoding="utf-8"))
     attacks = [name for name in data.get("seconds", {}) if name not in data.get("pending", [])]
     return {"accuracy": {name: data[name] for name in attacks}, "n": data.get("n")}
 

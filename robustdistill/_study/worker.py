@@ -24,6 +24,7 @@ from .trials import (
     objective_value,
     read_eval,
     read_metrics,
+    teacher_command,
     trial_command,
 )
 
@@ -88,6 +89,8 @@ class Worker:
     def run(self) -> None:
         optuna = store.import_optuna()
         running = (optuna.trial.TrialState.RUNNING,)
+        if not self.train_teachers():
+            return
         while not self.stopping:
             if self.beats:
                 optuna.storages.fail_stale_trials(self.study)
@@ -98,6 +101,33 @@ class Worker:
                 time.sleep(max(POLL, min(5.0, self.plan.heartbeat / 2)))  # another worker's trial may be retried
             else:
                 return
+
+    def train_teachers(self) -> bool:
+        """Train and evaluate the study's teachers, each by one worker while the others wait for it (a finished one
+        is resumed at once, its evaluations skipped); ``False`` when one failed or the worker was stopped."""
+        for teacher in self.spec.teachers:
+            command = teacher_command(self.spec, teacher)
+            run_dir = command.run_dir(self.out)
+            lock = RunLock(run_dir)
+            try:
+                while not lock.acquire():
+                    if self.stopping:
+                        return False
+                    time.sleep(POLL)
+                self.say(f"teacher {teacher.name} → {run_dir}")
+                steps = [(command.train(self.out), TRAIN_LOG)] + [(eval_command(e, run_dir), EVAL_LOG)
+                                                                  for e in self.spec.evaluate]
+                for argv, log in steps:
+                    status = self.follow(Child(argv, run_dir / log, self.plan.env, lock), None)
+                    if self.stopping:
+                        return False
+                    if status != 0:
+                        self.say(f"teacher {teacher.name} failed: {argv[3]} exited with status {status} "
+                                 f"({run_dir / log}); no trial is run without it")
+                        return False
+            finally:
+                lock.close()
+        return True
 
     def suggest(self, trial: optuna.Trial, searched: Searched) -> float | int:
         if searched.integer:
@@ -119,7 +149,7 @@ class Worker:
         try:
             self.wait_for(lock, trial)
             outcome = self.train(trial, command.train(self.out), run_dir, lock)
-            if outcome is None and self.spec.evaluate is not None:
+            if outcome is None and self.spec.evaluate:
                 outcome = self.evaluate(trial, run_dir, lock)
             self.finish(trial, run_dir, outcome, time.monotonic() - started)
         except Stopped:
@@ -137,11 +167,11 @@ class Worker:
             self.beat(trial)
             time.sleep(POLL)
 
-    def beat(self, trial: optuna.Trial) -> None:
-        if self.beats:
+    def beat(self, trial: optuna.Trial | None) -> None:
+        if self.beats and trial is not None:
             self.storage.record_heartbeat(self.trial_id)
 
-    def follow(self, child: Child, trial: optuna.Trial, prune: bool = False) -> int:
+    def follow(self, child: Child, trial: optuna.Trial | None, prune: bool = False) -> int:
         """Wait for the child to end, beating (and, with ``prune``, stopping it when the pruner says so); returns
         its exit status."""
         self.child = child
@@ -194,12 +224,14 @@ class Worker:
         return None
 
     def evaluate(self, trial: optuna.Trial, run_dir: Path, lock: RunLock) -> str | None:
-        status = self.follow(Child(eval_command(self.spec, run_dir), run_dir / EVAL_LOG, self.plan.env, lock), trial)
-        if self.stopping:
-            raise Stopped
-        if status != 0:
-            return f"failed: eval exited with status {status} ({run_dir / EVAL_LOG})"
-        trial.set_user_attr("test", read_eval(run_dir))
+        for evaluation in self.spec.evaluate:
+            status = self.follow(Child(eval_command(evaluation, run_dir), run_dir / EVAL_LOG, self.plan.env, lock),
+                                 trial)
+            if self.stopping:
+                raise Stopped
+            if status != 0:
+                return f"failed: eval exited with status {status} ({run_dir / EVAL_LOG})"
+        trial.set_user_attr("test", {e.name: read_eval(run_dir, e) for e in self.spec.evaluate})
         return None
 
     def finish(self, trial: optuna.Trial, run_dir: Path, outcome: str | None, seconds: float) -> None:

@@ -167,6 +167,10 @@ class StudyConfig:
     storage: str | None = _option("--storage", None, "the study's storage: an Optuna RDB URL (sqlite:///…, "
                                   "postgresql://…, mysql://…) or a journal file on a shared file system (a path) "
                                   "(default: sqlite:///OUT/study.db)", type=str, metavar="URL|PATH")
+    report: str = _option("--report", "curves", "at the end, `robustdistill report` of the best trial of each grid "
+                          "cell (by the objective) into OUT/report: curves (the figures from the runs' records), models "
+                          "(also those that load the models: robust accuracy against eps, input gradients), off",
+                          choices=("curves", "models", "off"))
     results: str | None = _option("--results", None, "also copy the small files of every finished trial and teacher "
                                   "(config, metrics, environment, evaluations; no checkpoints) and the table here, "
                                   "as ROW/seed-N/ — a folder that can be committed", type=str, metavar="DIR")

@@ -221,6 +221,15 @@ def test_a_grid_study_with_two_workers_runs_each_trial_once_and_tabulates_the_ru
         assert list(diff["values"][column]["per_seed"].values()) == pytest.approx(per_seed)
         assert diff["values"][column]["n"] == 2
 
+    # the report of the best trial of each cell, each under its cell's name
+    report = (out / "report" / "results.md").read_text()
+    assert (out / "report" / "curves.png").is_file() and "gradients.png" not in report
+    for row in ("natural", "at"):
+        link = out / "report" / "runs" / row
+        best = max((t for t in trials if t.user_attrs["cell"].startswith(f"{row} ")), key=lambda t: t.value)
+        assert link.resolve() == (out / best.user_attrs["run_dir"]).resolve()
+        assert f"| {row} | {row} |" in report
+
     # the same command again continues the finished study: nothing is trained or added
     assert main(["study", "--file", str(GRID), "--out", str(out), "--workers", "2"]) == 0
     assert len(trials_of(out, "synthetic-grid")) == 4

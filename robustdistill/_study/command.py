@@ -222,6 +222,34 @@ def run_on_slurm(spec: StudySpec, out: Path, url: str, config: StudyConfig, stud
     return False
 
 
+def report_best(spec: StudySpec, out: Path, study: optuna.Study, config: StudyConfig, registry: Registry) -> None:
+    """``robustdistill report`` of the best complete trial of each grid cell, into ``OUT/report``; each run appears
+    under its cell's name (``OUT/report/runs/CELL`` links to its run directory)."""
+    from .._command_config import ReportConfig
+    from .._report import report_command
+
+    optuna = store.import_optuna()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return
+    run_dirs = {t.number: out / t.user_attrs["run_dir"] for t in complete}
+    better = max if spec.objective.direction == "maximize" else min
+    best: dict[str, Any] = {}
+    for result in results(spec, complete):
+        name = " ".join([result.row, *(f"{k}={v}" for k, v in result.options)]).replace(" ", "_")
+        best[name] = better(best.get(name, result), result, key=lambda r: r.objective)
+    links = out / "report" / "runs"
+    links.mkdir(parents=True, exist_ok=True)
+    for name, result in best.items():
+        link = links / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(run_dirs[result.number].resolve(), target_is_directory=True)
+    print(f"study {spec.name}: the report of the best trial of each cell goes to {out / 'report'}", flush=True)
+    report_command(ReportConfig(runs=tuple(str(links / name) for name in best), out=str(out / "report"),
+                                models=config.report == "models"), registry)
+
+
 def study_command(config: StudyConfig, registry: Registry) -> int:
     """Run ``robustdistill study`` (see the module's docstring). Returns 0 when every trial is done, 1 when some
     failed (a rerun retries them), 130 when interrupted (a rerun continues)."""
@@ -252,6 +280,8 @@ def study_command(config: StudyConfig, registry: Registry) -> int:
     if interrupted:
         print(f"study {spec.name}: interrupted; the same command continues it", flush=True)
         return 130
+    if config.report != "off":
+        report_best(spec, out, study, config, registry)
     if counts["failed"] or counts["left"]:
         print(f"study {spec.name}: {counts['failed']} trial(s) failed (the reason is in the storage and their "
               "train.log); the same command retries them", flush=True)

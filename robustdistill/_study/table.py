@@ -209,8 +209,8 @@ MIRRORED = ("config.json", "metrics.jsonl", "environment.json")
 def mirror(spec: StudySpec, out: Path, trials: Sequence[Any], results_dir: Path) -> None:
     """Copy the small files of every teacher and complete trial into ``results_dir`` — ``TEACHER/``,
     ``ROW/seed-N/`` (``ROW/OPTION=V…/seed-N-K/`` with listed or searched values, ``K`` the cell's K-th trial of a
-    search) — with the table (``summary.md``, ``summary.json``). The study folder's path in them is written
-    relative to the working directory when it lies below it."""
+    search) — with the table (``summary.md``, ``summary.json``). Paths in them below the working directory are
+    written relative to it."""
     targets = [(teacher_command(spec, t).run_dir(out), results_dir / t.name) for t in spec.teachers]
     for trial in trials:
         cell = spec.cell(trial.user_attrs["cell"])
@@ -223,11 +223,12 @@ def mirror(spec: StudySpec, out: Path, trials: Sequence[Any], results_dir: Path)
     names = [*MIRRORED, *(f"{e.name}.json" for e in spec.evaluate)]
     shown = os.path.relpath(out)
     shown = shown if not shown.startswith("..") else str(out)
+    here = os.getcwd().rstrip("/") + "/"
     for source, target in targets:
         for name in names:
             if (source / name).is_file():
                 target.mkdir(parents=True, exist_ok=True)
-                text = (source / name).read_text(encoding="utf-8").replace(str(out), shown)
+                text = (source / name).read_text(encoding="utf-8").replace(str(out), shown).replace(here, "")
                 atomic_write_text(target / name, text)
     for name in ("summary.md", "summary.json"):
         if (out / name).is_file():

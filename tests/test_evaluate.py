@@ -823,7 +823,7 @@ def test_eval_sanity_prints_its_plan_first_and_writes_its_section(checkpoint, tm
     assert section["images"] == 30 and section["verdict"] in VERDICTS
     names = [c["name"] for c in section["checks"]]
     assert names == ["deterministic", "batch_size", "probabilities", "zero_gradients", "eps_monotone", "large_eps",
-                     "unbounded", "fgsm_vs_pgd", "more_steps", "converged", "square"], "no teacher: no transfer"
+                     "unbounded", "fgsm_vs_pgd", "margin_loss", "more_steps", "converged", "square"], "no teacher: no transfer"
     assert all(c["verdict"] in VERDICTS and c["meaning"] for c in section["checks"])
     assert f"sanity (30 images): {section['verdict']}" in text and "more_steps" in text
 

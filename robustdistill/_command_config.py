@@ -94,6 +94,10 @@ class EvalConfig:
     sanity_teacher: str | None = _option(
         "--sanity-teacher", None, "the model spec the transfer check crafts PGD on (default: the run's teacher, "
         "when the checkpoint records one and it can be found; none: no transfer check)", type=str, metavar="SPEC")
+    gradient_cosine: str | None = _option(
+        "--gradient-cosine", None, "also measure how the model's input gradients align with a teacher's: the mean "
+        "over the evaluated images of cos(∇x CE of the model, ∇x CE of the teacher) at the test image; SPEC or "
+        "teacher (the run's teacher)", type=str, metavar="SPEC|teacher")
     progress: bool = _option("--progress", True, "report on stderr each attack as it starts and ends, the progress "
                              "within long attacks (AutoAttack's log, a line every 30 s, a bar on a terminal) and the "
                              "time left")

@@ -859,3 +859,54 @@ def test_the_transfer_check_attacks_the_runs_teacher_or_the_one_named(trained, c
     assert f"the run's teacher {tmp_path / 'gone.pt'} is not found" in capsys.readouterr().out
     assert "transfer" in checks("--sanity-teacher", str(checkpoint))
     assert "transfer" not in checks("--sanity-teacher", "none", "--redo")
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class FlippedGradient(torch.autograd.Function):
+    """The identity whose backward negates the gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def linear_scorer(w: list[float]) -> nn.Module:
+    """Logits ``[w·x, 0]`` of a 1×2×2 image: CE on label 0 has input gradient (σ(w·x) − 1)·w, along −w."""
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([w, [0.0] * 4]))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def test_the_input_gradient_cosine_with_a_teacher(trained, checkpoint, tmp_path, capsys):
+    from robustdistill._eval.alignment import gradient_cosine
+
+    x, y = torch.rand(3, 1, 2, 2), torch.zeros(3, dtype=torch.long)
+    a, b = linear_scorer([1.0, 0.0, 0.0, 0.0]), linear_scorer([1.0, 1.0, 0.0, 0.0])
+    assert gradient_cosine(a, b, x, y, batch_size=2, device="cpu") == pytest.approx(torch.full((3,), 2 ** -0.5))
+    flipped = nn.Sequential(Lambda(FlippedGradient.apply), b)
+    assert gradient_cosine(a, flipped, x, y, batch_size=2, device="cpu") == pytest.approx(torch.full((3,), -2 ** -0.5))
+    assert gradient_cosine(a, a, x, y, batch_size=2, device="cpu") == pytest.approx(torch.ones(3))
+
+    out = tmp_path / "eval.json"
+    assert eval_command(eval_args(checkpoint, out, "clean", "--gradient-cosine", str(checkpoint)),
+                        make_registry()) == 0
+    alignment = json.loads(out.read_text())["gradient_cosine"]
+    assert alignment["teacher"] == str(checkpoint) and alignment["mean"] == pytest.approx(1.0)
+    assert alignment["images"] == json.loads(out.read_text())["n"]
+    assert "input-gradient cosine with" in capsys.readouterr().out
+    with pytest.raises(RobustDistillError, match="--gradient-cosine teacher: the checkpoint records no teacher"):
+        eval_command(eval_args(checkpoint, tmp_path / "e2.json", "clean", "--gradient-cosine", "teacher"),
+                     make_registry())

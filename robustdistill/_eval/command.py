@@ -17,6 +17,7 @@ from .._folding import fold_or_keep, folded_pairs
 from .._registry import DatasetInfo, EvalAttack, Registry, RobustDistillError
 from .._resolve import role_values
 from .._specs import load_model_spec, open_source
+from .alignment import gradient_cosine
 from .autoattack import attack_details
 from .harness import run_evaluation, worst_class
 from .progress import EvalProgress
@@ -96,38 +97,42 @@ def _has_autoattack() -> bool:
     return True
 
 
-def _sanity_teacher(args: EvalConfig, config: dict[str, Any], info: DatasetInfo, registry: Registry,
-                    norm: str) -> tuple[str | None, nn.Module | None]:
-    """The transfer check's teacher: ``--sanity-teacher``, else the run's default teacher when it can be found."""
-    if args.sanity_teacher == "none":
+def _teacher(given: str | None, flag: str, args: EvalConfig, config: dict[str, Any], info: DatasetInfo,
+             registry: Registry, norm: str, what: str) -> tuple[str | None, nn.Module | None]:
+    """The teacher ``given`` names (``teacher``: the run's default teacher), else the run's when it can be found
+    (``None`` given: only where the run has one); ``none``: no teacher. ``what`` names its use in notes."""
+    if given == "none":
         return None, None
-    if args.sanity_teacher is not None:
-        spec, arch, normalize = args.sanity_teacher, None, None
+    arch = normalize = None
+    if given not in (None, "teacher"):
+        spec = given
     else:
         teachers = role_values(config.get("teacher"), "--teacher")
         if not teachers:
+            if given == "teacher":
+                raise RobustDistillError(f"{flag} teacher: the checkpoint records no teacher; name one ({flag} SPEC)")
             return None, None
         role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
         spec = teachers[role]
         arch = role_values(config.get("teacher_arch"), "--teacher-arch").get(role)
         normalize = role_values(config.get("teacher_normalize"), "--teacher-normalize").get(role)
         if not spec.startswith(("robustbench:", "timm:")) and not Path(spec).exists():
-            print(f"note: the run's teacher {spec} is not found; the transfer check is skipped (--sanity-teacher "
-                  "SPEC names it)", flush=True)
+            print(f"note: the run's teacher {spec} is not found; {what} is skipped ({flag} SPEC names it)",
+                  flush=True)
             return None, None
         if config.get("teacher_resize"):
-            print("note: the run's teacher sees resized images; the transfer check is skipped (--sanity-teacher "
-                  "SPEC names a teacher of the model's input size)", flush=True)
+            print(f"note: the run's teacher sees resized images; {what} is skipped ({flag} SPEC names a teacher of "
+                  "the model's input size)", flush=True)
             return None, None
     loaded = load_model_spec(spec, info=info, models=registry.models, arch=arch, normalize=normalize,
                              robustbench_dir=args.robustbench_dir, download=args.download, norm=norm,
                              flag_prefix="teacher-")
     if loaded.arch.num_classes != info.num_classes:
-        if args.sanity_teacher is not None:
-            raise RobustDistillError(f"--sanity-teacher {spec}: a {loaded.arch.num_classes}-class model, but "
+        if given not in (None, "teacher"):
+            raise RobustDistillError(f"{flag} {spec}: a {loaded.arch.num_classes}-class model, but "
                                      f"{info.name} has {info.num_classes} classes; name a teacher of this dataset")
-        print(f"note: the run's teacher {spec} has {loaded.arch.num_classes} classes, not {info.num_classes}; the "
-              "transfer check is skipped", flush=True)
+        print(f"note: the run's teacher {spec} has {loaded.arch.num_classes} classes, not {info.num_classes}; "
+              f"{what} is skipped", flush=True)
         return None, None
     return spec, loaded.model
 
@@ -204,7 +209,8 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
     outcomes = {name: points for name, points in earlier_points.items() if points is not None}
     plan = teacher = None
     if args.sanity and not sanity_done:
-        teacher_spec, teacher = _sanity_teacher(args, config, info, registry, norm)
+        teacher_spec, teacher = _teacher(args.sanity_teacher, "--sanity-teacher", args, config, info, registry, norm,
+                                         "the transfer check")
         plan = sanity_plan(settings, min(n, args.sanity_images), {a.name for a in to_run} | set(outcomes),
                            square=_has_autoattack(), teacher=teacher_spec)
         if not plan.square_queries:
@@ -231,11 +237,12 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
     per_class: dict[str, list[float | None]] = {}
     points: dict[str, str] = {}
 
-    def write(sanity: dict[str, Any] | None = None) -> None:
+    def write(sanity: dict[str, Any] | None = None, alignment: dict[str, Any] | None = None) -> None:
         if json_path is not None:
             pending = [a.name for a in to_run if a.name not in accuracy]
             atomic_write_text(json_path, json.dumps(_results_file(previous, current, accuracy, seconds, pending,
-                                                                  per_class, points, sanity), indent=2) + "\n")
+                                                                  per_class, points, sanity, alignment),
+                                                    indent=2) + "\n")
 
     def save(name: str, acc: float, secs: float, classes: list[float | None], correct: Tensor) -> None:
         accuracy[name], seconds[name], per_class[name] = acc, secs, classes
@@ -267,6 +274,16 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
                             else (lambda line: None))
         section = sanity_section(plan, checks, time.perf_counter() - began)
         write(section)
+    alignment = (previous or {}).get("gradient_cosine") if previous is not None else None
+    if args.gradient_cosine is not None and (alignment is None or alignment.get("teacher") != args.gradient_cosine):
+        spec, aligned_with = _teacher(args.gradient_cosine, "--gradient-cosine", args, config, info, registry, norm,
+                                      "the gradient cosine")
+        if aligned_with is not None:
+            cosines = gradient_cosine(model, aligned_with.to(device).eval(), test_x[:n], test_y[:n],
+                                      batch_size=args.batch_size, device=device)
+            alignment = {"teacher": args.gradient_cosine, "spec": spec, "images": int(cosines.numel()),
+                         "mean": float(cosines.mean()), "sd": float(cosines.std()) if cosines.numel() > 1 else None}
+            write(section, alignment)
     table = {a.name: float(previous[a.name]) if a.name in earlier else accuracy[a.name]  # type: ignore[index]
              for a in selected}
     table_seconds = {**((previous or {}).get("seconds") or {}), **seconds}
@@ -277,6 +294,10 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
                  worst_case({k: v for k, v in table_points.items() if k in table}, n))
     if section is not None:
         print("\n" + format_sanity(section))
-    if json_path is not None and (to_run or plan is not None):
+    if alignment is not None:
+        sd = f" ± {alignment['sd']:.3f}" if alignment.get("sd") is not None else ""
+        print(f"\ninput-gradient cosine with {alignment['spec']}: {alignment['mean']:.3f}{sd} (mean ± sd over "
+              f"{alignment['images']} test images, cos(∇x CE of the model, ∇x CE of the teacher))")
+    if json_path is not None and (to_run or plan is not None or alignment is not None):
         print(f"wrote {json_path}")
     return 0

@@ -99,12 +99,13 @@ def worst_case(correct: dict[str, str], n: int) -> tuple[float | None, list[str]
 def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accuracy: dict[str, float],
                   seconds: dict[str, float], pending: list[str],
                   per_class: dict[str, list[float | None]] | None = None,
-                  correct: dict[str, str] | None = None, sanity: dict[str, Any] | None = None) -> dict[str, Any]:
+                  correct: dict[str, str] | None = None, sanity: dict[str, Any] | None = None,
+                  gradient_cosine: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON written after each attack: earlier results first, then this run's, then the metadata — with each
     attack's accuracy per class (``per_class``, index = label) and its lowest (``worst_class``), each input's
     outcome per attack (``correct``, :func:`encode_points`), the accuracy under all of those attacks together
-    (``worst_case``, over ``worst_case_attacks``) and the checks of ``--sanity`` (``sanity``, kept from the
-    earlier file unless given)."""
+    (``worst_case``, over ``worst_case_attacks``), the checks of ``--sanity`` (``sanity``) and the input-gradient
+    cosine with a teacher (``gradient_cosine``), the last two kept from the earlier file unless given)."""
     earlier = {k: v for k, v in (previous or {}).items() if k not in RESULT_METADATA_KEYS and k not in accuracy}
     earlier_seconds = {k: v for k, v in ((previous or {}).get("seconds") or {}).items() if k in earlier}
     earlier_attacks = {k: v for k, v in (((previous or {}).get("settings") or {}).get("attacks") or {}).items()
@@ -124,5 +125,8 @@ def _results_file(previous: dict[str, Any] | None, current: dict[str, Any], accu
     sanity = sanity if sanity is not None else (previous or {}).get("sanity")
     if sanity is not None:
         result["sanity"] = sanity
+    gradient_cosine = gradient_cosine if gradient_cosine is not None else (previous or {}).get("gradient_cosine")
+    if gradient_cosine is not None:
+        result["gradient_cosine"] = gradient_cosine
     result["pending"] = pending
     return result

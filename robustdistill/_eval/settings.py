@@ -18,7 +18,8 @@ AUTOATTACK_SEED = 0
 
 RESULT_METADATA_KEYS = frozenset({"eps", "n", "dataset", "checkpoint", "arch", "normalization", "weights_sha256",
                                   "weights", "settings", "seconds", "per_class", "worst_class", "pending", "preset",
-                                  "correct", "worst_case", "worst_case_attacks", "sanity"})
+                                  "correct", "worst_case", "worst_case_attacks", "sanity",
+                                  "gradient_cosine"})
 """Keys of an ``eval --json`` file that are not attack names."""
 
 

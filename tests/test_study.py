@@ -82,6 +82,8 @@ BAD = [
      "evaluate[1].name: give each evaluation after the first a file name"),
     ("rows: [natural]\nevaluate: [{attacks: clean}, {name: eval, attacks: pgd20}]",
      "evaluate: two evaluations are named eval"),
+    ("rows: [natural]\nsearch: {options: {lr: {low: 0.01, high: 0.1}}, first: [{row: at, lr: 0.05}]}",
+     "search.first[0].row: 'at' is not a row"),
     ("rows: [natural]\ncolour: blue", "colour: unknown key; a study file has name, train, teachers, rows"),
     ("train: {epochs: 1}", "rows: missing"),
     ("rows: [natural\n", "is not valid YAML"),
@@ -130,6 +132,11 @@ def test_the_rounds_study_files_load_with_their_teacher_and_two_evaluations():
     round1 = read_spec(StudyConfig(file=str(EXAMPLES / "round1-fmnist.yaml")), registry)
     assert [t.name for t in round1.teachers] == ["teacher-at", "teacher-trades"] and len(round1.slots()) == 15
     assert round1.evaluate[0].subset == 1000 and round1.evaluate[0].attacks == "clean,fgsm,pgd20,cw"
+    alpha = read_spec(StudyConfig(file=str(EXAMPLES / "round3-fmnist-alpha.yaml")), registry)
+    assert [t.name for t in alpha.teachers] == ["teacher-smallcnn", "at-cnn"] and len(alpha.slots()) == 4 * 6
+    firsts = {cell.row.name: alpha.first_for(cell) for cell in alpha.cells()}
+    assert firsts == {"ard+igdm": [{"igdm-alpha": 5}], "adaad+igdm": [{"igdm-alpha": 5}],
+                      "rslad+igdm": [{"igdm-alpha": 0.9}], "iad+igdm": [{"igdm-alpha": 50}]}, "each base its own α"
     controls = read_spec(StudyConfig(file=str(EXAMPLES / "round2-fmnist-controls.yaml")), registry)
     assert controls.seeds == (0, 1, 2, 3, 4) and controls.teachers == spec.teachers
     # a seed's rows come before the next seed's: a study stopped early holds pairs
@@ -437,3 +444,21 @@ def test_two_study_commands_on_one_journal_file_share_the_teacher_and_run_each_t
         text = (copied / "config.json").read_text()
         assert str(tmp_path) not in text, "paths relative to the command's directory"
         assert json.loads(text)["teacher"] == [f"study/teachers/{teacher.name}"]
+
+
+def test_a_rows_first_values_are_queued_first_in_its_cells_only():
+    from robustdistill._command_config import EvalConfig
+    from robustdistill._config import RunConfig, option_table
+    from robustdistill._manager import load_plugins
+    from robustdistill._study.spec import build_spec
+    from robustdistill._study.storage import open_study
+
+    registry = load_plugins().registry
+    spec = build_spec({"rows": ["natural", "at"], "search": {"trials": 2, "options": {"lr": {"low": 0.01, "high": 1}},
+                                                             "first": [{"row": "at", "lr": 0.5}, {"lr": 0.1}]}},
+                      "study", "s", option_table(RunConfig, registry.options), option_table(EvalConfig),
+                      sorted(registry.methods))
+    study = open_study(spec, optuna.storages.InMemoryStorage())
+    queued = {t.user_attrs["slot"]: t.system_attrs.get("fixed_params") for t in study.get_trials()}
+    assert queued == {"natural seed=0 #0": {"lr": 0.1}, "at seed=0 #0": {"lr": 0.5},
+                      "natural seed=0 #1": {}, "at seed=0 #1": {"lr": 0.1}}

@@ -141,6 +141,12 @@ class StudySpec:
         return [Cell(row, seed, tuple(zip(names, combo))) for combo in combos for seed in self.seeds
                 for row in self.rows]
 
+    def first_for(self, cell: Cell) -> list[dict[str, Any]]:
+        """The values a cell's trials try first, in order: those of ``search.first`` for every row or for the
+        cell's (``row: NAME``)."""
+        return [{k: v for k, v in values.items() if k != "row"} for values in self.first
+                if values.get("row") in (None, cell.row.name)]
+
     def slots(self) -> list[tuple[Cell, int]]:
         """Every trial of the study as (cell, index in the cell), the first values of every cell first."""
         cells = self.cells()
@@ -168,6 +174,7 @@ class Checker:
     """One-line errors that say where: ``study.yaml: search.options.igdm-alpha.low: ...``."""
 
     def __init__(self, source: str, train_table: OptionTable, eval_table: OptionTable, methods: Sequence[str]) -> None:
+        self.row_names: list[str] = []
         self.source = source
         self.train_table = train_table
         self.eval_table = eval_table
@@ -293,7 +300,12 @@ class Checker:
         first = []
         for i, values in enumerate(item.get("first") or []):
             values = self.mapping(f"search.first[{i}]", values, "{igdm-alpha: 10}")
+            if "row" in values and values["row"] not in self.row_names:
+                raise self.fail(f"search.first[{i}].row", f"{values['row']!r} is not a row; rows: "
+                                + ", ".join(self.row_names))
             for name, v in values.items():
+                if name == "row":
+                    continue
                 match = next((s for s in searched if s.name == name), None)
                 if match is None:
                     raise self.fail(f"search.first[{i}].{name}", "not a searched option; name one of "
@@ -302,8 +314,9 @@ class Checker:
                     raise self.fail(f"search.first[{i}].{name}", f"{v!r} must be a number in [{match.low:g}, "
                                     f"{match.high:g}]")
             first.append(values)
-        if len(first) > trials:
-            raise self.fail("search.first", f"{len(first)} first values but {trials} trials per cell; raise "
+        most = max((sum(1 for f in first if f.get("row") in (None, row)) for row in self.row_names), default=0)
+        if most > trials:
+            raise self.fail("search.first", f"{most} first values for a row but {trials} trials per cell; raise "
                                             "search.trials")
         return searched, trials, tuple(first), self.choice("search.sampler", item.get("sampler", "tpe"), SAMPLERS)
 
@@ -422,6 +435,7 @@ def build_spec(values: Mapping[str, Any], source: str, default_name: str, train_
         raise check.fail("name", "give the study a name (e.g. name: igdm-alpha)")
     train = check.train_options("train", check.mapping("train", values.get("train"), "{dataset: cifar10}"))
     rows = check.rows(values["rows"])
+    check.row_names = [row.name for row in rows]
     teachers = check.teachers(values.get("teachers"))
     searched, trials, first, sampler = check.search(values.get("search"))
     grid = check.grid(values.get("grid"))

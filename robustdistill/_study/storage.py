@@ -92,7 +92,8 @@ def queue(spec: StudySpec, study: optuna.Study) -> int:
         key = slot_key(cell, index)
         if key in held:
             continue
-        params = failed[key].params if key in failed else (spec.first[index] if index < len(spec.first) else {})
+        first = spec.first_for(cell)
+        params = failed[key].params if key in failed else (first[index] if index < len(first) else {})
         study.enqueue_trial(dict(params), user_attrs={"slot": key, "cell": cell.key})
         queued += 1
     return queued

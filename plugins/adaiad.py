@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustdistill import hookimpl
-from robustdistill.api import (INITS, LossTerm, Method, Option, RobustDistillError, RunView, StepContext, kl_elements,
+from robustdistill.api import (INITS, LossTerm, Method, Option, RunView, StepContext, kl_elements,
                                kl_per_sample, model_mode)
 
-from .iad import introspection_rows, trust
+from .iad import check_introspection, introspecting, introspection_rows, trust
 
 
 @hookimpl
@@ -60,18 +60,7 @@ def register_options(register: Callable) -> None:
 
 @hookimpl
 def train_start(run: RunView) -> None:
-    opts = run.config.adaiad
-    if opts.tau <= 0:
-        raise RobustDistillError(f"--adaiad-tau must be positive (got {opts.tau:g}); the code uses 30")
-    if opts.beta < 0:
-        raise RobustDistillError(f"--adaiad-beta must be ≥ 0 (got {opts.beta:g}); the code uses 0.1")
-    if opts.begin < 0:
-        raise RobustDistillError(f"--adaiad-begin must be ≥ 0 (got {opts.begin}); 0 introspects from the first epoch")
-
-
-def introspecting(ctx: StepContext) -> bool:
-    """The code's 0-based ``epoch >= IAD_begin``, i.e. 1-based ``ctx.epoch > b``."""
-    return ctx.epoch > ctx.config.adaiad.begin
+    check_introspection("adaiad", run.config.adaiad, 30.0)
 
 
 @hookimpl
@@ -84,7 +73,7 @@ def attack(ctx: StepContext) -> Tensor:
 def student_inputs(ctx: StepContext) -> dict[str, Tensor]:
     """The code's train-mode forwards, in its order (the repeated S(x) move BatchNorm's statistics as the code's)."""
     inputs = {"clean": ctx.x, "adv": ctx.x_adv, "clean#2": ctx.x}
-    if introspecting(ctx):
+    if introspecting(ctx, ctx.config.adaiad.begin):
         inputs["clean#3"] = ctx.x
     return inputs
 
@@ -96,7 +85,7 @@ def loss(ctx: StepContext) -> list[LossTerm]:
     teacher = ctx.teacher_out("adv", ctx.x_adv).logits
     kl = kl_per_sample(kl_elements(adv, teacher, opts.tau), "batchmean")
     terms = [LossTerm("kl", kl.mean(), weight=opts.alpha * opts.tau ** 2, per_sample=kl)]
-    if introspecting(ctx):
+    if introspecting(ctx, ctx.config.adaiad.begin):
         rows = (1 - trust(teacher, ctx.y, opts.beta)) * introspection_rows(ctx.student_out("clean"), adv)
         terms.append(LossTerm("introspection", rows.mean(), weight=opts.alpha, per_sample=rows))
     if opts.alpha != 1:

@@ -99,20 +99,26 @@ def resolve_options(config: RunConfig, base_method: str | None) -> dict[str, Any
     return {key: Default(value=value, source=SOURCES[method]) for key, value in CODE_DEFAULTS[method].items()}
 
 
+def check_introspection(prefix: str, opts: Any, code_tau: float) -> None:
+    """One-line errors for the τ, β and b options of ``--PREFIX-…`` (IAD's, and AdaIAD's that reuse them)."""
+    if opts.tau <= 0:
+        raise RobustDistillError(f"--{prefix}-tau must be positive (got {opts.tau:g}); the code uses {code_tau:g}")
+    if opts.beta < 0:
+        raise RobustDistillError(f"--{prefix}-beta must be ≥ 0 (got {opts.beta:g}); the code uses 0.1")
+    if opts.begin < 0:
+        raise RobustDistillError(f"--{prefix}-begin must be ≥ 0 (got {opts.begin}); 0 introspects from the first "
+                                 "epoch")
+
+
 @hookimpl
 def train_start(run: RunView) -> None:
-    opts = run.config.iad
-    if opts.tau <= 0:
-        raise RobustDistillError(f"--iad-tau must be positive (got {opts.tau:g}); the code uses 1")
-    if opts.beta < 0:
-        raise RobustDistillError(f"--iad-beta must be ≥ 0 (got {opts.beta:g}); the code uses 0.1")
-    if opts.begin < 0:
-        raise RobustDistillError(f"--iad-begin must be ≥ 0 (got {opts.begin}); 0 introspects from the first epoch")
+    check_introspection("iad", run.config.iad, 1.0)
 
 
-def introspecting(ctx: StepContext) -> bool:
-    """Whether the introspection term is on: the code's 0-based ``epoch >= begin``, i.e. 1-based ``ctx.epoch > b``."""
-    return ctx.epoch > ctx.config.iad.begin
+def introspecting(ctx: StepContext, begin: int | None = None) -> bool:
+    """Whether the introspection term is on: the code's 0-based ``epoch >= begin``, i.e. 1-based ``ctx.epoch > b``
+    (``begin``: IAD's ``--iad-begin`` unless given)."""
+    return ctx.epoch > (ctx.config.iad.begin if begin is None else begin)
 
 
 def trust(teacher_adv: Tensor, y: Tensor, beta: float) -> Tensor:

@@ -161,6 +161,22 @@ def role_values(entries: tuple[str, ...] | str | None, flag: str) -> dict[str, s
     return values
 
 
+def recorded_teacher(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The default teacher a run's recorded options (``config.json``, a checkpoint's ``config``) name, with the
+    options ``train`` loaded it with: ``spec``, ``arch``, ``normalize``, ``robustbench_dir``, ``activation``,
+    ``resize``; ``None`` when the run had no teacher."""
+    teachers = role_values(config.get("teacher"), "--teacher")
+    if not teachers:
+        return None
+    role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
+    archs = role_values(config.get("teacher_arch"), "--teacher-arch")
+    norms = role_values(config.get("teacher_normalize"), "--teacher-normalize")
+    return {"spec": teachers[role], "arch": archs.get(role, archs.get(DEFAULT_TEACHER)),
+            "normalize": norms.get(role, norms.get(DEFAULT_TEACHER)),
+            "robustbench_dir": config.get("robustbench_dir"), "activation": config.get("activation", "relu"),
+            "resize": bool(config.get("teacher_resize"))}
+
+
 def _teacher_words(role: str) -> str:
     return "the teacher" if role == DEFAULT_TEACHER else f"the teacher {role!r}"
 

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _attacks as attacks
+from .._context import exact_input_gradient
 from .harness import _frozen_parameters, to_unit_float
 
 
 def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    x = x.detach().clone().requires_grad_(True)
+    objective = attacks.ce_objective(model, y)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
-    return grad.flatten(1)
+        return exact_input_gradient(x.detach(), lambda z: objective(z).sum(), create_graph=False).flatten(1)
 
 
 def gradient_cosine(model: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, *, batch_size: int,

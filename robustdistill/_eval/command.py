@@ -12,13 +12,12 @@ from torch import Tensor, nn
 from .._checkpoint import atomic_write_text
 from .._command_config import EvalConfig
 from .._config import NORMS, format_duration, resolve_device
-from .._context import DEFAULT_TEACHER
 from .._folding import fold_or_keep, folded_pairs
 from .._registry import DatasetInfo, EvalAttack, Registry, RobustDistillError
-from .._resolve import role_values
+from .._resolve import recorded_teacher
 from .._specs import load_model_spec, open_source
 from .alignment import gradient_cosine
-from .autoattack import attack_details
+from .autoattack import _import_autoattack, attack_details
 from .harness import run_evaluation, worst_class
 from .progress import EvalProgress
 from .results import _finished_attacks, _results_file, decode_points, encode_points, weights_fingerprint, worst_case
@@ -91,8 +90,8 @@ def _print_table(accuracy: dict[str, float], seconds: dict[str, float], earlier:
 
 def _has_autoattack() -> bool:
     try:
-        import pyautoattack  # noqa: F401
-    except ImportError:
+        _import_autoattack()
+    except RobustDistillError:
         return False
     return True
 
@@ -103,30 +102,28 @@ def _teacher(given: str | None, flag: str, args: EvalConfig, config: dict[str, A
     (``None`` given: only where the run has one); ``none``: no teacher. ``what`` names its use in notes."""
     if given == "none":
         return None, None
-    arch = normalize = None
+    options: dict[str, Any] = {"robustbench_dir": args.robustbench_dir}
     if given not in (None, "teacher"):
         spec = given
     else:
-        teachers = role_values(config.get("teacher"), "--teacher")
-        if not teachers:
+        recorded = recorded_teacher(config)
+        if recorded is None:
             if given == "teacher":
                 raise RobustDistillError(f"{flag} teacher: the checkpoint records no teacher; name one ({flag} SPEC)")
             return None, None
-        role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
-        spec = teachers[role]
-        arch = role_values(config.get("teacher_arch"), "--teacher-arch").get(role)
-        normalize = role_values(config.get("teacher_normalize"), "--teacher-normalize").get(role)
+        spec = recorded["spec"]
+        options = {"arch": recorded["arch"], "normalize": recorded["normalize"], "activation": recorded["activation"],
+                   "robustbench_dir": args.robustbench_dir or recorded["robustbench_dir"]}
         if not spec.startswith(("robustbench:", "timm:")) and not Path(spec).exists():
             print(f"note: the run's teacher {spec} is not found; {what} is skipped ({flag} SPEC names it)",
                   flush=True)
             return None, None
-        if config.get("teacher_resize"):
+        if recorded["resize"]:
             print(f"note: the run's teacher sees resized images; {what} is skipped ({flag} SPEC names a teacher of "
                   "the model's input size)", flush=True)
             return None, None
-    loaded = load_model_spec(spec, info=info, models=registry.models, arch=arch, normalize=normalize,
-                             robustbench_dir=args.robustbench_dir, download=args.download, norm=norm,
-                             flag_prefix="teacher-")
+    loaded = load_model_spec(spec, info=info, models=registry.models, download=args.download, norm=norm,
+                             flag_prefix="teacher-", **options)
     if loaded.arch.num_classes != info.num_classes:
         if given not in (None, "teacher"):
             raise RobustDistillError(f"{flag} {spec}: a {loaded.arch.num_classes}-class model, but "
@@ -274,7 +271,7 @@ def eval_command(args: EvalConfig, registry: Registry) -> int:
                             else (lambda line: None))
         section = sanity_section(plan, checks, time.perf_counter() - began)
         write(section)
-    alignment = (previous or {}).get("gradient_cosine") if previous is not None else None
+    alignment = (previous or {}).get("gradient_cosine")
     if args.gradient_cosine is not None and (alignment is None or alignment.get("teacher") != args.gradient_cosine):
         spec, aligned_with = _teacher(args.gradient_cosine, "--gradient-cosine", args, config, info, registry, norm,
                                       "the gradient cosine")

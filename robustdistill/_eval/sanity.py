@@ -45,8 +45,9 @@ from .. import _attacks as attacks
 from .._registry import EvalAttack
 from .._threats import threat_model
 from .attacks import BUILTIN_EVAL_ATTACKS
+from .autoattack import _autoattack_logging, _import_autoattack, _preserved_global_state
 from .harness import _frozen_parameters, run_evaluation, to_unit_float
-from .settings import EvalSettings
+from .settings import AUTOATTACK_SEED, EvalSettings
 
 Z_WARNING = 1.96
 Z_FAILED = 3.0
@@ -95,18 +96,12 @@ def _judge(name: str, figure: float, warning_above: float, failed_above: float, 
                  meaning=meanings[verdict], details=details)
 
 
-def _accuracy_rise(name: str, higher: float, lower_bound: float, m: int, meanings: dict[str, str],
-                   **details: Any) -> Check:
-    """``higher`` should not exceed ``lower_bound`` beyond binomial noise at ``m`` images."""
-    return _judge(name, higher - lower_bound, binomial_margin(lower_bound, m, Z_WARNING),
-                  binomial_margin(lower_bound, m, Z_FAILED), meanings, **details)
-
-
-def _accuracy_drop(name: str, accuracy: float, lowered: float, m: int, meanings: dict[str, str],
-                   **details: Any) -> Check:
-    """Another attack should not lower ``accuracy`` to ``lowered`` beyond binomial noise at ``m`` images."""
-    return _judge(name, accuracy - lowered, binomial_margin(accuracy, m, Z_WARNING),
-                  binomial_margin(accuracy, m, Z_FAILED), meanings, **details)
+def _beyond_noise(name: str, figure: float, noise_at: float, m: int, meanings: dict[str, str],
+                  **details: Any) -> Check:
+    """``figure``, a difference of accuracies (or a share of images), judged against the binomial noise of an
+    accuracy of ``noise_at`` at ``m`` images."""
+    return _judge(name, figure, binomial_margin(noise_at, m, Z_WARNING), binomial_margin(noise_at, m, Z_FAILED),
+                  meanings, **details)
 
 
 @dataclass(frozen=True)
@@ -296,9 +291,6 @@ def _square(model: nn.Module, x: Tensor, y: Tensor, where: Tensor, settings: Eva
             batch_size: int, device: torch.device) -> Tensor:
     """Square (``pyautoattack``, its standard parameters but ``queries``) on the points ``where``: per point whether
     it stays right."""
-    from .autoattack import _autoattack_logging, _import_autoattack, _preserved_global_state
-    from .settings import AUTOATTACK_SEED
-
     right = torch.zeros(x.shape[0], dtype=torch.bool)
     AutoAttack = _import_autoattack()
     with _preserved_global_state(device), _autoattack_logging(False):
@@ -398,16 +390,14 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
 
     chance = float(torch.bincount(y.cpu()).max()) / m
     pgd_name = f"PGD-{settings.pgd_steps}"
-    checks.append(_judge("eps_monotone", acc(weaker) + acc(wider),
-                         binomial_margin(acc(pgd), m, Z_WARNING), binomial_margin(acc(pgd), m, Z_FAILED), {
-                             "ok": "no image is fooled in a smaller ball and not in a larger one",
-                             "warning": "some images are fooled in a smaller ball but not in a larger one: rerun with "
-                                        "more --subset images; if it stays, suspect masked gradients",
-                             "failed": "many images are fooled in a smaller ball but not in a larger one: the attack "
-                                       "fails for a reason other than robustness; trust autoattack, not pgd20"},
-                         fooled_only_at_half_eps=acc(weaker), right_only_at_double_eps=acc(wider),
-                         steps=plan.ball_steps))
-    checks.append(_accuracy_rise("large_eps", acc(large), chance, m, {
+    checks.append(_beyond_noise("eps_monotone", acc(weaker) + acc(wider), acc(pgd), m, {
+        "ok": "no image is fooled in a smaller ball and not in a larger one",
+        "warning": "some images are fooled in a smaller ball but not in a larger one: rerun with more --subset "
+                   "images; if it stays, suspect masked gradients",
+        "failed": "many images are fooled in a smaller ball but not in a larger one: the attack fails for a reason "
+                  "other than robustness; trust autoattack, not pgd20"},
+        fooled_only_at_half_eps=acc(weaker), right_only_at_double_eps=acc(wider), steps=plan.ball_steps))
+    checks.append(_beyond_noise("large_eps", acc(large) - chance, chance, m, {
         "ok": f"at eps {large_eps:.3g} accuracy is at chance or below",
         "warning": f"at eps {large_eps:.3g} accuracy stays somewhat above chance: gradients may be masked",
         "failed": f"at eps {large_eps:.3g}, where any image can become grey, accuracy stays above chance: "
@@ -419,13 +409,13 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
         "warning": "an unbounded attack leaves a few images: the attack may not have converged",
         "failed": "an unbounded attack fails on many images: gradients are masked or the attack is broken; "
                   "trust autoattack, not pgd20"}, eps=unbounded_eps))
-    checks.append(_accuracy_rise("fgsm_vs_pgd", acc(pgd), acc(fgsm), m, {
+    checks.append(_beyond_noise("fgsm_vs_pgd", acc(pgd) - acc(fgsm), acc(fgsm), m, {
         "ok": f"{pgd_name} is at least as strong as FGSM",
         "warning": f"FGSM comes close to beating {pgd_name}: check the step size and --pgd-steps",
         "failed": f"FGSM beats {pgd_name}: the iterative attack is misled (masked gradients or a bad step size); "
                   "trust autoattack"}, accuracy_fgsm=acc(fgsm), accuracy_pgd=acc(pgd)))
     longer = f"PGD-{2 * settings.pgd_steps}"
-    checks.append(_accuracy_drop("margin_loss", acc(pgd & stronger), acc(pgd & margin), m, {
+    checks.append(_beyond_noise("margin_loss", acc(pgd & stronger) - acc(pgd & margin), acc(pgd & stronger), m, {
         "ok": f"PGD on the C&W margin is no stronger than {longer} on cross-entropy",
         "warning": f"PGD on the C&W margin breaks more points than {longer} on cross-entropy: it may saturate "
                    "(overconfident logits); report cw and autoattack beside pgd20",
@@ -433,7 +423,7 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
                   "logits); trust autoattack (its DLR loss does not depend on the logits' scale), not pgd20"},
         accuracy_pgd=acc(pgd), accuracy_more_steps=acc(pgd & stronger), accuracy_with_margin=acc(pgd & margin),
         steps=settings.cw_steps))
-    checks.append(_accuracy_drop("more_steps", acc(pgd), acc(pgd & stronger), m, {
+    checks.append(_beyond_noise("more_steps", acc(pgd) - acc(pgd & stronger), acc(pgd), m, {
         "ok": f"twice the steps do not lower {pgd_name}'s accuracy beyond noise",
         "warning": f"twice the steps lower the accuracy noticeably: {pgd_name} has not converged; rerun with more "
                    "--pgd-steps or --restarts",
@@ -449,7 +439,7 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
                   "not converged (noisy or misleading gradients); report a longer attack or autoattack"},
         window=CONVERGENCE_WINDOW, move=CONVERGENCE_MOVE, points=int(first_left.sum())))
     if square is not None:
-        checks.append(_accuracy_drop("square", acc(pgd), acc(pgd & square), m, {
+        checks.append(_beyond_noise("square", acc(pgd) - acc(pgd & square), acc(pgd), m, {
             "ok": f"the black-box Square attack is no stronger than {pgd_name}",
             "warning": f"the black-box Square attack breaks some points {pgd_name} left: gradients may be masked; "
                        "run autoattack",
@@ -457,7 +447,7 @@ def run_sanity(model: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, p
                       f"autoattack, not {pgd_name}"},
             queries=plan.square_queries, accuracy_pgd=acc(pgd), accuracy_with_square=acc(pgd & square)))
     if transfer is not None:
-        checks.append(_accuracy_drop("transfer", acc(pgd), acc(pgd & transfer), m, {
+        checks.append(_beyond_noise("transfer", acc(pgd) - acc(pgd & transfer), acc(pgd), m, {
             "ok": f"{pgd_name} transferred from the teacher is no stronger than {pgd_name} on the model",
             "warning": f"{pgd_name} transferred from the teacher breaks some points the white-box attack left: its "
                        "gradients may be masked; run autoattack",

@@ -12,14 +12,13 @@ from torch import Tensor
 from .._checkpoint import atomic_write_text
 from .._command_config import ReportConfig
 from .._config import parse_number, resolve_device
-from .._context import DEFAULT_TEACHER
 from .._eval import (
     to_unit_float,
     weights_fingerprint,
 )
 from .._folding import fold_or_keep
 from .._registry import DatasetInfo, ImageData, Registry, RobustDistillError
-from .._resolve import role_values
+from .._resolve import recorded_teacher
 from .._specs import ROBUSTBENCH, load_model_spec
 from .computations import (
     _load_model,
@@ -157,16 +156,10 @@ def _teacher_options(args: ReportConfig, runs: list[RunRecord]) -> dict[str, Any
         return {"spec": args.teacher, "arch": args.teacher_arch, "normalize": args.teacher_normalize,
                 "robustbench_dir": args.robustbench_dir, "activation": "relu", "explicit": True}
     config = next((r.config for r in runs if r.config.get("teacher")), None)
-    if config is None:
+    recorded = recorded_teacher(config) if config is not None else None
+    if recorded is None:
         return None
-    teachers = role_values(config["teacher"], "--teacher")
-    role = DEFAULT_TEACHER if DEFAULT_TEACHER in teachers else next(iter(teachers))
-    archs = role_values(config.get("teacher_arch"), "--teacher-arch")
-    norms = role_values(config.get("teacher_normalize"), "--teacher-normalize")
-    return {"spec": teachers[role], "arch": archs.get(role, archs.get(DEFAULT_TEACHER)),
-            "normalize": norms.get(role, norms.get(DEFAULT_TEACHER)),
-            "robustbench_dir": args.robustbench_dir or config.get("robustbench_dir"),
-            "activation": config.get("activation", "relu"), "explicit": False}
+    return {**recorded, "robustbench_dir": args.robustbench_dir or recorded["robustbench_dir"], "explicit": False}
 
 
 def _add_teacher_column(options: dict[str, Any], info: DatasetInfo, registry: Registry, device: torch.device,

@@ -99,9 +99,11 @@ def read_spec(config: StudyConfig, registry: Registry) -> StudySpec:
 
 
 class Progress:
-    """Lines that read in a log: trials done / running / left, the best so far, the time left."""
+    """Lines that read in a log: trials done / running / left, the best so far, the time left; ``on_done`` gets the
+    counts whenever the number of finished trials changes."""
 
-    def __init__(self, spec: StudySpec, workers: int, on_done: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, spec: StudySpec, workers: int,
+                 on_done: Callable[[dict[str, int]], object] = lambda counts: None) -> None:
         self.spec = spec
         self.workers = workers
         self.on_done = on_done
@@ -152,7 +154,7 @@ class Progress:
         if key != self.last or now - self.shown >= every:
             print(self.line(study, counts), flush=True)
             if not self.last or key[0] != self.last[0]:
-                self.on_done()
+                self.on_done(counts)
             self.last, self.shown = key, now
         return counts
 
@@ -270,8 +272,7 @@ def study_command(config: StudyConfig, registry: Registry) -> int:
             mirror(spec, out, complete, results_dir)
         return path
 
-    progress = Progress(spec, config.workers)
-    progress.on_done = lambda: tabulate(progress.counts(study))
+    progress = Progress(spec, config.workers, on_done=tabulate)
     interrupted = (run_on_slurm if config.slurm else run_here)(spec, out, url, config, study, progress)
     counts = progress.show(study, config.progress_every)
     path = tabulate(counts)

@@ -213,6 +213,16 @@ class Checker:
         option_defaults(self.train_table, values, f"{self.source}: {key}", "train")
         return dict(values)
 
+    def plugins(self, key: str, item: Mapping[str, Any], name: str, example: str) -> list[str]:
+        """The plugins of a row or teacher ``item`` (a name, a list, or without the key ``name`` split at ``+``),
+        each a known method."""
+        plugins = item.get("plugins", name.split("+"))
+        plugins = [plugins] if isinstance(plugins, str) else self.sequence(key, plugins, example)
+        for plugin in plugins:
+            if plugin not in self.methods:
+                raise self.fail(key, f"unknown method {plugin!r}; known: {', '.join(self.methods)}")
+        return plugins
+
     def rows(self, value: Any) -> tuple[Row, ...]:
         rows = []
         for i, item in enumerate(self.sequence("rows", value, "[natural, rslad+igdm]")):
@@ -225,12 +235,7 @@ class Checker:
                 raise self.fail(f"{where}.{unknown[0]}", "unknown key; a row has name, plugins and options")
             if not isinstance(item.get("name"), str) or not item["name"] or "/" in item["name"]:
                 raise self.fail(f"{where}.name", "give each row a name without / (e.g. rslad+igdm)")
-            plugins = item.get("plugins", item["name"].split("+"))
-            plugins = [plugins] if isinstance(plugins, str) else self.sequence(f"{where}.plugins", plugins,
-                                                                              "[rslad, igdm]")
-            for plugin in plugins:
-                if plugin not in self.methods:
-                    raise self.fail(f"{where}.plugins", f"unknown method {plugin!r}; known: {', '.join(self.methods)}")
+            plugins = self.plugins(f"{where}.plugins", item, item["name"], "[rslad, igdm]")
             options = self.train_options(f"{where}.options", self.mapping(f"{where}.options", item.get("options"),
                                                                           "{igdm-alpha: 10}"))
             rows.append(Row(item["name"], tuple(plugins), options))
@@ -393,11 +398,7 @@ class Checker:
             unknown = sorted(set(item) - {"plugins", "options"})
             if unknown:
                 raise self.fail(f"{where}.{unknown[0]}", "unknown key; a teacher has plugins and options")
-            plugins = item.get("plugins", name.split("+"))
-            plugins = [plugins] if isinstance(plugins, str) else self.sequence(f"{where}.plugins", plugins, "[at]")
-            for plugin in plugins:
-                if plugin not in self.methods:
-                    raise self.fail(f"{where}.plugins", f"unknown method {plugin!r}; known: {', '.join(self.methods)}")
+            plugins = self.plugins(f"{where}.plugins", item, name, "[at]")
             options = self.mapping(f"{where}.options", item.get("options"), "{epochs: 30, model: resnet18}")
             if "teacher" in options:
                 raise self.fail(f"{where}.options.teacher", "a study's teacher trains without a teacher; train it "

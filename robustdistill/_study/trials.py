@@ -58,7 +58,10 @@ class TrialCommand:
     @property
     def argv(self) -> list[str]:
         """The train arguments, without ``--out`` (the same trial always gives the same list)."""
-        return [arg for plugin in self.plugins for arg in ("--plugin", plugin)] + option_argv(self.options)
+        return self._argv(self.options)
+
+    def _argv(self, options: Mapping[str, Any]) -> list[str]:
+        return [arg for plugin in self.plugins for arg in ("--plugin", plugin)] + option_argv(options)
 
     @property
     def digest(self) -> str:
@@ -71,8 +74,8 @@ class TrialCommand:
     def train(self, out: Path) -> list[str]:
         """The whole train command line: a run directory holding a checkpoint is resumed, else started."""
         options = {k: str(out / v) if isinstance(v, StudyPath) else v for k, v in self.options.items()}
-        argv = [arg for plugin in self.plugins for arg in ("--plugin", plugin)] + option_argv(options)
-        return [sys.executable, "-m", "robustdistill", "train", *argv, "--out", str(self.run_dir(out)), "--resume"]
+        return [sys.executable, "-m", "robustdistill", "train", *self._argv(options), "--out", str(self.run_dir(out)),
+                "--resume"]
 
 
 def teacher_command(spec: StudySpec, teacher: Teacher) -> TrialCommand:
@@ -89,7 +92,7 @@ def trial_command(spec: StudySpec, cell: Cell, searched: Mapping[str, Any]) -> T
     teachers = {teacher.name: teacher for teacher in spec.teachers}
     if options.get("teacher") in teachers:
         taught = teacher_command(spec, teachers[options["teacher"]])
-        options["teacher"] = StudyPath(f"{taught.folder}/{taught.row}-{taught.digest}")
+        options["teacher"] = StudyPath(taught.run_dir(Path()).as_posix())
     return TrialCommand(cell.row.name, cell.row.plugins, options)
 
 

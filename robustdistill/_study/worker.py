@@ -110,10 +110,7 @@ class Worker:
             run_dir = command.run_dir(self.out)
             lock = RunLock(run_dir)
             try:
-                while not lock.acquire():
-                    if self.stopping:
-                        return False
-                    time.sleep(POLL)
+                self.wait_for(lock, None)
                 self.say(f"teacher {teacher.name} → {run_dir}")
                 steps = [(command.train(self.out), TRAIN_LOG)] + [(eval_command(e, run_dir), EVAL_LOG)
                                                                   for e in self.spec.evaluate]
@@ -125,6 +122,8 @@ class Worker:
                         self.say(f"teacher {teacher.name} failed: {argv[3]} exited with status {status} "
                                  f"({run_dir / log}); no trial is run without it")
                         return False
+            except Stopped:
+                return False
             finally:
                 lock.close()
         return True
@@ -159,7 +158,7 @@ class Worker:
         finally:
             lock.close()
 
-    def wait_for(self, lock: RunLock, trial: optuna.Trial) -> None:
+    def wait_for(self, lock: RunLock, trial: optuna.Trial | None) -> None:
         """Take the run directory's lock, beating meanwhile (a child of a dead worker may still hold it)."""
         while not lock.acquire():
             if self.stopping:
